@@ -1,0 +1,72 @@
+# Mega Movie: `make run` sets up and starts the portal; `make test` sets up and runs the tests.
+# Every install step lives here, so a fresh Debian/Ubuntu machine needs nothing else.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# command:Debian package, installed only when the command is missing.
+APT_NEEDS := ffmpeg:ffmpeg ffprobe:ffmpeg chromium:chromium nginx:nginx-light wrk:wrk \
+             npm:npm pg_ctlcluster:postgresql
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: setup system-deps python-deps assets run test lint bench lock clean
+
+setup: system-deps python-deps assets
+
+# Debian packages: ffmpeg for media, chromium for the browser tests, nginx + wrk as the
+# benchmark peer, PostgreSQL for the database tests. Installed only when missing.
+system-deps:
+	@missing=""; for need in $(APT_NEEDS); do \
+	  command -v $${need%%:*} >/dev/null 2>&1 || missing="$$missing $${need#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# requirements.lock pins every Python package (made by `make lock`); the project itself is
+# installed editable on top, without touching the pins.
+$(VENV)/.installed: requirements.lock pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+python-deps: $(VENV)/.installed
+
+# hls.js and tus-js-client come from npm with package-lock.json; never committed.
+static/vendor/.installed: package.json package-lock.json scripts/vendor.mjs
+	npm ci --no-audit --no-fund
+	node scripts/vendor.mjs
+	touch $@
+
+assets: static/vendor/.installed
+
+run: setup
+	$(BIN)/megamovie serve --demo --host $(HOST) --port $(PORT)
+
+test: setup
+	bash .ci/services
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: python-deps
+	$(BIN)/ruff check .
+
+bench: setup
+	bash .ci/services
+	$(BIN)/python benchmarks/vault.py
+	$(BIN)/python benchmarks/transcode.py
+	$(BIN)/python benchmarks/stream.py
+
+lock: | $(BIN)/python
+	$(BIN)/pip install -q uv
+	$(BIN)/uv pip compile pyproject.toml --extra dev -o requirements.lock
+
+clean:
+	rm -rf $(VENV) node_modules static/vendor .pytest_cache

@@ -1,0 +1,76 @@
+"""The application factory: `create_app(settings)` builds the whole portal, no globals.
+
+Everything long-lived (database engine, vault, templates, workers) is made in the lifespan
+and hung on `app.state`, so two apps with two settings can live in one process (the tests
+rely on it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Mount
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from portal.db import create_engine, create_schema
+from portal.http_errors import exception_handlers
+from portal.routes import ops
+from portal.settings import Settings
+
+log = logging.getLogger("megamovie")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = PROJECT_ROOT / "templates"
+STATIC_DIR = PROJECT_ROOT / "static"
+
+# Each feature module exposes `routes`; add a module here to mount it.
+ROUTE_MODULES = [ops]
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    """Create the data dir private to this user (it holds keys and the database)."""
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    settings.data_dir.chmod(0o700)
+
+
+def build_routes() -> list[BaseRoute]:
+    routes: list[BaseRoute] = []
+    for module in ROUTE_MODULES:
+        routes.extend(module.routes)
+    routes.append(Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"))
+    return routes
+
+
+def build_middleware(settings: Settings) -> list[Middleware]:
+    return []
+
+
+def create_app(settings: Settings) -> Starlette:
+    templates = Jinja2Templates(directory=TEMPLATES_DIR)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        prepare_data_dir(settings)
+        engine = create_engine(settings.database_url)
+        await create_schema(engine)
+        app.state.engine = engine
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = Starlette(
+        routes=build_routes(),
+        middleware=build_middleware(settings),
+        exception_handlers=exception_handlers(),  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.templates = templates
+    return app

@@ -1,0 +1,222 @@
+"""The database schema (SQLAlchemy Core) and the engine, for SQLite and PostgreSQL alike.
+
+The schema is defined once here; Alembic migrations in portal/migrations create it. Ids are
+random URL-safe strings made by `new_id`, so they can be shown in URLs without leaking counts.
+Times are timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    event,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData()
+
+
+def new_id(nbytes: int = 12) -> str:
+    return secrets.token_urlsafe(nbytes)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use portal.db.utcnow()")
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("display_name", String(100), nullable=False),
+    Column("password_hash", String(200), nullable=False),
+    Column("role", String(16), nullable=False),  # viewer | creator | admin
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),  # sha256 of the cookie's random token
+    Column("user_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(64), primary_key=True),  # sha256 of the bearer token
+    Column("user_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+videos = Table(
+    "videos",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("creator_id", String(32), ForeignKey("users.id"), nullable=False, index=True),
+    Column("title", String(200), nullable=False),
+    Column("description", Text, nullable=False, default=""),
+    Column("tags", String(500), nullable=False, default=""),  # space separated, lower case
+    # uploading | queued | processing | ready | failed
+    Column("status", String(16), nullable=False, index=True),
+    Column("progress", Float, nullable=False, default=0.0),
+    Column("error", Text, nullable=True),
+    Column("duration", Float, nullable=True),
+    Column("width", Integer, nullable=True),
+    Column("height", Integer, nullable=True),
+    Column("has_poster", Boolean, nullable=False, default=False),
+    Column("has_storyboard", Boolean, nullable=False, default=False),
+    Column("playable", Boolean, nullable=False, default=False),  # first segments are in
+    Column("source_filename", String(255), nullable=False, default=""),
+    Column("source_size", BigInteger, nullable=False, default=0),
+    Column("stored_bytes", BigInteger, nullable=False, default=0),
+    Column("views", BigInteger, nullable=False, default=0),
+    Column("created_at", UTCDateTime(), nullable=False, index=True),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("ready_at", UTCDateTime(), nullable=True),
+)
+
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("video_id", String(32), ForeignKey("videos.id", ondelete="CASCADE"), nullable=False),
+    Column("creator_id", String(32), ForeignKey("users.id"), nullable=False, index=True),
+    Column("length", BigInteger, nullable=False),
+    Column("offset", BigInteger, nullable=False, default=0),
+    Column("parts", Integer, nullable=False, default=0),  # sealed vault objects so far
+    Column("metadata", Text, nullable=False, default="{}"),  # JSON of Upload-Metadata
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False, index=True),
+    Column("completed_at", UTCDateTime(), nullable=True),
+)
+
+renditions = Table(
+    "renditions",
+    metadata,
+    Column("video_id", String(32), ForeignKey("videos.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(16), primary_key=True),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("fps", Float, nullable=False),
+    Column("bandwidth", Integer, nullable=False),
+    Column("average_bandwidth", Integer, nullable=False),
+    Column("codecs", String(100), nullable=False),
+    Column("position", Integer, nullable=False),  # order in the master playlist
+)
+
+segments = Table(
+    "segments",
+    metadata,
+    Column("video_id", String(32), ForeignKey("videos.id", ondelete="CASCADE"), primary_key=True),
+    Column("rendition", String(16), primary_key=True),
+    Column("idx", Integer, primary_key=True),  # -1 is the init segment
+    Column("duration", Float, nullable=False),
+    Column("size", BigInteger, nullable=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("video_id", String(32), ForeignKey("videos.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(32), nullable=False),  # transcode
+    Column("state", String(16), nullable=False),  # queued | running | done | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("max_attempts", Integer, nullable=False, default=3),
+    Column("run_after", UTCDateTime(), nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_expires_at", UTCDateTime(), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_jobs_claim", "state", "run_after"),
+)
+
+data_keys = Table(
+    "data_keys",
+    metadata,
+    Column("owner", String(64), primary_key=True),  # the video id
+    Column("key_id", String(32), nullable=False, index=True),  # the KEK that wraps it
+    Column("wrapped", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+watch_progress = Table(
+    "watch_progress",
+    metadata,
+    Column("user_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("video_id", String(32), ForeignKey("videos.id", ondelete="CASCADE"), primary_key=True),
+    Column("position", Float, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("bucket", String(200), primary_key=True),
+    Column("window_start", BigInteger, primary_key=True),
+    Column("hits", Integer, nullable=False),
+    UniqueConstraint("bucket", "window_start"),
+)
+
+
+def create_engine(database_url: str) -> AsyncEngine:
+    """An async engine for `database_url`, with SQLite tuned for a concurrent web app."""
+    if database_url.startswith("sqlite"):
+        engine = create_async_engine(database_url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+            cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+            # WAL lets readers go on while a worker writes; foreign keys are off by default.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    return create_async_engine(database_url, pool_pre_ping=True)
+
+
+async def create_schema(engine: AsyncEngine) -> None:
+    """Create every table that does not exist yet (tests and first run; see migrations)."""
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)

@@ -1,0 +1,123 @@
+"""Domain errors. Modules raise these; `portal.http_errors` maps them to HTTP in one place.
+
+Each error carries a message a person can act on. Messages never contain secrets, keys or
+plaintext.
+"""
+
+from __future__ import annotations
+
+
+class PortalError(Exception):
+    """Base of every error the portal raises on purpose."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(PortalError):
+    status_code = 404
+    code = "not_found"
+
+
+class AuthenticationRequired(PortalError):
+    status_code = 401
+    code = "authentication_required"
+
+
+class InvalidCredentials(PortalError):
+    status_code = 401
+    code = "invalid_credentials"
+
+
+class PermissionDenied(PortalError):
+    status_code = 403
+    code = "permission_denied"
+
+
+class CsrfFailed(PortalError):
+    status_code = 403
+    code = "csrf_failed"
+
+
+class TokenInvalid(PortalError):
+    """A playback or API token is forged, expired, or bound to someone else."""
+
+    status_code = 403
+    code = "token_invalid"
+
+
+class LicenseRequired(PortalError):
+    status_code = 402
+    code = "license_required"
+
+
+class RateLimited(PortalError):
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int = 60) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Conflict(PortalError):
+    status_code = 409
+    code = "conflict"
+
+
+class ValidationFailed(PortalError):
+    status_code = 422
+    code = "validation_failed"
+
+
+class UploadRejected(PortalError):
+    status_code = 400
+    code = "upload_rejected"
+
+
+class QuotaExceeded(UploadRejected):
+    status_code = 413
+    code = "quota_exceeded"
+
+
+class VaultError(PortalError):
+    """Base of the vault's errors: storage and encryption at rest."""
+
+    status_code = 500
+    code = "vault_error"
+
+
+class KeyringError(VaultError):
+    """The key-encryption keys are missing, malformed, or not the ones the data was wrapped with."""
+
+    code = "keyring_error"
+
+
+class DataKeyMissing(VaultError):
+    """No data key exists for this owner: never created, or destroyed (crypto-shredded)."""
+
+    status_code = 404
+    code = "data_key_missing"
+
+
+class VaultTampered(VaultError):
+    """Stored ciphertext failed authentication: modified, truncated, reordered, swapped,
+    or opened with the wrong key. No plaintext of the bad chunk is released."""
+
+    code = "vault_tampered"
+
+
+class ObjectNotFound(VaultError):
+    status_code = 404
+    code = "object_not_found"
+
+
+class StorageError(VaultError):
+    """The storage backend failed (disk full, S3 unreachable, ...)."""
+
+    status_code = 503
+    code = "storage_error"

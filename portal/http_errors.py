@@ -1,0 +1,88 @@
+"""The one place where domain errors become HTTP responses.
+
+API clients (paths under /api/, or asking for JSON) get `{"error": code, "message": ...}`;
+people in a browser get the error page. Unexpected exceptions are logged with a reference
+and answered with a generic 500 that leaks nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from portal.errors import PortalError, RateLimited, VaultError
+from transcoder.errors import MediaError
+
+log = logging.getLogger("megamovie.http")
+
+
+def wants_json(request: Request) -> bool:
+    path = request.url.path
+    if path.startswith("/api/") or path.startswith("/stream/") or path == "/metrics":
+        return True
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def render_error(request: Request, status: int, code: str, message: str) -> Response:
+    headers = {"Cache-Control": "no-store"}
+    if wants_json(request):
+        return JSONResponse({"error": code, "message": message}, status, headers=headers)
+    templates = getattr(request.app.state, "templates", None)
+    if templates is None:
+        return HTMLResponse(f"<h1>{status}</h1>", status, headers=headers)
+    return templates.TemplateResponse(
+        request,
+        "error.html",
+        {"status": status, "code": code, "message": message},
+        status_code=status,
+        headers=headers,
+    )
+
+
+async def portal_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PortalError)
+    if isinstance(exc, VaultError) and exc.status_code >= 500:
+        # Tampering or a storage failure is an operator's problem: log it loudly, tell the
+        # client only that it failed. Never send bytes that did not authenticate.
+        log.error("vault failure on %s %s: %s", request.method, request.url.path, exc.message)
+    response = render_error(request, exc.status_code, exc.code, exc.message)
+    if isinstance(exc, RateLimited):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+async def media_error(request: Request, exc: Exception) -> Response:
+    reason = getattr(exc, "reason", str(exc))
+    return render_error(request, 422, "media_rejected", reason)
+
+
+async def http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    response = render_error(request, exc.status_code, "http_error", exc.detail)
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    ref = secrets.token_hex(6)
+    log.exception("unhandled error ref=%s on %s %s", ref, request.method, request.url.path)
+    return render_error(
+        request, 500, "internal_error", f"Something went wrong on our side (reference {ref})."
+    )
+
+
+def exception_handlers() -> dict[type[Exception] | int, object]:
+    return {
+        PortalError: portal_error,
+        MediaError: media_error,
+        HTTPException: http_exception,
+        Exception: unexpected_error,
+    }

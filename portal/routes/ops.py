@@ -1,0 +1,21 @@
+"""Operational endpoints: health for load balancers."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+
+async def healthz(request: Request) -> JSONResponse:
+    """Healthy when the database answers; a load balancer takes the node out otherwise."""
+    try:
+        async with request.app.state.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception:  # any database failure means "not healthy", whatever its type
+        return JSONResponse({"status": "unhealthy", "database": "down"}, status_code=503)
+    return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+
+routes = [Route("/healthz", healthz, methods=["GET"])]

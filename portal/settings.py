@@ -1,0 +1,166 @@
+"""The one configuration object, read once from the environment at the edge.
+
+Every setting is a field of `Settings`; its environment variable is named in the field's
+metadata and documented in docs/operations.md (a test fails when one is not). No other module
+reads `os.environ`: they are handed a `Settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting in the environment cannot be used; the message names the variable."""
+
+
+class Secret:
+    """A string that never shows itself in `repr`, `str` or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+def _env(name: str, default: Any = None, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"env": name, "secret": secret})
+
+
+GB = 1000**3
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = _env("MEGAMOVIE_DATA_DIR", Path("megamovie-data"))
+    database_url: str = _env("MEGAMOVIE_DATABASE_URL", "")
+    storage_url: str = _env("MEGAMOVIE_STORAGE_URL", "")
+    master_keys: Secret | None = _env("MEGAMOVIE_MASTER_KEYS", None, secret=True)
+    secret_key: Secret | None = _env("MEGAMOVIE_SECRET_KEY", None, secret=True)
+    s3_endpoint_url: str | None = _env("AWS_ENDPOINT_URL", None)
+    s3_region: str = _env("AWS_DEFAULT_REGION", "us-east-1")
+    s3_access_key_id: str | None = _env("AWS_ACCESS_KEY_ID", None)
+    s3_secret_access_key: Secret | None = _env("AWS_SECRET_ACCESS_KEY", None, secret=True)
+    host: str = _env("MEGAMOVIE_HOST", "127.0.0.1")
+    port: int = _env("MEGAMOVIE_PORT", 8000)
+    base_url: str = _env("MEGAMOVIE_BASE_URL", "")
+    workers: int = _env("MEGAMOVIE_WORKERS", 1)
+    quota_bytes: int = _env("MEGAMOVIE_QUOTA_BYTES", 50 * GB)
+    max_upload_bytes: int = _env("MEGAMOVIE_MAX_UPLOAD_BYTES", 50 * GB)
+    upload_expiry_seconds: int = _env("MEGAMOVIE_UPLOAD_EXPIRY_SECONDS", 24 * 3600)
+    token_ttl_seconds: int = _env("MEGAMOVIE_TOKEN_TTL_SECONDS", 3600)
+    session_ttl_seconds: int = _env("MEGAMOVIE_SESSION_TTL_SECONDS", 14 * 24 * 3600)
+    max_duration_seconds: float = _env("MEGAMOVIE_MAX_DURATION_SECONDS", 4 * 3600.0)
+    max_pixels: int = _env("MEGAMOVIE_MAX_PIXELS", 3840 * 2160)
+    segment_seconds: float = _env("MEGAMOVIE_SEGMENT_SECONDS", 4.0)
+    transcode_preset: str = _env("MEGAMOVIE_TRANSCODE_PRESET", "veryfast")
+    transcode_timeout_seconds: float = _env("MEGAMOVIE_TRANSCODE_TIMEOUT_SECONDS", 6 * 3600.0)
+    job_lease_seconds: float = _env("MEGAMOVIE_JOB_LEASE_SECONDS", 60.0)
+    job_max_attempts: int = _env("MEGAMOVIE_JOB_MAX_ATTEMPTS", 3)
+    vault_chunk_size: int = _env("MEGAMOVIE_VAULT_CHUNK_SIZE", 64 * 1024)
+    ffmpeg: str = _env("MEGAMOVIE_FFMPEG", "ffmpeg")
+    ffprobe: str = _env("MEGAMOVIE_FFPROBE", "ffprobe")
+    argon2_time_cost: int = _env("MEGAMOVIE_ARGON2_TIME_COST", 2)
+    argon2_memory_kib: int = _env("MEGAMOVIE_ARGON2_MEMORY_KIB", 19 * 1024)
+    rate_limit_per_minute: int = _env("MEGAMOVIE_RATE_LIMIT_PER_MINUTE", 30)
+    secure_cookies: bool = _env("MEGAMOVIE_SECURE_COOKIES", False)
+    log_level: str = _env("MEGAMOVIE_LOG_LEVEL", "info")
+
+    def __post_init__(self) -> None:
+        data_dir = Path(self.data_dir).absolute()
+        object.__setattr__(self, "data_dir", data_dir)
+        if not self.database_url:
+            object.__setattr__(
+                self, "database_url", f"sqlite+aiosqlite:///{data_dir / 'megamovie.db'}"
+            )
+        if not self.storage_url:
+            object.__setattr__(self, "storage_url", (data_dir / "objects").as_uri())
+        if self.vault_chunk_size < 1024 or self.vault_chunk_size > 16 * 1024 * 1024:
+            raise SettingsError("MEGAMOVIE_VAULT_CHUNK_SIZE must be between 1 KiB and 16 MiB")
+        if self.workers < 0:
+            raise SettingsError("MEGAMOVIE_WORKERS must be 0 or more")
+        if self.token_ttl_seconds <= 0:
+            raise SettingsError("MEGAMOVIE_TOKEN_TTL_SECONDS must be positive")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every setting from `environ` (default: the process environment).
+
+        Keyword overrides win over the environment; the CLI uses them for flags.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def documented_names(cls) -> list[str]:
+        return [f.metadata["env"] for f in dataclasses.fields(cls)]
+
+    # Derived locations inside the data dir, one place for all of them.
+    @property
+    def key_file(self) -> Path:
+        return self.data_dir / "master.keys"
+
+    @property
+    def secret_key_file(self) -> Path:
+        return self.data_dir / "secret.key"
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Parent of every job's private temp dir; emptied at start-up."""
+        return self.data_dir / "scratch"
+
+
+def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
+    name = f.metadata["env"]
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if f.metadata["secret"]:
+            return Secret(raw)
+        if kind == "Path":
+            return Path(raw)
+        if kind == "int":
+            return int(raw.replace("_", ""))
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind}") from None
+    return raw

@@ -1,0 +1,14 @@
+// Copy the browser builds of our npm dependencies into static/vendor (git-ignored).
+// Run by `make assets` after `npm ci`; the lockfile pins exactly what is copied.
+import { copyFileSync, mkdirSync } from "node:fs";
+
+const files = {
+  "node_modules/hls.js/dist/hls.min.js": "static/vendor/hls.min.js",
+  "node_modules/tus-js-client/dist/tus.min.js": "static/vendor/tus.min.js",
+};
+
+mkdirSync("static/vendor", { recursive: true });
+for (const [from, to] of Object.entries(files)) {
+  copyFileSync(from, to);
+  console.log(`${from} -> ${to}`);
+}
