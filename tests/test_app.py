@@ -16,3 +16,10 @@ def test_unknown_api_path_gets_a_json_404(settings):
         response = client.get("/api/nope")
     assert response.status_code == 404
     assert response.json()["error"] == "http_error"
+
+
+def test_live_server_serves_over_real_http(live_server):
+    import httpx
+
+    response = httpx.get(f"{live_server.url}/healthz")
+    assert response.status_code == 200
