@@ -1,0 +1,325 @@
+"""One ffmpeg process encodes every rendition into fMP4 HLS; finished segments go to a callback.
+
+The caller (the portal's worker) encrypts and stores each segment and deletes the plaintext
+while encoding goes on, so a film is watchable after its first segments and plaintext never
+piles up on disk. How we know a segment is finished: ffmpeg's HLS muxer closes a segment and
+only then rewrites that variant's playlist (atomically, through a temp file, because the
+playlist type is EVENT). A segment listed in the playlist is therefore complete; the last ones
+are listed when ffmpeg exits. ffmpeg's playlists are only this signal: the real ones are
+rendered by `transcoder.playlists` from the durations returned here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+from transcoder.errors import TranscodeCancelled, TranscodeFailed, TranscodeTimeout
+from transcoder.ladder import Rendition
+from transcoder.playlists import parse_playlist
+from transcoder.probe import MediaInfo
+from transcoder.process import input_args, kill_group, summarise_stderr
+
+_PLAYLIST = "index.m3u8"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+#: How often the variant playlists are checked; a segment waits at most this long.
+POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class HlsOptions:
+    segment_seconds: float = 4.0
+    #: Keyframe interval; a divisor of segment_seconds so every segment starts on one.
+    keyframe_seconds: float = 2.0
+    preset: str = "veryfast"
+    #: Wall-time limit in seconds for the whole encode; None for no limit.
+    timeout: float | None = None
+    ffmpeg: str = "ffmpeg"
+    #: Encoder threads; 0 lets x264 choose.
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class Segment:
+    rendition: str
+    #: Position in the rendition's playlist, from 0; -1 for the init segment.
+    index: int
+    #: Seconds of media; 0.0 for the init segment.
+    duration: float
+    path: Path
+    kind: Literal["init", "media"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    #: 0.0 to 1.0 of the source's duration.
+    fraction: float
+    #: Encoding speed as a multiple of real time, when ffmpeg knows it.
+    speed: float | None
+    #: Seconds of output written so far.
+    out_time: float
+
+
+@dataclass(frozen=True)
+class HlsResult:
+    renditions: list[Rendition]
+    #: Media segments of each rendition, in playlist order, with their durations.
+    segments: dict[str, list[Segment]]
+    #: Init segment of each rendition.
+    inits: dict[str, Segment]
+    #: Seconds of output, the longest rendition's.
+    duration: float
+
+
+OnSegment = Callable[[Segment], Awaitable[None]]
+OnProgress = Callable[[Progress], Awaitable[None] | None]
+
+
+async def transcode(
+    source: Path,
+    info: MediaInfo,
+    renditions: list[Rendition],
+    workdir: Path,
+    options: HlsOptions,
+    on_segment: OnSegment,
+    on_progress: OnProgress | None = None,
+    cancel: asyncio.Event | None = None,
+) -> HlsResult:
+    """Encode `source` into `renditions` under `workdir`, handing each segment to `on_segment`.
+
+    Each segment (the init segment of a rendition first) is handed over exactly once, fully
+    written; after `on_segment` returns the caller owns the file and may delete it. Whatever
+    else ffmpeg wrote is removed on every exit path. Raises `TranscodeFailed`,
+    `TranscodeTimeout` or `TranscodeCancelled`; the ffmpeg process group is killed on any exit.
+    """
+    job = _Job(source, info, renditions, workdir, options, on_segment, on_progress)
+    return await job.run(cancel)
+
+
+def build_command(
+    source: Path, info: MediaInfo, renditions: list[Rendition], workdir: Path,
+    options: HlsOptions,
+) -> list[str]:
+    """The ffmpeg argument list (no shell) that writes all renditions under `workdir`."""
+    if not renditions:
+        raise ValueError("no renditions to encode")
+    for r in renditions:
+        if not _SAFE_NAME.match(r.name):
+            raise ValueError(f"rendition name {r.name!r} is not a safe directory name")
+    if options.segment_seconds % options.keyframe_seconds > 1e-6:
+        raise ValueError("segment_seconds must be a multiple of keyframe_seconds")
+    videos = [r for r in renditions if r.has_video]
+    if videos and not info.has_video:
+        raise ValueError("video renditions requested for a source without video")
+    args = [options.ffmpeg, "-nostdin", "-hide_banner", "-v", "error", "-nostats",
+            "-progress", "pipe:1", *input_args(source, info.format)]
+    if videos:
+        args += ["-filter_complex", _filter_graph(videos)]
+    stream_map: list[str] = []
+    audio_index = 0
+    for i, r in enumerate(videos):
+        entry = f"v:{i}"
+        args += ["-map", f"[v{i}]"]
+        if r.audio_bitrate and info.has_audio:
+            args += ["-map", "0:a:0", f"-b:a:{audio_index}", str(r.audio_bitrate)]
+            entry += f",a:{audio_index}"
+            audio_index += 1
+        gop = max(1, round(options.keyframe_seconds * r.fps))
+        args += [f"-b:v:{i}", str(r.video_bitrate), f"-maxrate:v:{i}", str(r.maxrate),
+                 f"-bufsize:v:{i}", str(2 * r.video_bitrate), f"-level:v:{i}", r.level,
+                 f"-g:v:{i}", str(gop), f"-keyint_min:v:{i}", str(gop)]
+        stream_map.append(f"{entry},name:{r.name}")
+    for r in renditions:
+        if not r.has_video:
+            args += ["-map", "0:a:0", f"-b:a:{audio_index}", str(r.audio_bitrate)]
+            stream_map.append(f"a:{audio_index},name:{r.name}")
+            audio_index += 1
+    if videos:
+        args += [
+            "-c:v", "libx264", "-preset", options.preset, "-profile:v", "high",
+            # Keyframes at the same instants in every rendition, and nowhere else, so players
+            # can switch rendition at any segment boundary.
+            "-force_key_frames", f"expr:gte(t,n_forced*{options.keyframe_seconds:g})",
+            "-sc_threshold", "0", "-threads", str(options.threads),
+        ]
+    if audio_index:
+        args += ["-c:a", "aac", "-ac", "2", "-ar", "48000"]
+    out = workdir.resolve()
+    args += [
+        # Phone videos carry GPS positions and device names in their metadata.
+        "-map_metadata", "-1", "-map_chapters", "-1",
+        "-max_muxing_queue_size", "4096",
+        "-f", "hls", "-hls_time", f"{options.segment_seconds:g}", "-hls_list_size", "0",
+        "-hls_playlist_type", "event", "-hls_segment_type", "fmp4",
+        "-hls_flags", "independent_segments+temp_file",
+        "-hls_fmp4_init_filename", "init.mp4",
+        "-hls_segment_filename", str(out / "%v" / "seg_%05d.m4s"),
+        "-var_stream_map", " ".join(stream_map),
+        str(out / "%v" / _PLAYLIST),
+    ]
+    return args
+
+
+def _filter_graph(videos: list[Rendition]) -> str:
+    rates = {r.fps for r in videos}
+    # One constant output rate (variable-rate phone clips included) keeps keyframes aligned;
+    # when every rung shares it, convert once before splitting.
+    shared = f"fps={_rate(videos[0].fps)}," if len(rates) == 1 else ""
+    chains = [f"[0:v:0]{shared}split={len(videos)}" + "".join(f"[s{i}]" for i in
+                                                              range(len(videos)))]
+    for i, r in enumerate(videos):
+        own = "" if shared else f"fps={_rate(r.fps)},"
+        chains.append(f"[s{i}]{own}scale={r.width}:{r.height},setsar=1,format=yuv420p[v{i}]")
+    return ";".join(chains)
+
+
+def _rate(fps: float) -> str:
+    # 29.97 must be 30000/1001 exactly, or timestamps drift against the audio.
+    frac = Fraction(fps).limit_denominator(1001)
+    return f"{frac.numerator}/{frac.denominator}"
+
+
+@dataclass
+class _Job:
+    source: Path
+    info: MediaInfo
+    renditions: list[Rendition]
+    workdir: Path
+    options: HlsOptions
+    on_segment: OnSegment
+    on_progress: OnProgress | None
+    segments: dict[str, list[Segment]] = field(default_factory=dict)
+    inits: dict[str, Segment] = field(default_factory=dict)
+    stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
+
+    async def run(self, cancel: asyncio.Event | None) -> HlsResult:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._remove_leftovers()
+        args = build_command(self.source, self.info, self.renditions, self.workdir,
+                             self.options)
+        deadline = (time.monotonic() + self.options.timeout
+                    if self.options.timeout is not None else None)
+        proc = await asyncio.create_subprocess_exec(
+            *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )
+        readers = [asyncio.create_task(self._read_progress(proc.stdout)),
+                   asyncio.create_task(self._read_stderr(proc.stderr))]
+        exited = asyncio.create_task(proc.wait())
+        cancelled = asyncio.create_task(cancel.wait()) if cancel is not None else None
+        try:
+            while not exited.done():
+                waiting = {exited} if cancelled is None else {exited, cancelled}
+                timeout = POLL_SECONDS
+                if deadline is not None:
+                    timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+                await asyncio.wait(waiting, timeout=timeout)
+                if cancel is not None and cancel.is_set():
+                    raise TranscodeCancelled()
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TranscodeTimeout()
+                await self._hand_over()
+            # Drain the pipes so the last stderr lines and progress are in.
+            await asyncio.gather(*readers)
+            if proc.returncode != 0:
+                raise TranscodeFailed(self._failure_reason(proc.returncode))
+            await self._hand_over()
+            unfinished = [r.name for r in self.renditions if not self._ended(r.name)]
+            if unfinished:
+                raise TranscodeFailed("The conversion stopped before the end of the video.")
+        finally:
+            kill_group(proc.pid)
+            for task in (*readers, exited, *([cancelled] if cancelled else [])):
+                task.cancel()
+            with contextlib.suppress(ProcessLookupError):
+                await asyncio.shield(proc.wait())
+            self._remove_leftovers()
+        durations = [sum(s.duration for s in segs) for segs in self.segments.values()]
+        return HlsResult(self.renditions, self.segments, self.inits, max(durations, default=0.0))
+
+    async def _hand_over(self) -> None:
+        """Give the caller every segment that ffmpeg has listed and we have not yet given."""
+        for r in self.renditions:
+            playlist = self.workdir / r.name / _PLAYLIST
+            try:
+                parsed = parse_playlist(playlist.read_text())
+            except (FileNotFoundError, ValueError):
+                continue  # not written yet, or caught mid-rename: next poll will see it
+            folder = playlist.parent
+            if r.name not in self.inits and parsed.init_uri:
+                init = Segment(r.name, -1, 0.0, folder / parsed.init_uri, "init")
+                await self.on_segment(init)
+                self.inits[r.name] = init
+            done = self.segments.setdefault(r.name, [])
+            for index in range(len(done), len(parsed.segments)):
+                uri, duration = parsed.segments[index]
+                segment = Segment(r.name, index, duration, folder / uri, "media")
+                await self.on_segment(segment)
+                done.append(segment)
+
+    def _ended(self, name: str) -> bool:
+        try:
+            return parse_playlist((self.workdir / name / _PLAYLIST).read_text()).ended
+        except (FileNotFoundError, ValueError):
+            return False
+
+    async def _read_progress(self, stream: asyncio.StreamReader | None) -> None:
+        assert stream is not None
+        values: dict[str, str] = {}
+        async for raw in stream:
+            key, _, value = raw.decode("utf-8", "replace").strip().partition("=")
+            values[key] = value
+            if key != "progress" or self.on_progress is None:
+                continue
+            out_time = max(0.0, _number(values.get("out_time_us")) / 1e6)
+            speed = _number(values.get("speed", "").rstrip("x")) or None
+            duration = self.info.duration or 1.0
+            fraction = 1.0 if value == "end" else min(out_time / duration, 1.0)
+            result = self.on_progress(Progress(fraction, speed, out_time))
+            if inspect.isawaitable(result):
+                await result
+
+    async def _read_stderr(self, stream: asyncio.StreamReader | None) -> None:
+        assert stream is not None
+        async for raw in stream:
+            self.stderr_tail.append(raw.decode("utf-8", "replace"))
+
+    def _failure_reason(self, returncode: int) -> str:
+        detail = summarise_stderr(
+            self.stderr_tail, hide=[str(self.source.resolve()), str(self.source),
+                                    str(self.workdir.resolve()), str(self.workdir)])
+        reason = "The video could not be converted"
+        return f"{reason} (ffmpeg: {detail})." if detail else f"{reason} (exit {returncode})."
+
+    def _remove_leftovers(self) -> None:
+        """Delete what ffmpeg wrote that is not the caller's: playlists, temp files, stale
+        files of an earlier attempt, and after a failure the segments never handed over.
+        Rendition folders go too once the caller has taken everything out of them."""
+        handed = {s.path for segs in self.segments.values() for s in segs}
+        handed |= {s.path for s in self.inits.values()}
+        for r in self.renditions:
+            folder = self.workdir / r.name
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                ours = path.name.startswith((_PLAYLIST, "seg_", "init")) or path.suffix == ".tmp"
+                if ours and path not in handed:
+                    path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _number(value: str | None) -> float:
+    try:
+        return float(value or 0)
+    except ValueError:
+        return 0.0

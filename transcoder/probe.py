@@ -1,0 +1,258 @@
+"""Defensive probing: what is in an upload, and is it safe and sane to transcode?
+
+Order matters. Cheap checks first (size, magic numbers), then ffprobe with the demuxer we
+detected forced on it, then a decode of the first frame and of the last seconds, which is
+what tells a complete file from one cut short by a failed upload.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from transcoder.errors import (
+    CorruptMedia,
+    EmptyFile,
+    NoDecodableStream,
+    TooLarge,
+    TooLong,
+    TooManyStreams,
+)
+from transcoder.formats import sniff_format
+from transcoder.limits import MediaLimits
+from transcoder.process import input_args, run
+
+_AUDIO_ONLY_DEMUXERS = frozenset({"mp3", "aac", "wav", "flac"})
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    #: The demuxer we detected and force on every later ffmpeg run.
+    format: str
+    duration: float
+    has_video: bool
+    has_audio: bool
+    #: Display dimensions: after rotation and non-square pixels are applied.
+    width: int
+    height: int
+    #: Display rotation stored in the file (0, 90, 180 or 270); ffmpeg applies it when decoding.
+    rotation: int
+    fps: float
+    video_bitrate: int | None
+    audio_bitrate: int | None
+    video_codec: str | None
+    audio_codec: str | None
+    audio_channels: int | None
+    size_bytes: int
+    #: Timestamp of the first frame; MPEG-TS files rarely start at zero.
+    start_time: float = 0.0
+
+
+def probe(path: Path, limits: MediaLimits, *, ffprobe: str = "ffprobe") -> MediaInfo:
+    """Inspect `path` or raise a `MediaRejected` subclass saying what is wrong with it."""
+    size = path.stat().st_size
+    if size == 0:
+        raise EmptyFile()
+    if limits.max_file_bytes is not None and size > limits.max_file_bytes:
+        raise TooLarge("The file is larger than the maximum upload size.")
+    demuxer = sniff_format(path)
+    data = _ffprobe_json(
+        [ffprobe, "-v", "error", "-hide_banner", "-show_format", "-show_streams",
+         "-of", "json", *input_args(path, demuxer)],
+        limits,
+    )
+    info = _media_info(data, demuxer, size, limits)
+    _check_decodes(path, info, limits, ffprobe)
+    return info
+
+
+def _ffprobe_json(args: list[str], limits: MediaLimits) -> dict[str, Any]:
+    result = run(args, timeout=limits.probe_timeout, max_stdout=4 << 20)
+    if result.timed_out:
+        raise CorruptMedia("The file could not be read in a reasonable time; it may be damaged.")
+    if result.overflowed:
+        raise CorruptMedia("The file carries an unreasonable amount of metadata.")
+    if result.returncode != 0:
+        raise CorruptMedia()
+    try:
+        data = json.loads(result.stdout)
+    except ValueError:
+        raise CorruptMedia() from None
+    if not isinstance(data, dict):
+        raise CorruptMedia()
+    return data
+
+
+def _media_info(data: dict[str, Any], demuxer: str, size: int, limits: MediaLimits) -> MediaInfo:
+    streams: list[dict[str, Any]] = data.get("streams") or []
+    fmt: dict[str, Any] = data.get("format") or {}
+    if len(streams) > limits.max_streams:
+        raise TooManyStreams(
+            f"The file contains {len(streams)} tracks; at most {limits.max_streams} are allowed."
+        )
+    # Cover art in MP3/MP4 is a "video" stream of one still picture: not a video.
+    videos = [
+        s for s in streams
+        if s.get("codec_type") == "video" and not (s.get("disposition") or {}).get("attached_pic")
+    ]
+    audios = [s for s in streams if s.get("codec_type") == "audio"]
+    video = _pick(v for v in videos if _decodable(v) and _int(v.get("width")) > 0)
+    audio = _pick(a for a in audios if _decodable(a))
+    if demuxer in _AUDIO_ONLY_DEMUXERS:
+        video = None
+    if video is None and audio is None:
+        raise NoDecodableStream()
+
+    start = _float(fmt.get("start_time")) or 0.0
+    duration = _float(fmt.get("duration")) or max(
+        (_float(s.get("duration")) or 0.0 for s in (video, audio) if s), default=0.0
+    )
+    if not duration or duration <= 0 or not math.isfinite(duration):
+        raise CorruptMedia("The file does not say how long it is; it may be damaged.")
+    if duration > limits.max_duration:
+        raise TooLong(
+            f"The video lasts {_hms(duration)}; the maximum is {_hms(limits.max_duration)}."
+        )
+
+    width = height = rotation = 0
+    fps = 0.0
+    if video is not None:
+        width, height, rotation = _display_size(video)
+        if width * height > limits.max_pixels:
+            raise TooLarge(
+                f"The picture is {width}x{height}; the maximum is "
+                f"{limits.max_pixels:,} pixels (for example 3840x2160)."
+            )
+        fps = _frame_rate(video)
+
+    audio_bitrate = _int(audio.get("bit_rate")) or None if audio else None
+    video_bitrate = _int(video.get("bit_rate")) or None if video else None
+    if video is not None and video_bitrate is None and len(videos) == 1:
+        # Matroska and MPEG-TS rarely state per-stream rates; the overall rate minus the
+        # sound is a fair estimate and is only used as a ceiling for the ladder.
+        total = _int(fmt.get("bit_rate")) or int(size * 8 / duration)
+        video_bitrate = max(total - (audio_bitrate or 0), 0) or None
+    return MediaInfo(
+        format=demuxer,
+        duration=duration,
+        has_video=video is not None,
+        has_audio=audio is not None,
+        width=width,
+        height=height,
+        rotation=rotation,
+        fps=fps,
+        video_bitrate=video_bitrate,
+        audio_bitrate=audio_bitrate,
+        video_codec=video.get("codec_name") if video else None,
+        audio_codec=audio.get("codec_name") if audio else None,
+        audio_channels=_int(audio.get("channels")) or None if audio else None,
+        size_bytes=size,
+        start_time=start,
+    )
+
+
+def _check_decodes(path: Path, info: MediaInfo, limits: MediaLimits, ffprobe: str) -> None:
+    """Decode the first frame and the last seconds of the main stream.
+
+    Headers can promise a full film while the data stops half-way (an MP4 with its index at
+    the front, cut short); only reading the end proves the data is there.
+    """
+    selector = "v:0" if info.has_video else "a:0"
+    tail_start = info.start_time + max(info.duration - 1.5, 0.0)
+    data = _ffprobe_json(
+        [ffprobe, "-v", "error", "-hide_banner", "-select_streams", selector,
+         "-read_intervals", f"%+#2,{tail_start:.3f}%",
+         "-show_entries", "frame=best_effort_timestamp_time", "-of", "json",
+         *input_args(path, info.format)],
+        limits,
+    )
+    times = [
+        t for t in (_float(f.get("best_effort_timestamp_time")) for f in data.get("frames") or [])
+        if t is not None
+    ]
+    if not times:
+        raise NoDecodableStream(
+            "The picture or sound in this file cannot be decoded; it may be damaged "
+            "or use a format we do not support."
+        )
+    end = info.start_time + info.duration
+    if max(times) < end - max(2.5, 0.02 * info.duration):
+        raise CorruptMedia(
+            f"The file stops at {_hms(max(times) - info.start_time)} although it claims to "
+            f"last {_hms(info.duration)}: it was probably cut short during the upload."
+        )
+
+
+def _pick(candidates: Any) -> dict[str, Any] | None:
+    items = list(candidates)
+    defaults = [s for s in items if (s.get("disposition") or {}).get("default")]
+    return (defaults or items or [None])[0]
+
+
+def _decodable(stream: dict[str, Any]) -> bool:
+    # ffprobe names a codec it has a decoder for; unknown ones come out missing or "none".
+    return stream.get("codec_name") not in (None, "", "none", "unknown")
+
+
+def _display_size(video: dict[str, Any]) -> tuple[int, int, int]:
+    width, height = _int(video.get("width")), _int(video.get("height"))
+    sar = _ratio(video.get("sample_aspect_ratio"))
+    if sar and sar != 1 and Fraction(1, 4) <= sar <= 4:
+        width = round(width * sar)
+    rotation = _rotation(video)
+    if rotation in (90, 270):
+        width, height = height, width
+    return width, height, rotation
+
+
+def _rotation(video: dict[str, Any]) -> int:
+    degrees: float | None = None
+    for side in video.get("side_data_list") or []:
+        if side.get("side_data_type") == "Display Matrix" and "rotation" in side:
+            degrees = _float(side.get("rotation"))
+    if degrees is None:
+        degrees = _float((video.get("tags") or {}).get("rotate"))
+    if degrees is None:
+        return 0
+    return (round(degrees / 90) * 90) % 360
+
+
+def _frame_rate(video: dict[str, Any]) -> float:
+    for key in ("avg_frame_rate", "r_frame_rate"):
+        rate = _ratio(video.get(key))
+        if rate and 1 <= rate <= 1000:
+            return round(float(rate), 3)
+    return 0.0
+
+
+def _ratio(value: Any) -> Fraction | None:
+    try:
+        num, _, den = str(value).partition(":" if ":" in str(value) else "/")
+        result = Fraction(int(num), int(den or 1))
+    except (ValueError, ZeroDivisionError):
+        return None
+    return result if result > 0 else None
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _float(value: Any) -> float | None:
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        return None
+    return result if math.isfinite(result) else None
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
