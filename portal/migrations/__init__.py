@@ -1,0 +1,37 @@
+"""Alembic migrations for the schema in portal/db.py.
+
+`upgrade(engine)` brings a database to the newest revision; `megamovie serve`, `megamovie
+worker` and the tests call it at start-up, so an operator never runs Alembic by hand. To
+write a new revision after changing portal/db.py: `make migration MESSAGE="what changed"`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+HERE = Path(__file__).resolve().parent
+
+
+def alembic_config(database_url: str = "") -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(HERE))
+    config.set_main_option("version_locations", str(HERE / "versions"))
+    if database_url:
+        config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def _upgrade(connection: Connection) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+async def upgrade(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade)
