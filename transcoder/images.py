@@ -1,0 +1,149 @@
+"""Posters and storyboards (seek-preview sprite sheets) from a probed source."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from transcoder.errors import NoDecodableStream, TranscodeFailed
+from transcoder.probe import MediaInfo
+from transcoder.process import input_args, run, summarise_stderr
+
+#: Candidate frames compared for the poster, spread over the first part of the film.
+POSTER_CANDIDATES = 6
+POSTER_MAX_WIDTH = 1280
+_SAMPLE = (64, 36)  # tiny grey thumbnails are enough to judge how much a frame shows
+#: A storyboard stays one image of sane size; long films get a coarser interval.
+STORYBOARD_MAX_THUMBS = 100
+_IMAGE_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class Storyboard:
+    sprite: Path
+    #: WebVTT cues `sprite_uri#xywh=x,y,w,h`, one per interval.
+    vtt: str
+    columns: int
+    rows: int
+    interval: float
+    tile_width: int
+    tile_height: int
+
+
+def poster(source: Path, info: MediaInfo, out: Path, *, ffmpeg: str = "ffmpeg") -> Path:
+    """Write a representative frame to `out` (JPEG, or WebP if `out` ends in .webp).
+
+    Films often open on black or a fade, and the middle of a frame-accurate "thumbnail" pick
+    can still be dark; so we sample a few moments and keep the one with the most luma
+    variance, which is the frame that shows the most.
+    """
+    if not info.has_video:
+        raise NoDecodableStream("There is no picture in this file to make a poster from.")
+    times = _poster_times(info)
+    width = min(info.width, POSTER_MAX_WIDTH)
+    height = max(2, round(width * info.height / info.width / 2) * 2)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".poster-") as tmp:
+        folder = Path(tmp)
+        args = [ffmpeg, "-nostdin", "-hide_banner", "-v", "error"]
+        for t in times:
+            # Input seeking jumps to the keyframe before `t`: cheap even in a 4-hour film.
+            args += ["-ss", f"{t:.3f}", *input_args(source, info.format)]
+        for i in range(len(times)):
+            args += ["-map", f"{i}:v:0", "-frames:v", "1", "-vf",
+                     f"scale={_SAMPLE[0]}:{_SAMPLE[1]},format=gray",
+                     "-f", "rawvideo", str(folder / f"{i}.gray")]
+            args += ["-map", f"{i}:v:0", "-frames:v", "1", "-vf",
+                     f"scale={width}:{height},setsar=1", *_image_codec(out),
+                     str(folder / f"{i}{out.suffix}")]
+        result = run(args, timeout=_IMAGE_TIMEOUT, max_stdout=1 << 16)
+        scores = {i: _variance(folder / f"{i}.gray") for i in range(len(times))}
+        scored = {i: v for i, v in scores.items() if v is not None}
+        if not scored:
+            raise TranscodeFailed(_reason("The poster could not be made", result.stderr, source))
+        best = max(scored, key=lambda i: scored[i])
+        (folder / f"{best}{out.suffix}").replace(out)
+    return out
+
+
+def storyboard(
+    source: Path,
+    info: MediaInfo,
+    outdir: Path,
+    *,
+    interval: float | None = None,
+    tile_width: int = 160,
+    sprite_uri: str = "storyboard.jpg",
+    ffmpeg: str = "ffmpeg",
+) -> Storyboard:
+    """One sprite sheet of thumbnails every `interval` seconds, and the WebVTT that maps
+    each stretch of time to its tile (`#xywh=`), as players show on the seek bar."""
+    if not info.has_video:
+        raise NoDecodableStream("There is no picture in this file to make a storyboard from.")
+    if interval is None:
+        interval = max(1.0, math.ceil(info.duration / STORYBOARD_MAX_THUMBS))
+    count = max(1, math.ceil(info.duration / interval - 1e-9))
+    if count > STORYBOARD_MAX_THUMBS:
+        count = STORYBOARD_MAX_THUMBS
+        interval = info.duration / count
+    columns = min(10, count)
+    rows = math.ceil(count / columns)
+    tile_width -= tile_width % 2
+    tile_height = max(2, round(tile_width * info.height / info.width / 2) * 2)
+    sprite = outdir / Path(sprite_uri).name
+    vf = (f"fps=1/{interval:g}:start_time={info.start_time:.3f},"
+          f"scale={tile_width}:{tile_height},setsar=1,tile={columns}x{rows}")
+    for skip in (["-skip_frame", "nokey"], []):
+        # Decoding only keyframes makes long films several times faster; a file with too few
+        # keyframes yields too few frames that way, so we fall back to decoding everything.
+        args = [ffmpeg, "-nostdin", "-hide_banner", "-v", "error", *skip,
+                *input_args(source, info.format), "-map", "0:v:0", "-vf", vf,
+                "-frames:v", "1", *_image_codec(sprite), str(sprite)]
+        result = run(args, timeout=_IMAGE_TIMEOUT, max_stdout=1 << 16)
+        if result.returncode == 0 and sprite.is_file():
+            break
+        sprite.unlink(missing_ok=True)
+    else:
+        raise TranscodeFailed(_reason("The storyboard could not be made", result.stderr, source))
+    cues = ["WEBVTT", ""]
+    for i in range(count):
+        start, end = i * interval, min((i + 1) * interval, info.duration)
+        x, y = (i % columns) * tile_width, (i // columns) * tile_height
+        cues += [f"{_vtt_time(start)} --> {_vtt_time(end)}",
+                 f"{sprite_uri}#xywh={x},{y},{tile_width},{tile_height}", ""]
+    return Storyboard(sprite, "\n".join(cues), columns, rows, interval, tile_width, tile_height)
+
+
+def _poster_times(info: MediaInfo) -> list[float]:
+    # Between 5% and 50% of the film: past opening titles, before spoilers.
+    start, end = info.duration * 0.05, info.duration * 0.5
+    step = (end - start) / max(1, POSTER_CANDIDATES - 1)
+    return [info.start_time + start + i * step for i in range(POSTER_CANDIDATES)]
+
+
+def _image_codec(out: Path) -> list[str]:
+    if out.suffix.lower() == ".webp":
+        return ["-c:v", "libwebp", "-quality", "80", "-f", "webp"]
+    return ["-c:v", "mjpeg", "-q:v", "3", "-pix_fmt", "yuvj420p", "-f", "image2",
+            "-update", "1"]
+
+
+def _variance(path: Path) -> float | None:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return statistics.pvariance(data) if len(data) == _SAMPLE[0] * _SAMPLE[1] else None
+
+
+def _reason(what: str, stderr: bytes, source: Path) -> str:
+    detail = summarise_stderr(stderr.decode("utf-8", "replace").splitlines(),
+                              hide=[str(source.resolve()), str(source)])
+    return f"{what} (ffmpeg: {detail})." if detail else f"{what}."
+
+
+def _vtt_time(seconds: float) -> str:
+    ms = round(seconds * 1000)
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
