@@ -46,8 +46,11 @@ async def postgres_url() -> AsyncIterator[str]:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def database_url(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[str]:
-    """The same test on SQLite and on PostgreSQL."""
+def database_url(request: pytest.FixtureRequest, settings: Settings) -> Iterator[str]:
+    """The same test on SQLite and on PostgreSQL.
+
+    Synchronous on purpose: an async fixture may not request another async fixture
+    dynamically (anyio refuses to re-enter its runner)."""
     if request.param == "sqlite":
         yield settings.database_url
         return

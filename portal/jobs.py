@@ -1,0 +1,243 @@
+"""The job queue: background work (transcodes) kept in the database, claimed with a lease.
+
+A worker claims a job by writing its name and a lease expiry on it, and keeps the lease alive
+with heartbeats. A worker that dies stops heartbeating; once its lease expires any other
+worker may claim the job again, so no job is lost with its worker. Claiming is serialised by
+the database: `SELECT ... FOR UPDATE SKIP LOCKED` on PostgreSQL (workers never wait on each
+other), an immediate (write-locking) transaction on SQLite (one process at a time anyway).
+
+Every claim counts as an attempt. A failure that may pass (ffmpeg crashed, disk full) is
+retried after an exponential backoff; after `max_attempts` the job and its video are failed
+with the last reason, which the creator sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from portal.db import jobs, new_id, utcnow, videos
+
+TRANSCODE = "transcode"
+#: What a creator sees when every attempt died with its worker (killed, out of memory).
+WORKER_LOST = "Processing stopped unexpectedly several times; please upload the file again."
+
+
+class LeaseLost(Exception):
+    """This worker no longer holds the job: its lease expired and another worker took it."""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    video_id: str
+    kind: str
+    attempts: int
+    max_attempts: int
+    lease_owner: str
+    lease_expires_at: datetime
+
+    @property
+    def last_attempt(self) -> bool:
+        return self.attempts >= self.max_attempts
+
+
+class JobQueue:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        lease_seconds: float,
+        max_attempts: int,
+        backoff_seconds: float = 10.0,
+    ) -> None:
+        self.engine = engine
+        self.lease = timedelta(seconds=lease_seconds)
+        self.max_attempts = max_attempts
+        self.backoff_seconds = backoff_seconds
+        self._postgres = engine.dialect.name == "postgresql"
+
+    async def enqueue(
+        self, video_id: str, kind: str = TRANSCODE, *, conn: AsyncConnection | None = None
+    ) -> str:
+        """Queue a job; pass `conn` to make it part of the caller's transaction."""
+        now = utcnow()
+        job_id = new_id()
+        stmt = jobs.insert().values(
+            id=job_id,
+            video_id=video_id,
+            kind=kind,
+            state="queued",
+            attempts=0,
+            max_attempts=self.max_attempts,
+            run_after=now,
+            created_at=now,
+            updated_at=now,
+        )
+        if conn is not None:
+            await conn.execute(stmt)
+        else:
+            async with self.engine.begin() as own:
+                await own.execute(stmt)
+        return job_id
+
+    async def claim(self, worker: str, kinds: tuple[str, ...] = (TRANSCODE,)) -> Job | None:
+        """Take the oldest runnable job (queued and due, or running with an expired lease)."""
+        now = utcnow()
+        claimable = and_(
+            jobs.c.kind.in_(kinds),
+            or_(
+                and_(jobs.c.state == "queued", jobs.c.run_after <= now),
+                and_(jobs.c.state == "running", jobs.c.lease_expires_at < now),
+            ),
+        )
+        query = select(jobs).where(claimable).order_by(jobs.c.run_after, jobs.c.created_at)
+        while True:
+            async with self._claim_transaction() as conn:
+                if self._postgres:
+                    query = query.with_for_update(skip_locked=True)
+                row = (await conn.execute(query.limit(1))).mappings().first()
+                if row is None:
+                    return None
+                if row["state"] == "running" and row["attempts"] >= row["max_attempts"]:
+                    # Its last attempt died with its worker: give up rather than loop forever.
+                    await self._give_up(conn, row["id"], row["video_id"], WORKER_LOST, now)
+                    continue
+                expires = now + self.lease
+                await conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == row["id"])
+                    .values(
+                        state="running",
+                        attempts=row["attempts"] + 1,
+                        lease_owner=worker,
+                        lease_expires_at=expires,
+                        updated_at=now,
+                    )
+                )
+                return Job(
+                    id=row["id"],
+                    video_id=row["video_id"],
+                    kind=row["kind"],
+                    attempts=row["attempts"] + 1,
+                    max_attempts=row["max_attempts"],
+                    lease_owner=worker,
+                    lease_expires_at=expires,
+                )
+
+    async def heartbeat(self, job: Job) -> None:
+        """Extend the lease; LeaseLost if another worker has taken the job over."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(jobs)
+                .where(self._held(job))
+                .values(lease_expires_at=now + self.lease, updated_at=now)
+            )
+        if result.rowcount != 1:
+            raise LeaseLost(f"job {job.id} is no longer held by {job.lease_owner}")
+
+    async def complete(self, job: Job) -> None:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(jobs)
+                .where(self._held(job))
+                .values(state="done", lease_owner=None, lease_expires_at=None, updated_at=utcnow())
+            )
+        if result.rowcount != 1:
+            raise LeaseLost(f"job {job.id} is no longer held by {job.lease_owner}")
+
+    async def fail(self, job: Job, reason: str, *, retry: bool = True) -> bool:
+        """Record a failed attempt. Returns True when the job will run again; otherwise the
+        job and its video are failed with `reason` (shown to the creator)."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            if retry and job.attempts < job.max_attempts:
+                delay = self.backoff_seconds * 4 ** (job.attempts - 1)
+                result = await conn.execute(
+                    update(jobs)
+                    .where(self._held(job))
+                    .values(
+                        state="queued",
+                        run_after=now + timedelta(seconds=delay),
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        last_error=reason,
+                        updated_at=now,
+                    )
+                )
+                if result.rowcount != 1:
+                    raise LeaseLost(f"job {job.id} is no longer held by {job.lease_owner}")
+                await conn.execute(
+                    update(videos)
+                    .where(videos.c.id == job.video_id)
+                    .values(status="queued", updated_at=now)
+                )
+                return True
+            await self._give_up(conn, job.id, job.video_id, reason, now)
+            return False
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs by state, for /metrics."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))
+            return {state: count for state, count in rows.all()}
+
+    async def _give_up(
+        self, conn: AsyncConnection, job_id: str, video_id: str, reason: str, now: datetime
+    ) -> None:
+        await conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(
+                state="failed",
+                lease_owner=None,
+                lease_expires_at=None,
+                last_error=reason,
+                updated_at=now,
+            )
+        )
+        await conn.execute(
+            update(videos)
+            .where(videos.c.id == video_id)
+            .values(status="failed", error=reason, updated_at=now)
+        )
+
+    def _held(self, job: Job):  # type: ignore[no-untyped-def]
+        return and_(
+            jobs.c.id == job.id, jobs.c.state == "running", jobs.c.lease_owner == job.lease_owner
+        )
+
+    def _claim_transaction(self):  # type: ignore[no-untyped-def]
+        return _ClaimTransaction(self.engine, immediate=not self._postgres)
+
+
+class _ClaimTransaction:
+    """`engine.begin()`, but on SQLite a BEGIN IMMEDIATE: it takes the write lock up front, so
+    two workers cannot both read the same job as free and both claim it."""
+
+    def __init__(self, engine: AsyncEngine, *, immediate: bool) -> None:
+        self.engine = engine
+        self.immediate = immediate
+        self._conn: AsyncConnection | None = None
+
+    async def __aenter__(self) -> AsyncConnection:
+        self._conn = await self.engine.connect()
+        if self.immediate:
+            await self._conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            await self._conn.begin()
+        return self._conn
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        assert self._conn is not None
+        try:
+            if exc_type is None:
+                await self._conn.commit()
+            else:
+                await self._conn.rollback()
+        finally:
+            await self._conn.close()

@@ -1,0 +1,87 @@
+"""Media and database fixtures shared by the portal tests.
+
+Clips are made once per session with the real ffmpeg (tiny: 320x180, 2 s, ultrafast), so
+every test that needs media runs the same code paths as production on a real file.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from portal.app import prepare_data_dir
+from portal.db import create_engine, create_schema, new_id, users, utcnow, videos
+from portal.settings import Settings
+
+
+def make_clip(out: Path, *, seconds: float = 2, size: str = "320x180") -> Path:
+    """A real H.264/AAC MP4 made by ffmpeg from its test sources."""
+    subprocess.run(
+        [
+            "ffmpeg", "-nostdin", "-v", "error", "-y",
+            "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=24",
+            "-f", "lavfi", "-i", "sine=frequency=440",
+            "-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+            "-c:a", "aac", "-shortest", str(out),
+        ],
+        check=True,
+        timeout=60,
+    )  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2 s 320x180 H.264/AAC MP4."""
+    return make_clip(tmp_path_factory.mktemp("media") / "clip.mp4")
+
+
+@pytest.fixture
+async def engine(settings: Settings, database_url: str) -> AsyncIterator[AsyncEngine]:
+    """A real database (SQLite and PostgreSQL) with the whole schema."""
+    prepare_data_dir(settings)
+    engine = create_engine(database_url)
+    await create_schema(engine)
+    yield engine
+    await engine.dispose()
+
+
+async def insert_user(engine: AsyncEngine, role: str = "creator") -> str:
+    """A user row straight into the table, for tests below the accounts layer."""
+    user_id = new_id()
+    async with engine.begin() as conn:
+        await conn.execute(
+            users.insert().values(
+                id=user_id,
+                email=f"{user_id}@example.test",
+                display_name="Test " + role,
+                password_hash="!",  # matches no password: this user cannot log in
+                role=role,
+                created_at=utcnow(),
+            )
+        )
+    return user_id
+
+
+async def insert_video(engine: AsyncEngine, creator_id: str, status: str = "queued") -> str:
+    video_id = new_id()
+    now = utcnow()
+    async with engine.begin() as conn:
+        await conn.execute(
+            videos.insert().values(
+                id=video_id,
+                creator_id=creator_id,
+                title="A test film",
+                description="",
+                tags="",
+                status=status,
+                progress=0.0,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    return video_id
