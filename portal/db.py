@@ -179,6 +179,16 @@ data_keys = Table(
     Column("created_at", UTCDateTime(), nullable=False),
 )
 
+# One row per master key (KEK) ever used: a value sealed under that key, so a wrong key in the
+# keyring is caught at start-up instead of producing garbage later (see docs/vault-format.md).
+vault_keys = Table(
+    "vault_keys",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("check_value", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
 watch_progress = Table(
     "watch_progress",
     metadata,

@@ -116,6 +116,13 @@ class ObjectNotFound(VaultError):
     code = "object_not_found"
 
 
+class ObjectNameInvalid(VaultError):
+    """An owner or object path the vault refuses: `..`, absolute, empty segments, odd characters."""
+
+    status_code = 400
+    code = "object_name_invalid"
+
+
 class StorageError(VaultError):
     """The storage backend failed (disk full, S3 unreachable, ...)."""
 
