@@ -15,6 +15,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from transcoder.errors import HostileInput
+from transcoder.formats import ALLOWED_DEMUXERS
+
 #: Reading user files through any other protocol (http, tcp, data, subfile, crypto...) is how
 #: a crafted file turns into a server-side request or a local-file read.
 PROTOCOL_WHITELIST = ["-protocol_whitelist", "file"]
@@ -22,6 +25,9 @@ PROTOCOL_WHITELIST = ["-protocol_whitelist", "file"]
 
 def input_args(path: Path, demuxer: str) -> list[str]:
     """The options that must precede every user file given to ffmpeg or ffprobe."""
+    if demuxer not in ALLOWED_DEMUXERS:
+        # A MediaInfo built by hand (or from an old database row) must not smuggle in `hls`.
+        raise HostileInput(f"The {demuxer!r} format is not accepted.")
     # `file:` stops a name such as `concat:a|b` or `subfile:...` being read as a protocol.
     return [*PROTOCOL_WHITELIST, "-f", demuxer, "-i", f"file:{path.resolve()}"]
 
