@@ -18,9 +18,11 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from portal.auth import AuthMiddleware
 from portal.db import create_engine, create_schema
 from portal.http_errors import exception_handlers
-from portal.routes import ops
+from portal.routes import accounts, ops, pages
+from portal.security import SecurityHeadersMiddleware
 from portal.settings import Settings
 
 log = logging.getLogger("megamovie")
@@ -30,7 +32,7 @@ TEMPLATES_DIR = PROJECT_ROOT / "templates"
 STATIC_DIR = PROJECT_ROOT / "static"
 
 # Each feature module exposes `routes`; add a module here to mount it.
-ROUTE_MODULES = [ops]
+ROUTE_MODULES = [ops, accounts, pages]
 
 
 def prepare_data_dir(settings: Settings) -> None:
@@ -48,7 +50,11 @@ def build_routes() -> list[BaseRoute]:
 
 
 def build_middleware(settings: Settings) -> list[Middleware]:
-    return []
+    # Outermost first: even a CSRF refusal from AuthMiddleware gets the security headers.
+    return [
+        Middleware(SecurityHeadersMiddleware),
+        Middleware(AuthMiddleware, settings=settings),
+    ]
 
 
 def create_app(settings: Settings) -> Starlette:
