@@ -126,6 +126,8 @@ uploads = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False, index=True),
     Column("completed_at", UTCDateTime(), nullable=True),
+    # A PATCH is writing until then: two PATCHes on one upload must never both succeed.
+    Column("locked_until", UTCDateTime(), nullable=True),
 )
 
 renditions = Table(

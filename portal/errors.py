@@ -84,6 +84,37 @@ class QuotaExceeded(UploadRejected):
     code = "quota_exceeded"
 
 
+class UploadTooLarge(UploadRejected):
+    status_code = 413
+    code = "upload_too_large"
+
+
+class UploadGone(UploadRejected):
+    """The upload expired before it was finished; its bytes are (or will be) deleted."""
+
+    status_code = 410
+    code = "upload_gone"
+
+
+class UnsupportedContentType(UploadRejected):
+    status_code = 415
+    code = "unsupported_content_type"
+
+
+class UnsupportedProtocol(UploadRejected):
+    """The client speaks a tus version we do not."""
+
+    status_code = 412
+    code = "unsupported_protocol"
+
+
+class ChecksumMismatch(UploadRejected):
+    """The chunk's bytes do not match its Upload-Checksum; nothing of it was kept."""
+
+    status_code = 460  # the tus checksum extension's own status code
+    code = "checksum_mismatch"
+
+
 class VaultError(PortalError):
     """Base of the vault's errors: storage and encryption at rest."""
 
