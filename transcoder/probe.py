@@ -65,8 +65,8 @@ def probe(path: Path, limits: MediaLimits, *, ffprobe: str = "ffprobe") -> Media
          "-of", "json", *input_args(path, demuxer)],
         limits,
     )
-    info = _media_info(data, demuxer, size, limits)
-    _check_decodes(path, info, limits, ffprobe)
+    info, main_end = _media_info(data, demuxer, size, limits)
+    _check_decodes(path, info, main_end, limits, ffprobe)
     return info
 
 
@@ -87,7 +87,10 @@ def _ffprobe_json(args: list[str], limits: MediaLimits) -> dict[str, Any]:
     return data
 
 
-def _media_info(data: dict[str, Any], demuxer: str, size: int, limits: MediaLimits) -> MediaInfo:
+def _media_info(
+    data: dict[str, Any], demuxer: str, size: int, limits: MediaLimits
+) -> tuple[MediaInfo, float]:
+    """The facts, and where the main stream (video, else audio) should end."""
     streams: list[dict[str, Any]] = data.get("streams") or []
     fmt: dict[str, Any] = data.get("format") or {}
     if len(streams) > limits.max_streams:
@@ -136,6 +139,11 @@ def _media_info(data: dict[str, Any], demuxer: str, size: int, limits: MediaLimi
         # sound is a fair estimate and is only used as a ceiling for the ladder.
         total = _int(fmt.get("bit_rate")) or int(size * 8 / duration)
         video_bitrate = max(total - (audio_bitrate or 0), 0) or None
+    main = video if video is not None else audio
+    assert main is not None
+    # A stream may legitimately end before the container (a short picture track under a
+    # longer soundtrack); its own duration, when the container states one, is the promise.
+    main_end = start + (_float(main.get("duration")) or duration)
     return MediaInfo(
         format=demuxer,
         duration=duration,
@@ -152,37 +160,45 @@ def _media_info(data: dict[str, Any], demuxer: str, size: int, limits: MediaLimi
         audio_channels=_int(audio.get("channels")) or None if audio else None,
         size_bytes=size,
         start_time=start,
-    )
+    ), main_end
 
 
-def _check_decodes(path: Path, info: MediaInfo, limits: MediaLimits, ffprobe: str) -> None:
-    """Decode the first frame and the last seconds of the main stream.
+def _check_decodes(
+    path: Path, info: MediaInfo, main_end: float, limits: MediaLimits, ffprobe: str
+) -> None:
+    """Decode the first frames, and read the packets of the last seconds, of the main stream.
 
     Headers can promise a full film while the data stops half-way (an MP4 with its index at
-    the front, cut short); only reading the end proves the data is there.
+    the front, cut short); only reading the end proves the data is there. The end is checked
+    with packets, not frames: after a seek into an unindexed stream (MPEG-TS) the decoder has
+    no keyframe to start from, yet the packets are there.
     """
     selector = "v:0" if info.has_video else "a:0"
-    tail_start = info.start_time + max(info.duration - 1.5, 0.0)
+    tail_start = max(main_end - 1.5, info.start_time)
     data = _ffprobe_json(
         [ffprobe, "-v", "error", "-hide_banner", "-select_streams", selector,
          "-read_intervals", f"%+#2,{tail_start:.3f}%",
-         "-show_entries", "frame=best_effort_timestamp_time", "-of", "json",
+         "-show_entries", "packet=pts_time:frame=best_effort_timestamp_time", "-of", "json",
          *input_args(path, info.format)],
         limits,
     )
-    times = [
-        t for t in (_float(f.get("best_effort_timestamp_time")) for f in data.get("frames") or [])
+    entries = data.get("packets_and_frames") or []
+    frames = [e for e in entries if e.get("type") == "frame"]
+    packet_times = [
+        t for t in (_float(e.get("pts_time")) for e in entries if e.get("type") == "packet")
         if t is not None
     ]
-    if not times:
+    if not frames:
         raise NoDecodableStream(
             "The picture or sound in this file cannot be decoded; it may be damaged "
             "or use a format we do not support."
         )
-    end = info.start_time + info.duration
-    if max(times) < end - max(2.5, 0.02 * info.duration):
+    # The last packet starts one frame before the end; allow for long audio frames and
+    # imprecise container durations, but not for missing seconds.
+    last = max(packet_times, default=info.start_time)
+    if last < main_end - max(1.0, 0.01 * info.duration):
         raise CorruptMedia(
-            f"The file stops at {_hms(max(times) - info.start_time)} although it claims to "
+            f"The file stops at {_hms(last - info.start_time)} although it claims to "
             f"last {_hms(info.duration)}: it was probably cut short during the upload."
         )
 

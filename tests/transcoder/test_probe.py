@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from transcoder.errors import (
+    CorruptMedia,
+    EmptyFile,
+    HostileInput,
+    MediaRejected,
+    NoDecodableStream,
+    NotMedia,
+    TooLarge,
+    TooLong,
+    TooManyStreams,
+)
+from transcoder.limits import MediaLimits
+from transcoder.probe import probe
+
+LIMITS = MediaLimits()
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "size", "has_audio"),
+    [
+        ("landscape.mp4", "mov", (320, 180), True),
+        ("moov_at_end.mp4", "mov", (320, 180), True),
+        ("portrait.mp4", "mov", (180, 320), True),
+        ("odd.mp4", "mov", (321, 181), False),
+        ("no_audio.mp4", "mov", (320, 180), False),
+        ("variable_rate.mkv", "matroska", (320, 180), False),
+        ("webm.webm", "matroska", (320, 180), True),
+        ("mpegts.ts", "mpegts", (320, 180), True),
+        ("hd.mp4", "mov", (1920, 1080), True),
+    ],
+)
+def test_probe_reports_what_is_in_the_file(
+    clips: dict[str, Path], name: str, fmt: str, size: tuple[int, int], has_audio: bool
+) -> None:
+    info = probe(clips[name], LIMITS)
+    assert info.format == fmt
+    assert info.has_video
+    assert (info.width, info.height) == size
+    assert info.has_audio is has_audio
+    assert info.duration == pytest.approx(3.0 if "variable" in name else 2.0, abs=0.1)
+    assert info.fps > 0
+    assert info.video_bitrate and info.video_bitrate > 0
+    assert info.size_bytes == clips[name].stat().st_size
+
+
+def test_rotated_video_reports_display_dimensions(clips: dict[str, Path]) -> None:
+    info = probe(clips["rotated.mp4"], LIMITS)
+    assert info.rotation in (90, 270)
+    assert (info.width, info.height) == (180, 320)
+
+
+def test_audio_only_file_has_no_video(clips: dict[str, Path]) -> None:
+    info = probe(clips["audio_only.mp3"], LIMITS)
+    assert (info.format, info.has_video, info.has_audio) == ("mp3", False, True)
+    assert info.audio_codec == "mp3"
+    assert (info.width, info.height) == (0, 0)
+
+
+def test_file_with_only_subtitles_has_no_decodable_stream(clips: dict[str, Path]) -> None:
+    with pytest.raises(NoDecodableStream):
+        probe(clips["subtitles_only.mkv"], LIMITS)
+
+
+def test_empty_file_is_refused(tmp_path: Path) -> None:
+    upload = tmp_path / "film.mp4"
+    upload.touch()
+    with pytest.raises(EmptyFile):
+        probe(upload, LIMITS)
+
+
+def test_text_file_is_not_media(tmp_path: Path) -> None:
+    upload = tmp_path / "film.mp4"
+    upload.write_text("This is my film script, not my film.\n")
+    with pytest.raises(NotMedia) as caught:
+        probe(upload, LIMITS)
+    assert caught.value.reason == "This is not a video or audio file."
+
+
+@pytest.mark.parametrize("name", ["landscape.mp4", "moov_at_end.mp4", "webm.webm"])
+def test_truncated_upload_is_corrupt(clip: Callable[[str], Path], name: str) -> None:
+    upload = clip(name)
+    data = upload.read_bytes()
+    upload.write_bytes(data[: len(data) // 3])
+    with pytest.raises(CorruptMedia) as caught:
+        probe(upload, LIMITS)
+    assert str(upload.parent) not in caught.value.reason
+
+
+def test_container_header_followed_by_garbage_is_corrupt(tmp_path: Path) -> None:
+    upload = tmp_path / "film.mp4"
+    upload.write_bytes(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + os.urandom(4096))
+    with pytest.raises(CorruptMedia):
+        probe(upload, LIMITS)
+
+
+def test_longer_than_allowed_is_refused(clips: dict[str, Path]) -> None:
+    with pytest.raises(TooLong) as caught:
+        probe(clips["landscape.mp4"], MediaLimits(max_duration=1.0))
+    assert "0:00:02" in caught.value.reason
+
+
+def test_more_pixels_than_allowed_is_refused(clips: dict[str, Path]) -> None:
+    with pytest.raises(TooLarge) as caught:
+        probe(clips["hd.mp4"], MediaLimits(max_pixels=1280 * 720))
+    assert "1920x1080" in caught.value.reason
+
+
+def test_bigger_file_than_allowed_is_refused(clips: dict[str, Path]) -> None:
+    with pytest.raises(TooLarge):
+        probe(clips["landscape.mp4"], MediaLimits(max_file_bytes=1000))
+
+
+def test_too_many_streams_is_refused(clips: dict[str, Path]) -> None:
+    with pytest.raises(TooManyStreams):
+        probe(clips["landscape.mp4"], MediaLimits(max_streams=1))
+
+
+def test_every_refusal_is_a_media_rejected_with_a_sentence(tmp_path: Path) -> None:
+    upload = tmp_path / "film.mp4"
+    upload.write_bytes(b"#EXTM3U\n")
+    with pytest.raises(MediaRejected) as caught:
+        probe(upload, LIMITS)
+    assert caught.value.reason.endswith(".")
+    assert str(tmp_path) not in caught.value.reason
+
+
+class FifoWatch:
+    """A named pipe that records whether anyone ever opened it for reading.
+
+    A writer thread blocks in open() until a reader arrives, so "still blocked" proves no
+    process opened the file at all, whatever the filesystem's atime policy.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        os.mkfifo(path)
+        self.opened = threading.Event()
+        self._thread = threading.Thread(target=self._wait_for_reader, daemon=True)
+        self._thread.start()
+
+    def _wait_for_reader(self) -> None:
+        with self.path.open("wb") as pipe:  # blocks until a reader opens the FIFO
+            self.opened.set()
+            pipe.write(b"\x47" + b"\x00" * 187)
+
+    def release(self) -> None:
+        if not self.opened.is_set():
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+            self.opened.wait(5)
+            os.close(fd)
+        self._thread.join(5)
+
+
+@pytest.fixture
+def secret_fifo(tmp_path: Path) -> Iterator[FifoWatch]:
+    watch = FifoWatch(tmp_path / "secret.ts")
+    yield watch
+    watch.release()
+
+
+def _hls_playlist_pointing_at(target: Path) -> bytes:
+    return (
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:0\n"
+        f"#EXTINF:10.0,\n{target}\n#EXT-X-ENDLIST\n"
+    ).encode()
+
+
+def test_hls_playlist_disguised_as_mp4_is_refused_without_opening_what_it_names(
+    tmp_path: Path, secret_fifo: FifoWatch
+) -> None:
+    upload = tmp_path / "holiday.mp4"
+    upload.write_bytes(_hls_playlist_pointing_at(secret_fifo.path))
+    with pytest.raises(HostileInput):
+        probe(upload, MediaLimits(probe_timeout=5))
+    assert not secret_fifo.opened.wait(0.5), "the file named by the playlist was opened"
+
+
+def test_fifo_watch_catches_ffprobe_autodetecting_the_playlist(
+    tmp_path: Path, secret_fifo: FifoWatch, ffprobe: str
+) -> None:
+    """The control for the test above: without our sniffing, ffprobe guesses `hls` from the
+    content (whatever the name) and opens the named file, even with a file-only whitelist."""
+    upload = tmp_path / "holiday.mp4"
+    upload.write_bytes(_hls_playlist_pointing_at(secret_fifo.path))
+    subprocess.run([ffprobe, "-v", "quiet", "-protocol_whitelist", "file", str(upload)],
+                   timeout=30, check=False)
+    assert secret_fifo.opened.wait(5)
