@@ -21,7 +21,7 @@ from starlette.templating import Jinja2Templates
 from portal.auth import AuthMiddleware
 from portal.db import create_engine, create_schema
 from portal.http_errors import exception_handlers
-from portal.routes import accounts, ops, pages
+from portal.routes import accounts, catalog, ops, pages
 from portal.security import SecurityHeadersMiddleware
 from portal.settings import Settings
 
@@ -32,7 +32,7 @@ TEMPLATES_DIR = PROJECT_ROOT / "templates"
 STATIC_DIR = PROJECT_ROOT / "static"
 
 # Each feature module exposes `routes`; add a module here to mount it.
-ROUTE_MODULES = [ops, accounts, pages]
+ROUTE_MODULES = [ops, accounts, catalog, pages]
 
 
 def prepare_data_dir(settings: Settings) -> None:

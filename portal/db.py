@@ -27,6 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
@@ -208,6 +209,52 @@ rate_limits = Table(
     Column("hits", Integer, nullable=False),
     UniqueConstraint("bucket", "window_start"),
 )
+
+
+# Full-text search over the catalog (queried in portal/routes/catalog.py). SQLite keeps an FTS5
+# table in step with triggers (video text plus the creator's name); PostgreSQL searches a GIN
+# expression index on the video text and the creator's name separately.
+_FTS_INSERT = (
+    "INSERT INTO videos_fts(video_id, title, description, tags, creator) "
+    "SELECT new.id, new.title, coalesce(new.description, ''), coalesce(new.tags, ''), "
+    "(SELECT display_name FROM users WHERE id = new.creator_id); "
+)
+SQLITE_SEARCH_DDL = [
+    "CREATE VIRTUAL TABLE IF NOT EXISTS videos_fts USING fts5(video_id UNINDEXED, title, "
+    "description, tags, creator, tokenize='unicode61 remove_diacritics 2')",
+    "CREATE TRIGGER IF NOT EXISTS videos_fts_insert AFTER INSERT ON videos BEGIN "
+    + _FTS_INSERT
+    + "END",
+    "CREATE TRIGGER IF NOT EXISTS videos_fts_update "
+    "AFTER UPDATE OF title, description, tags, creator_id ON videos BEGIN "
+    "DELETE FROM videos_fts WHERE video_id = old.id; "
+    "INSERT INTO videos_fts(video_id, title, description, tags, creator) "
+    "SELECT new.id, new.title, coalesce(new.description, ''), coalesce(new.tags, ''), "
+    "(SELECT display_name FROM users WHERE id = new.creator_id); END",
+    "CREATE TRIGGER IF NOT EXISTS videos_fts_delete AFTER DELETE ON videos BEGIN "
+    "DELETE FROM videos_fts WHERE video_id = old.id; END",
+    "CREATE TRIGGER IF NOT EXISTS users_fts_rename AFTER UPDATE OF display_name ON users BEGIN "
+    "UPDATE videos_fts SET creator = new.display_name "
+    "WHERE video_id IN (SELECT id FROM videos WHERE creator_id = new.id); END",
+]
+POSTGRES_SEARCH_DDL = [
+    "CREATE INDEX IF NOT EXISTS ix_videos_search ON videos USING GIN "
+    "((to_tsvector('simple', title || ' ' || description || ' ' || tags)))",
+    "CREATE INDEX IF NOT EXISTS ix_users_search ON users USING GIN "
+    "((to_tsvector('simple', display_name)))",
+]
+
+
+def create_search_index(connection: Connection) -> None:
+    """The catalog's full-text search structures; idempotent (migrations may call it too)."""
+    ddl = SQLITE_SEARCH_DDL if connection.dialect.name == "sqlite" else POSTGRES_SEARCH_DDL
+    for statement in ddl:
+        connection.exec_driver_sql(statement)
+
+
+@event.listens_for(videos, "after_create")
+def _videos_created(target: Table, connection: Connection, **kw: object) -> None:
+    create_search_index(connection)
 
 
 def create_engine(database_url: str) -> AsyncEngine:

@@ -1,0 +1,224 @@
+"""The catalog: ready films with posters, full-text search, sorting and paging.
+
+Search matches films whose title, description and tags contain every word of the query (as
+word prefixes), or whose creator's name does. SQLite answers from the FTS5 table
+`videos_fts`, PostgreSQL from GIN expression indexes (both made in portal/db.py).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import String, func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql import Select
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from portal.accounts import get_user
+from portal.db import users, videos
+from portal.errors import NotFound
+from portal.routes.pages import format_duration, render
+
+PAGE_SIZE = 24
+SORTS = ("newest", "popular")
+MAX_TERMS = 8  # a pasted paragraph should not become a 200-term query
+_WORD = re.compile(r"[^\W_]+")
+
+
+def search_terms(query: str) -> list[str]:
+    """The words of a search box, lower case; punctuation is dropped so no query syntax leaks."""
+    return _WORD.findall(query.lower())[:MAX_TERMS]
+
+
+def fts5_query(terms: list[str]) -> str:
+    words = " AND ".join(f'"{term}"*' for term in terms)
+    return f"({{title description tags}} : ({words})) OR (creator : ({words}))"
+
+
+def tsquery(terms: list[str]) -> str:
+    return " & ".join(f"{term}:*" for term in terms)
+
+
+@dataclass(frozen=True)
+class CatalogItem:
+    id: str
+    title: str
+    duration: float | None
+    creator_id: str
+    creator_name: str
+    has_poster: bool
+    views: int
+    ready_at: datetime | None
+
+    @property
+    def duration_text(self) -> str:
+        return format_duration(self.duration)
+
+    @property
+    def poster_url(self) -> str | None:
+        return f"/media/{self.id}/poster.jpg" if self.has_poster else None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "duration": self.duration,
+            "creator": {"id": self.creator_id, "name": self.creator_name},
+            "poster_url": self.poster_url,
+            "views": self.views,
+            "ready_at": self.ready_at.isoformat() if self.ready_at else None,
+            "url": f"/watch/{self.id}",
+        }
+
+
+@dataclass(frozen=True)
+class CatalogPage:
+    items: list[CatalogItem]
+    page: int
+    pages: int
+    total: int
+    query: str
+    sort: str
+
+
+def _search(statement: Select[Any], dialect: str, terms: list[str]) -> Select[Any]:
+    if dialect == "sqlite":
+        matches = text("SELECT video_id FROM videos_fts WHERE videos_fts MATCH :fts").bindparams(
+            fts=fts5_query(terms)
+        )
+        return statement.where(videos.c.id.in_(matches.columns(video_id=String)))
+    # The expressions are spelled exactly as the GIN indexes in portal/db.py, so they are used.
+    return statement.where(
+        text(
+            "(to_tsvector('simple', videos.title || ' ' || videos.description || ' ' || "
+            "videos.tags) @@ to_tsquery('simple', :tsq) OR "
+            "to_tsvector('simple', users.display_name) @@ to_tsquery('simple', :tsq))"
+        ).bindparams(tsq=tsquery(terms))
+    )
+
+
+async def list_videos(
+    engine: AsyncEngine,
+    *,
+    q: str = "",
+    sort: str = "newest",
+    page: int = 1,
+    creator_id: str | None = None,
+    page_size: int = PAGE_SIZE,
+) -> CatalogPage:
+    """One page of ready films, newest first or most watched first, optionally searched."""
+    sort = sort if sort in SORTS else "newest"
+    statement = (
+        select(
+            videos.c.id,
+            videos.c.title,
+            videos.c.duration,
+            videos.c.creator_id,
+            users.c.display_name.label("creator_name"),
+            videos.c.has_poster,
+            videos.c.views,
+            videos.c.ready_at,
+        )
+        .join(users, users.c.id == videos.c.creator_id)
+        .where(videos.c.status == "ready")
+    )
+    if creator_id is not None:
+        statement = statement.where(videos.c.creator_id == creator_id)
+    terms = search_terms(q)
+    if terms:
+        statement = _search(statement, engine.dialect.name, terms)
+    newest = (videos.c.ready_at.desc(), videos.c.id)
+    order = newest if sort == "newest" else (videos.c.views.desc(), *newest)
+    count = select(func.count()).select_from(statement.subquery())
+    async with engine.connect() as conn:
+        total = (await conn.execute(count)).scalar_one()
+        pages = max(1, math.ceil(total / page_size))
+        page = min(max(1, page), pages)
+        rows = (
+            await conn.execute(
+                statement.order_by(*order).limit(page_size).offset((page - 1) * page_size)
+            )
+        ).all()
+    items = [
+        CatalogItem(
+            r.id,
+            r.title,
+            r.duration,
+            r.creator_id,
+            r.creator_name,
+            bool(r.has_poster),
+            int(r.views),
+            r.ready_at,
+        )
+        for r in rows
+    ]
+    return CatalogPage(items, page, pages, total, q.strip(), sort)
+
+
+def _params(request: Request) -> dict[str, Any]:
+    try:
+        page = int(request.query_params.get("page", "1"))
+    except ValueError:
+        page = 1
+    return {
+        "q": request.query_params.get("q", "")[:200],
+        "sort": request.query_params.get("sort", "newest"),
+        "page": page,
+    }
+
+
+def page_links(result: CatalogPage, window: int = 2) -> list[int | None]:
+    """Page numbers to link, with None where a run is elided: [1, None, 4, 5, 6, None, 12]."""
+    keep = {1, result.pages, *range(result.page - window, result.page + window + 1)}
+    links: list[int | None] = []
+    for number in sorted(n for n in keep if 1 <= n <= result.pages):
+        if links and links[-1] is not None and number - links[-1] > 1:
+            links.append(None)
+        links.append(number)
+    return links
+
+
+async def catalog(request: Request) -> Response:
+    result = await list_videos(request.app.state.engine, **_params(request))
+    return render(
+        request, "catalog.html", {"result": result, "links": page_links(result), "channel": None}
+    )
+
+
+async def channel(request: Request) -> Response:
+    engine = request.app.state.engine
+    owner = await get_user(engine, request.path_params["user_id"])
+    if owner is None:
+        raise NotFound("There is no channel at this address.")
+    result = await list_videos(engine, creator_id=owner.id, **_params(request))
+    return render(
+        request, "catalog.html", {"result": result, "links": page_links(result), "channel": owner}
+    )
+
+
+async def api_videos(request: Request) -> Response:
+    """`GET /api/videos?q=&sort=newest|popular&page=`: the catalog as JSON."""
+    result = await list_videos(request.app.state.engine, **_params(request))
+    return JSONResponse(
+        {
+            "videos": [item.as_json() for item in result.items],
+            "page": result.page,
+            "pages": result.pages,
+            "total": result.total,
+            "q": result.query,
+            "sort": result.sort,
+        }
+    )
+
+
+routes = [
+    Route("/", catalog, methods=["GET"], name="catalog"),
+    Route("/channel/{user_id}", channel, methods=["GET"], name="channel"),
+    Route("/api/videos", api_videos, methods=["GET"], name="api_videos"),
+]
