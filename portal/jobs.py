@@ -150,6 +150,23 @@ class JobQueue:
         if result.rowcount != 1:
             raise LeaseLost(f"job {job.id} is no longer held by {job.lease_owner}")
 
+    async def release(self, job: Job) -> None:
+        """Hand a job back untried (the worker is shutting down): it runs again at once,
+        and this attempt does not count against it."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(jobs)
+                .where(self._held(job))
+                .values(
+                    state="queued",
+                    attempts=job.attempts - 1,
+                    run_after=utcnow(),
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    updated_at=utcnow(),
+                )
+            )
+
     async def fail(self, job: Job, reason: str, *, retry: bool = True) -> bool:
         """Record a failed attempt. Returns True when the job will run again; otherwise the
         job and its video are failed with `reason` (shown to the creator)."""

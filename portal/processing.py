@@ -1,0 +1,261 @@
+"""Turning an uploaded source into an encrypted HLS ladder: what a transcode job does.
+
+The source exists only as encrypted vault parts; it is decrypted into a private temp dir
+(0700) under `settings.scratch_dir`, probed defensively, and handed to the transcoder. Every
+segment is encrypted into the vault the moment ffmpeg finishes it and its plaintext deleted,
+and a `segments` row is written, so the film is playable after its first segments. The temp
+dir goes on every exit path; dirs left by a killed process are removed at start-up.
+
+Errors: `MediaRejected` (the file is bad; retrying will not help) and `TranscodeFailed` (may
+pass) come from the transcoder; the worker decides what to do with them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+from sqlalchemy import delete, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from portal.db import renditions as renditions_table
+from portal.db import segments as segments_table
+from portal.db import utcnow, videos
+from portal.settings import Settings
+from transcoder import images
+from transcoder.hls import HlsOptions, Progress, Segment, transcode
+from transcoder.ladder import Rendition, build_ladder
+from transcoder.limits import MediaLimits
+from transcoder.probe import MediaInfo, probe
+
+log = logging.getLogger("megamovie.processing")
+
+#: Progress is written when it moved this much, or this long after the last write.
+PROGRESS_STEP = 0.02
+PROGRESS_INTERVAL = 1.0
+_SCRATCH_NAME = re.compile(r"^job-(\d+)-")
+
+
+def source_part_path(number: int) -> str:
+    """Vault path of the `number`-th part of an upload (one per PATCH)."""
+    return f"source/part-{number:06d}"
+
+
+def segment_path(rendition: str, index: int) -> str:
+    """Vault path of a segment; index -1 is the rendition's init segment."""
+    if index < 0:
+        return f"hls/{rendition}/init.mp4"
+    return f"hls/{rendition}/{index:06d}.m4s"
+
+
+def clean_scratch(settings: Settings) -> int:
+    """Remove temp dirs left by processes that no longer run (killed mid-job). Returns how
+    many were removed. Dirs of live processes stay: several workers may share a data dir."""
+    root = settings.scratch_dir
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    removed = 0
+    for entry in root.iterdir():
+        match = _SCRATCH_NAME.match(entry.name)
+        if match and _alive(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+class Processor:
+    """Runs one video through probe, ladder, images and transcode, storing as it goes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        vault: Any,
+        *,
+        on_transcoded: Callable[[float], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.vault = vault
+        self.on_transcoded = on_transcoded  # metrics hook: seconds spent transcoding
+        self.limits = MediaLimits(
+            max_duration=settings.max_duration_seconds,
+            max_pixels=settings.max_pixels,
+            max_file_bytes=settings.max_upload_bytes,
+        )
+        self.options = HlsOptions(
+            segment_seconds=settings.segment_seconds,
+            keyframe_seconds=_keyframe_seconds(settings.segment_seconds),
+            preset=settings.transcode_preset,
+            timeout=settings.transcode_timeout_seconds,
+            ffmpeg=settings.ffmpeg,
+        )
+
+    async def process(self, video_id: str) -> None:
+        root = self.settings.scratch_dir
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # mkdtemp makes the dir 0700: plaintext of someone's film is readable by us alone.
+        workdir = Path(tempfile.mkdtemp(prefix=f"job-{os.getpid()}-", dir=root))
+        try:
+            await self._process(video_id, workdir)
+        finally:
+            await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
+
+    async def _process(self, video_id: str, workdir: Path) -> None:
+        await self._reset(video_id)
+        source = workdir / "source"
+        source_size = await self._decrypt_source(video_id, source)
+        info = await anyio.to_thread.run_sync(
+            lambda: probe(source, self.limits, ffprobe=self.settings.ffprobe)
+        )
+        ladder = build_ladder(info)
+        await self._set(
+            video_id, duration=info.duration, width=info.width or None,
+            height=info.height or None,
+        )  # fmt: skip
+        await self._save_renditions(video_id, ladder)
+        stored = source_size
+        if info.has_video:
+            stored += await self._store_images(video_id, info, source, workdir)
+        stored += await self._transcode(video_id, info, ladder, source, workdir)
+        await self._set(
+            video_id, status="ready", progress=1.0, playable=True, stored_bytes=stored,
+            ready_at=utcnow(), error=None,
+        )  # fmt: skip
+
+    async def _reset(self, video_id: str) -> None:
+        """Forget what an earlier, interrupted attempt stored: it starts again from scratch."""
+        for path in await self.vault.list(video_id, "hls/"):
+            await self.vault.delete(video_id, path)
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(segments_table).where(segments_table.c.video_id == video_id))
+            await conn.execute(
+                delete(renditions_table).where(renditions_table.c.video_id == video_id)
+            )
+            await conn.execute(
+                update(videos)
+                .where(videos.c.id == video_id)
+                .values(status="processing", progress=0.0, playable=False, error=None,
+                        updated_at=utcnow())
+            )  # fmt: skip
+
+    async def _decrypt_source(self, video_id: str, dest: Path) -> int:
+        parts = sorted(p for p in await self.vault.list(video_id, "source/"))
+        written = 0
+        with dest.open("wb") as out:
+            os.chmod(dest, 0o600)
+            for part in parts:
+                async for chunk in self.vault.iter_range(video_id, part):
+                    await anyio.to_thread.run_sync(out.write, chunk)
+                    written += len(chunk)
+        return written
+
+    async def _save_renditions(self, video_id: str, ladder: list[Rendition]) -> None:
+        async with self.engine.begin() as conn:
+            for position, r in enumerate(ladder):
+                await conn.execute(
+                    renditions_table.insert().values(
+                        video_id=video_id, name=r.name, width=r.width, height=r.height,
+                        fps=r.fps, bandwidth=r.bandwidth, average_bandwidth=r.average_bandwidth,
+                        codecs=r.codecs, position=position,
+                    )
+                )  # fmt: skip
+
+    async def _store_images(
+        self, video_id: str, info: MediaInfo, source: Path, workdir: Path
+    ) -> int:
+        folder = workdir / "images"
+        folder.mkdir(mode=0o700)
+        ffmpeg = self.settings.ffmpeg
+        poster = await anyio.to_thread.run_sync(
+            lambda: images.poster(source, info, folder / "poster.jpg", ffmpeg=ffmpeg)
+        )
+        board = await anyio.to_thread.run_sync(
+            lambda: images.storyboard(source, info, folder, ffmpeg=ffmpeg)
+        )
+        stored = await self.vault.put_file(video_id, "poster.jpg", poster)
+        stored += await self.vault.put_file(video_id, "storyboard.jpg", board.sprite)
+        stored += await self.vault.put(video_id, "storyboard.vtt", board.vtt.encode())
+        await anyio.to_thread.run_sync(shutil.rmtree, folder)
+        await self._set(video_id, has_poster=True, has_storyboard=True)
+        return stored
+
+    async def _transcode(
+        self, video_id: str, info: MediaInfo, ladder: list[Rendition], source: Path,
+        workdir: Path,
+    ) -> int:  # fmt: skip
+        names = {r.name for r in ladder}
+        started: set[str] = set()
+        stored = 0
+        last = {"fraction": 0.0, "at": time.monotonic()}
+
+        async def on_segment(segment: Segment) -> None:
+            nonlocal stored
+            size = segment.path.stat().st_size
+            await self.vault.put_file(video_id, segment_path(segment.rendition, segment.index),
+                                      segment.path)  # fmt: skip
+            segment.path.unlink()  # plaintext lives no longer than it must
+            stored += size
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    segments_table.insert().values(
+                        video_id=video_id, rendition=segment.rendition, idx=segment.index,
+                        duration=segment.duration, size=size,
+                    )
+                )  # fmt: skip
+            if segment.kind == "media" and segment.rendition not in started:
+                started.add(segment.rendition)
+                if started == names:
+                    await self._set(video_id, playable=True)
+
+        async def on_progress(progress: Progress) -> None:
+            now = time.monotonic()
+            if (
+                progress.fraction - last["fraction"] >= PROGRESS_STEP
+                or now - last["at"] >= PROGRESS_INTERVAL
+            ):
+                last.update(fraction=progress.fraction, at=now)
+                # Never report 100% before the last segments are stored.
+                await self._set(video_id, progress=min(progress.fraction, 0.99))
+
+        began = time.monotonic()
+        await transcode(source, info, ladder, workdir / "hls", self.options, on_segment,
+                        on_progress)  # fmt: skip
+        if self.on_transcoded is not None:
+            self.on_transcoded(time.monotonic() - began)
+        return stored
+
+    async def _set(self, video_id: str, **values: Any) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(videos).where(videos.c.id == video_id).values(updated_at=utcnow(), **values)
+            )
+
+
+def _keyframe_seconds(segment_seconds: float) -> float:
+    """A divisor of the segment length near 2 s, so every segment starts on a keyframe."""
+    count = max(1, round(segment_seconds / 2))
+    return segment_seconds / count

@@ -1,0 +1,173 @@
+"""Workers that claim transcode jobs and run them; and the media pipeline's lifespan.
+
+`Worker.run` loops: claim a job, keep its lease alive with heartbeats while `Processor` runs
+it, then complete or fail it. A rejected file (`MediaRejected`) fails at once with the
+transcoder's reason; a failed conversion is retried with backoff. A worker asked to stop
+hands its job back untried; a worker killed outright loses its lease and another one takes
+the job over.
+
+`media_pipeline` is what the app's lifespan enters: it builds the queue, uploads and token
+services on `app.state`, empties the scratch dir, and runs `settings.workers` workers and the
+upload-expiry sweep in-process until the app stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from portal.db import new_id
+from portal.jobs import Job, JobQueue, LeaseLost
+from portal.metrics import Metrics
+from portal.processing import Processor, clean_scratch
+from portal.settings import Settings
+from portal.signing import load_secret_key
+from portal.tokens import PlaybackTokens
+from portal.uploads import Uploads
+from transcoder.errors import MediaError, MediaRejected
+
+log = logging.getLogger("megamovie.worker")
+
+#: What a creator sees when the failure was ours (storage, database), not their file's.
+INTERNAL_FAILURE = "Processing failed on our side; it will be tried again automatically."
+SWEEP_SECONDS = 300.0
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        vault: Any,
+        queue: JobQueue,
+        *,
+        metrics: Metrics | None = None,
+        poll_seconds: float = 1.0,
+        name: str | None = None,
+    ) -> None:
+        self.queue = queue
+        self.processor = Processor(
+            settings,
+            engine,
+            vault,
+            on_transcoded=metrics.count_transcode if metrics is not None else None,
+        )
+        self.poll_seconds = poll_seconds
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{new_id(4)}"
+        self.heartbeat_seconds = max(0.05, settings.job_lease_seconds / 3)
+
+    async def run(self, *, stop: anyio.Event | None = None) -> None:
+        """Process jobs until cancelled (or `stop` is set), polling when the queue is empty."""
+        while stop is None or not stop.is_set():
+            try:
+                worked = await self.run_once()
+            except Exception:
+                # The database went away, say: keep the worker alive and try again shortly.
+                log.exception("worker %s could not claim a job", self.name)
+                worked = False
+            if not worked:
+                with anyio.move_on_after(self.poll_seconds):
+                    if stop is not None:
+                        await stop.wait()
+                    else:
+                        await anyio.sleep(self.poll_seconds)
+
+    async def run_once(self) -> bool:
+        """Claim and run one job; False when there was none."""
+        job = await self.queue.claim(self.name)
+        if job is None:
+            return False
+        log.info("worker %s runs job %s (video %s, attempt %d of %d)", self.name, job.id,
+                 job.video_id, job.attempts, job.max_attempts)  # fmt: skip
+        try:
+            await self._run_leased(job)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self.queue.release(job)
+            raise
+        except LeaseLost:
+            log.warning("worker %s lost job %s to another worker", self.name, job.id)
+        except MediaRejected as exc:
+            log.info("video %s rejected: %s", job.video_id, exc.reason)
+            await self.queue.fail(job, exc.reason, retry=False)
+        except MediaError as exc:
+            log.warning("video %s failed (attempt %d): %s", job.video_id, job.attempts, exc.reason)
+            await self.queue.fail(job, exc.reason)
+        except Exception:
+            log.exception("job %s for video %s failed", job.id, job.video_id)
+            await self.queue.fail(job, INTERNAL_FAILURE)
+        else:
+            await self.queue.complete(job)
+        return True
+
+    async def _run_leased(self, job: Job) -> None:
+        lost = False
+
+        async def keep_lease(scope: anyio.CancelScope) -> None:
+            nonlocal lost
+            while True:
+                await anyio.sleep(self.heartbeat_seconds)
+                try:
+                    await self.queue.heartbeat(job)
+                except LeaseLost:
+                    lost = True
+                    scope.cancel()  # someone else runs it now: stop wasting work
+                    return
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keep_lease, tg.cancel_scope)
+            await self.processor.process(job.video_id)
+            tg.cancel_scope.cancel()
+        if lost:
+            raise LeaseLost(job.id)
+
+
+def build_services(app: Any, settings: Settings) -> None:
+    """The queue, uploads, tokens and metrics the routes find on `app.state`."""
+    state = app.state
+    state.jobs = JobQueue(
+        state.engine,
+        lease_seconds=settings.job_lease_seconds,
+        max_attempts=settings.job_max_attempts,
+    )
+    state.uploads = Uploads(settings, state.engine, state.vault, state.jobs)
+    state.tokens = PlaybackTokens(load_secret_key(settings), settings.token_ttl_seconds)
+    if getattr(state, "metrics", None) is None:
+        state.metrics = Metrics()
+
+
+async def sweep_uploads(uploads: Uploads, every: float = SWEEP_SECONDS) -> None:
+    while True:
+        try:
+            await uploads.sweep_expired()
+        except Exception:
+            log.exception("the expired-upload sweep failed; trying again later")
+        await anyio.sleep(every)
+
+
+@asynccontextmanager
+async def media_pipeline(app: Any, settings: Settings) -> AsyncIterator[None]:
+    """Services on `app.state`, plus in-process workers and the upload sweep while open."""
+    build_services(app, settings)
+    removed = clean_scratch(settings)
+    if removed:
+        log.info("removed %d temp dirs left by an earlier run", removed)
+    async with anyio.create_task_group() as tg:
+        for _ in range(settings.workers):
+            worker = Worker(
+                settings, app.state.engine, app.state.vault, app.state.jobs,
+                metrics=app.state.metrics,
+            )  # fmt: skip
+            tg.start_soon(worker.run)
+        tg.start_soon(sweep_uploads, app.state.uploads)
+        try:
+            yield
+        finally:
+            tg.cancel_scope.cancel()
