@@ -50,3 +50,57 @@ def serve(host: str | None, port: int | None) -> None:
         proxy_headers=False,
         server_header=False,
     )
+
+
+@main.group()
+def users() -> None:
+    """Manage accounts (admins are made only here, never by sign-up)."""
+
+
+@users.command("create")
+@click.argument("email")
+@click.option(
+    "--role",
+    type=click.Choice(["viewer", "creator", "admin"]),
+    default="viewer",
+    show_default=True,
+)
+@click.option("--name", "display_name", default=None, help="Name shown on the channel.")
+def users_create(email: str, role: str, display_name: str | None) -> None:
+    """Create an account. The password is read from stdin (prompted for on a terminal), so it
+    never appears in the shell history or the process list."""
+    import asyncio
+    import sys
+
+    from portal.accounts import create_user
+    from portal.app import prepare_data_dir
+    from portal.db import create_engine, create_schema
+    from portal.errors import PortalError
+
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    settings = load_settings()
+
+    async def run() -> str:
+        prepare_data_dir(settings)
+        engine = create_engine(settings.database_url)
+        try:
+            await create_schema(engine)
+            user = await create_user(
+                engine,
+                settings,
+                email=email,
+                password=password,
+                role=role,
+                display_name=display_name,
+            )
+        finally:
+            await engine.dispose()
+        return f"created {user.role} {user.email} (id {user.id})"
+
+    try:
+        click.echo(asyncio.run(run()))
+    except PortalError as exc:
+        raise click.ClickException(exc.message) from None
