@@ -1,0 +1,191 @@
+"""The catalog: search, sorting, paging and the pages built on it, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.testclient import TestClient
+
+from portal.app import create_app
+from portal.db import new_id, users, utcnow, videos
+from portal.routes.catalog import PAGE_SIZE, list_videos, page_links
+from portal.routes.pages import format_duration
+from tests.portal.conftest import insert_user
+from tests.portal.test_accounts import add_user, fast_settings
+from tests.portal.test_auth import add_ready_video
+
+pytestmark = pytest.mark.anyio
+
+
+async def add_video(engine: AsyncEngine, creator_id: str, **fields: Any) -> str:
+    video_id = new_id()
+    now = utcnow()
+    values = {
+        "id": video_id,
+        "creator_id": creator_id,
+        "title": "Untitled",
+        "description": "",
+        "tags": "",
+        "status": "ready",
+        "created_at": now,
+        "updated_at": now,
+        "ready_at": now,
+        **fields,
+    }
+    async with engine.begin() as conn:
+        await conn.execute(videos.insert().values(**values))
+    return video_id
+
+
+async def rename(engine: AsyncEngine, user_id: str, name: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(update(users).where(users.c.id == user_id).values(display_name=name))
+
+
+async def titles(engine: AsyncEngine, **kwargs: Any) -> list[str]:
+    return [item.title for item in (await list_videos(engine, **kwargs)).items]
+
+
+async def test_search_finds_by_title_description_tag_and_creator(engine):
+    ann = await insert_user(engine)
+    await rename(engine, ann, "Ann Lee")
+    bob = await insert_user(engine)
+    await rename(engine, bob, "Bob Stone")
+    await add_video(engine, ann, title="Big Buck Bunny", tags="animation comedy")
+    await add_video(engine, bob, title="Sunset Over Tallinn", description="A slow harbour film")
+    await add_video(engine, bob, title="Mountain Rain", tags="nature timelapse")
+
+    assert await titles(engine, q="bunny") == ["Big Buck Bunny"]
+    assert await titles(engine, q="BIG buck") == ["Big Buck Bunny"]  # every word, any case
+    assert await titles(engine, q="harbour") == ["Sunset Over Tallinn"]
+    assert await titles(engine, q="timelapse") == ["Mountain Rain"]
+    assert await titles(engine, q="mount") == ["Mountain Rain"]  # word prefixes match
+    assert sorted(await titles(engine, q="stone")) == ["Mountain Rain", "Sunset Over Tallinn"]
+    assert await titles(engine, q="bunny rain") == []
+    assert await titles(engine, q="zebra") == []
+
+
+async def test_search_ignores_query_syntax_and_punctuation(engine):
+    ann = await insert_user(engine)
+    await add_video(engine, ann, title="Rock & Roll: the film")
+    for hostile in ['"', "' OR 1=1 --", "rock*)", "NEAR(rock roll)", "roll:*", "!!!", "a_b"]:
+        result = await list_videos(engine, q=hostile)  # never a syntax error
+        assert result.total in (0, 1)
+    assert await titles(engine, q="rock & roll!") == ["Rock & Roll: the film"]
+    assert len(await titles(engine, q="   ")) == 1  # nothing to search for: everything
+
+
+async def test_only_ready_videos_are_listed(engine):
+    ann = await insert_user(engine)
+    for status in ("uploading", "queued", "processing", "failed"):
+        await add_video(engine, ann, title=f"Film {status}", status=status, ready_at=None)
+    await add_video(engine, ann, title="Film ready")
+    assert await titles(engine) == ["Film ready"]
+    assert await titles(engine, q="film") == ["Film ready"]
+
+
+async def test_sort_by_newest_and_by_most_watched(engine):
+    ann = await insert_user(engine)
+    now = utcnow()
+    await add_video(engine, ann, title="Old hit", views=900, ready_at=now - timedelta(days=9))
+    await add_video(engine, ann, title="New", views=3, ready_at=now)
+    await add_video(engine, ann, title="Middle", views=40, ready_at=now - timedelta(days=1))
+    assert await titles(engine, sort="newest") == ["New", "Middle", "Old hit"]
+    assert await titles(engine, sort="popular") == ["Old hit", "Middle", "New"]
+    assert await titles(engine, sort="bogus") == ["New", "Middle", "Old hit"]
+
+
+async def test_pages_hold_24_films_each(engine):
+    ann = await insert_user(engine)
+    now = utcnow()
+    for n in range(PAGE_SIZE * 2 + 5):
+        await add_video(engine, ann, title=f"Film {n:02d}", ready_at=now - timedelta(minutes=n))
+    first = await list_videos(engine, page=1)
+    third = await list_videos(engine, page=3)
+    beyond = await list_videos(engine, page=99)
+    assert (first.total, first.pages, len(first.items)) == (53, 3, 24)
+    assert first.items[0].title == "Film 00"
+    assert [i.title for i in third.items] == [f"Film {n}" for n in range(48, 53)]
+    assert beyond.page == 3  # past the end shows the last page
+    assert page_links(first) == [1, 2, 3]
+
+
+async def test_search_follows_edits_and_deletes(engine):
+    ann = await insert_user(engine)
+    video_id = await add_video(engine, ann, title="Working title")
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(videos).where(videos.c.id == video_id).values(title="Final cut", tags="drama")
+        )
+    assert await titles(engine, q="working") == []
+    assert await titles(engine, q="final drama") == ["Final cut"]
+    await rename(engine, ann, "Zora Neale")
+    assert await titles(engine, q="zora") == ["Final cut"]
+    async with engine.begin() as conn:
+        await conn.execute(videos.delete().where(videos.c.id == video_id))
+    assert await titles(engine, q="final") == []
+
+
+async def test_channel_lists_one_creators_films(engine):
+    ann = await insert_user(engine)
+    bob = await insert_user(engine)
+    await add_video(engine, ann, title="Ann's film")
+    await add_video(engine, bob, title="Bob's film")
+    assert await titles(engine, creator_id=ann) == ["Ann's film"]
+
+
+def test_duration_is_shown_as_minutes_and_seconds():
+    assert format_duration(0) == "0:00"
+    assert format_duration(7.9) == "0:07"
+    assert format_duration(125) == "2:05"
+    assert format_duration(3600 + 61) == "1:01:01"
+    assert format_duration(None) == ""
+
+
+def test_catalog_page_shows_posters_durations_creators_and_placeholders(tmp_path):
+    settings = fast_settings(tmp_path)
+    with TestClient(create_app(settings)) as client:
+        creator = add_user(client, "ann@example.org", role="creator", name="Ann Lee")
+        with_poster = add_ready_video(
+            client, creator.id, title="Harbour Lights", duration=754.2, has_poster=True
+        )
+        add_ready_video(client, creator.id, title="No Poster Yet", duration=5.0)
+        add_ready_video(client, creator.id, title="Still processing", status="processing")
+        page = client.get("/")
+        search = client.get("/", params={"q": "harbour"})
+        api = client.get("/api/videos", params={"q": "harbour"})
+        channel = client.get(f"/channel/{creator.id}")
+        missing = client.get("/channel/nobody")
+    assert page.status_code == 200
+    assert "Harbour Lights" in page.text and "No Poster Yet" in page.text
+    assert "Still processing" not in page.text
+    assert f'src="/media/{with_poster}/poster.jpg"' in page.text
+    assert 'class="placeholder"' in page.text
+    assert "12:34" in page.text and "0:05" in page.text
+    assert f'href="/channel/{creator.id}">Ann Lee</a>' in page.text
+    assert "No Poster Yet" not in search.text and "Harbour Lights" in search.text
+    body = api.json()
+    assert [v["title"] for v in body["videos"]] == ["Harbour Lights"]
+    assert body["videos"][0]["creator"] == {"id": creator.id, "name": "Ann Lee"}
+    assert body["videos"][0]["poster_url"] == f"/media/{with_poster}/poster.jpg"
+    assert (body["page"], body["pages"], body["total"], body["sort"]) == (1, 1, 1, "newest")
+    assert "Ann Lee" in channel.text and "Harbour Lights" in channel.text
+    assert missing.status_code == 404
+
+
+def test_catalog_page_links_to_other_pages(tmp_path):
+    settings = fast_settings(tmp_path)
+    with TestClient(create_app(settings)) as client:
+        creator = add_user(client, "ann@example.org", role="creator")
+        for n in range(PAGE_SIZE + 1):
+            add_ready_video(client, creator.id, title=f"Film {n}")
+        first = client.get("/", params={"sort": "popular"})
+        second = client.get("/", params={"sort": "popular", "page": "2"})
+        junk = client.get("/", params={"page": "abc"})
+    assert 'href="/?sort=popular&amp;page=2"' in first.text
+    assert 'rel="prev"' in second.text
+    assert junk.status_code == 200
