@@ -73,7 +73,7 @@ CLIPS: dict[str, list[str]] = {
     "odd.mp4": [*_video(), "-vf", "format=yuv444p,scale=321:181,setsar=1", *X264[:-1], "yuv444p"],
     "no_audio.mp4": [*_video(), *X264],
     "audio_only.mp3": [*_audio(), "-c:a", "libmp3lame", "-b:a", "96k"],
-    "segmented.mp4": [*_video(seconds=9), *_audio(9), *X264, *AAC],
+    "segmented.mp4": [*_video("640x360", seconds=9), *_audio(9), *X264, *AAC],
     "variable_rate.mkv": [*_video(seconds=3),
                           "-vf", "setpts='if(lt(N,24),N/24,1+(N-24)/12)/TB'",
                           "-fps_mode", "vfr", *X264],
