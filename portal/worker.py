@@ -121,12 +121,19 @@ class Worker:
                     scope.cancel()  # someone else runs it now: stop wasting work
                     return
 
+        error: Exception | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(keep_lease, tg.cancel_scope)
-            await self.processor.process(job.video_id)
+            try:
+                await self.processor.process(job.video_id)
+            except Exception as exc:
+                # Raised out of the task group it would arrive wrapped in an ExceptionGroup.
+                error = exc
             tg.cancel_scope.cancel()
         if lost:
             raise LeaseLost(job.id)
+        if error is not None:
+            raise error
 
 
 def build_services(app: Any, settings: Settings) -> None:

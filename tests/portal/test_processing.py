@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+import pytest
+from sqlalchemy import select
+
+from portal.db import jobs, segments, videos
+from portal.jobs import JobQueue
+from portal.processing import clean_scratch, segment_path
+from portal.vault import open_vault
+from portal.worker import Worker
+from tests.portal.conftest import insert_user, insert_video
+
+pytestmark = pytest.mark.anyio
+
+PLAINTEXT_MARKERS = (b"ftyp", b"moov", b"mdat", b"moof", b"Lavf", b"x264")
+
+
+@pytest.fixture
+def settings(settings):
+    return settings.replace(transcode_preset="ultrafast", segment_seconds=1.0)
+
+
+@pytest.fixture
+async def vault(settings, engine):
+    vault = await open_vault(settings, engine)
+    yield vault
+    await vault.aclose()
+
+
+async def uploaded_video(engine, vault, source: bytes) -> str:
+    """A queued video whose source sits in the vault in two parts, as two PATCHes leave it."""
+    video_id = await insert_video(engine, await insert_user(engine), status="queued")
+    await vault.create_key(video_id)
+    half = len(source) // 2
+    await vault.put(video_id, "source/part-000001", source[:half])
+    await vault.put(video_id, "source/part-000002", source[half:])
+    return video_id
+
+
+async def video_row(engine, video_id):
+    async with engine.connect() as conn:
+        return (await conn.execute(select(videos).where(videos.c.id == video_id))).mappings().one()
+
+
+def files_containing(root: Path, markers: tuple[bytes, ...]) -> list[str]:
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            found += [f"{path.name}: {m!r}" for m in markers if m in data]
+    return found
+
+
+async def test_a_dead_workers_clip_is_taken_over_and_becomes_an_encrypted_ladder(
+    settings, engine, vault, clip
+):
+    video_id = await uploaded_video(engine, vault, clip.read_bytes())
+    queue = JobQueue(engine, lease_seconds=0.3, max_attempts=3)
+    await queue.enqueue(video_id)
+    assert await queue.claim("killed-mid-job") is not None
+    await anyio.sleep(0.4)
+
+    worker = Worker(settings, engine, vault, queue, name="survivor")
+    assert await worker.run_once() is True
+
+    video = await video_row(engine, video_id)
+    assert video["status"] == "ready", video["error"]
+    assert video["progress"] == 1.0 and video["playable"] and video["has_poster"]
+    assert video["duration"] == pytest.approx(2.0, abs=0.1)
+    assert (video["width"], video["height"]) == (320, 180)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(segments).where(segments.c.video_id == video_id))).all()
+        job = (await conn.execute(select(jobs))).mappings().one()
+    assert (job["state"], job["attempts"], job["lease_owner"]) == ("done", 2, None)
+    media = sorted(r.idx for r in rows if r.idx >= 0)
+    assert media == list(range(len(media))) and len(media) >= 2
+    assert sum(r.duration for r in rows) == pytest.approx(2.0, abs=0.1)
+
+    stored = set(await vault.list(video_id))
+    assert {"poster.jpg", "storyboard.jpg", "storyboard.vtt"} <= stored
+    assert segment_path("180p", -1) in stored and segment_path("180p", media[-1]) in stored
+    init = await vault.read(video_id, segment_path("180p", -1))
+    first = await vault.read(video_id, segment_path("180p", 0))
+    assert init[4:8] == b"ftyp"
+    assert first[4:8] == b"styp" and b"moof" in first and b"mdat" in first
+    assert (await vault.read(video_id, "storyboard.vtt")).startswith(b"WEBVTT")
+
+    # What rests on disk is ciphertext only, and the private temp dir is gone.
+    assert list(settings.scratch_dir.iterdir()) == []
+    assert files_containing(settings.data_dir, PLAINTEXT_MARKERS) == []
+
+
+async def test_a_file_that_is_not_a_video_fails_at_once_with_its_reason(settings, engine, vault):
+    video_id = await uploaded_video(engine, vault, b"Dear diary, today I uploaded a letter.\n" * 50)
+    queue = JobQueue(engine, lease_seconds=30, max_attempts=3)
+    await queue.enqueue(video_id)
+
+    assert await Worker(settings, engine, vault, queue).run_once() is True
+
+    video = await video_row(engine, video_id)
+    assert video["status"] == "failed"
+    assert video["error"] == "This is not a video or audio file."
+    async with engine.connect() as conn:
+        job = (await conn.execute(select(jobs))).mappings().one()
+    assert (job["state"], job["attempts"]) == ("failed", 1)  # not retried: it will not improve
+    assert list(settings.scratch_dir.iterdir()) == []
+
+
+def test_scratch_dirs_of_dead_processes_are_removed_at_start_up(settings):
+    settings.scratch_dir.mkdir(parents=True)
+    dead = settings.scratch_dir / "job-4194305-abc"  # above any pid_max: no such process
+    (dead / "hls").mkdir(parents=True)
+    (dead / "source").write_bytes(b"plaintext of someone's film")
+    stray = settings.scratch_dir / "stray-file"
+    stray.write_bytes(b"x")
+    live = settings.scratch_dir / f"job-{os.getpid()}-def"
+    live.mkdir()
+
+    assert clean_scratch(settings) == 2
+    assert list(settings.scratch_dir.iterdir()) == [live]
