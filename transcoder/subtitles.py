@@ -22,7 +22,8 @@ _TIME = r"(?:(\d{1,3}):)?(\d{1,2}):(\d{1,2})(?:[,.](\d{1,3}))?"
 _TIMING = re.compile(rf"^\s*{_TIME}\s*-->\s*{_TIME}(.*)$")
 _DROPPED_BLOCKS = re.compile(r"<(script|style)\b.*?(?:</\1\s*>|$)", re.IGNORECASE | re.DOTALL)
 _ASS_OVERRIDES = re.compile(r"\{\\[^}]*\}")  # {\an8}, {\i1}: SSA tags common in SRT files
-_TAG = re.compile(r"<([^<>]*)>")
+# Like HTML, a tag opens with a letter or "/" (or is a cue timestamp); "<3" is just text.
+_TAG = re.compile(r"<(/?[A-Za-z][^<>]*|[\d:.]+)>")
 _ALLOWED_TAG = re.compile(
     r"^(?:/?(?:b|i|u|ruby|rt)|/?c(?:\.[A-Za-z0-9_-]+)*|/c|/v|/lang"
     r"|v(?:\.[A-Za-z0-9_-]+)*(?:\s+[^<>&]*)?|lang\s+[A-Za-z0-9-]+"
