@@ -1,0 +1,509 @@
+// The watch page player: hls.js when the browser has MediaSource (Hls.isSupported()), native
+// HLS otherwise. Quality menu, storyboard previews on the seek bar, resume, keyboard shortcuts,
+// and a fresh playback grant before the old one expires. Configuration comes from data-
+// attributes on #player (the CSP forbids inline scripts).
+(function () {
+  "use strict";
+
+  var root = document.getElementById("player");
+  if (!root) return;
+  var video = document.getElementById("video");
+  var message = document.getElementById("player-message");
+  var progress = document.getElementById("progress");
+  var played = progress.querySelector(".played");
+  var buffered = progress.querySelector(".buffered");
+  var handle = progress.querySelector(".handle");
+  var timeLabel = document.getElementById("time");
+  var preview = document.getElementById("scrub-preview");
+  var previewImage = preview.querySelector(".scrub-image");
+  var previewTime = preview.querySelector(".scrub-time");
+  var qualityButton = root.querySelector('[data-action="quality"]');
+  var qualityMenu = document.getElementById("quality-menu");
+  var playButton = root.querySelector('[data-action="play"]');
+  var muteButton = root.querySelector('[data-action="mute"]');
+  var csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
+  var loggedIn = root.dataset.loggedIn === "true";
+  var knownDuration = parseFloat(root.dataset.duration) || 0;
+
+  // State the browser tests (and anyone debugging) can read: window.mmPlayer.
+  var state = {
+    engine: null, // "hls.js" or "native"
+    hls: null,
+    fatalError: null,
+    errors: [],
+    token: null,
+    expiresAt: 0,
+    storyboard: [],
+  };
+  window.mmPlayer = state;
+
+  function showMessage(text, link) {
+    message.textContent = text;
+    if (link) {
+      message.appendChild(document.createTextNode(" "));
+      var a = document.createElement("a");
+      a.href = link.href;
+      a.textContent = link.label;
+      message.appendChild(a);
+    }
+    message.hidden = false;
+  }
+
+  function hideMessage() {
+    message.hidden = true;
+  }
+
+  function formatTime(seconds) {
+    if (!isFinite(seconds) || seconds < 0) seconds = 0;
+    var s = Math.floor(seconds);
+    var h = Math.floor(s / 3600);
+    var m = Math.floor((s % 3600) / 60);
+    var sec = String(s % 60).padStart(2, "0");
+    return h ? h + ":" + String(m).padStart(2, "0") + ":" + sec : m + ":" + sec;
+  }
+
+  function duration() {
+    return isFinite(video.duration) && video.duration > 0 ? video.duration : knownDuration;
+  }
+
+  // -- the playback grant ------------------------------------------------------------------
+
+  function PlaybackError(status, text) {
+    this.status = status;
+    this.message = text;
+  }
+
+  function fetchGrant() {
+    return fetch(root.dataset.playbackUrl, {
+      credentials: "same-origin",
+      headers: { Accept: "application/json", "X-CSRF-Token": csrf },
+    }).then(function (response) {
+      return response
+        .json()
+        .catch(function () {
+          return {};
+        })
+        .then(function (body) {
+          if (!response.ok) {
+            throw new PlaybackError(
+              response.status,
+              body.message || "This film cannot be played right now (error " + response.status + ")."
+            );
+          }
+          return body;
+        });
+    });
+  }
+
+  function tokenOf(url) {
+    var match = /\/stream\/([^/]+)\//.exec(url);
+    return match ? match[1] : null;
+  }
+
+  // Every stream URL carries the token in its path; when the grant is renewed, requests made
+  // from old playlists are rewritten to the new token instead of restarting playback.
+  function withCurrentToken(url) {
+    return state.token ? url.replace(/\/stream\/[^/]+\//, "/stream/" + state.token + "/") : url;
+  }
+
+  function acceptGrant(grant) {
+    state.token = tokenOf(grant.url);
+    state.expiresAt = Date.parse(grant.expires_at) || 0;
+    scheduleRenewal();
+  }
+
+  var renewalTimer = null;
+  function scheduleRenewal() {
+    clearTimeout(renewalTimer);
+    if (!state.expiresAt) return;
+    // Renew a minute early (or halfway, for very short grants).
+    var left = state.expiresAt - Date.now();
+    var wait = Math.max(5000, Math.min(left - 60000, left / 2));
+    renewalTimer = setTimeout(renewGrant, wait);
+  }
+
+  function renewGrant() {
+    return fetchGrant().then(acceptGrant, function (error) {
+      showMessage(error.message || "Could not renew access to this film.");
+    });
+  }
+
+  // -- storyboard ----------------------------------------------------------------------------
+
+  function parseTimestamp(text) {
+    var parts = text.trim().split(":").map(parseFloat);
+    var seconds = 0;
+    for (var i = 0; i < parts.length; i++) seconds = seconds * 60 + parts[i];
+    return seconds;
+  }
+
+  function loadStoryboard(url) {
+    if (!url) return;
+    fetch(url, { credentials: "same-origin" })
+      .then(function (r) {
+        return r.ok ? r.text() : "";
+      })
+      .then(function (text) {
+        var cues = [];
+        text.split(/\r?\n\r?\n/).forEach(function (block) {
+          var lines = block.trim().split(/\r?\n/);
+          for (var i = 0; i < lines.length - 1; i++) {
+            var times = lines[i].split("-->");
+            if (times.length !== 2) continue;
+            var target = lines[i + 1].trim();
+            var hash = /#xywh=(\d+),(\d+),(\d+),(\d+)$/.exec(target);
+            if (!hash) continue;
+            cues.push({
+              start: parseTimestamp(times[0]),
+              end: parseTimestamp(times[1]),
+              image: new URL(target.split("#")[0], new URL(url, location.href)).href,
+              x: +hash[1], y: +hash[2], w: +hash[3], h: +hash[4],
+            });
+          }
+        });
+        state.storyboard = cues;
+        if (cues.length) new Image().src = cues[0].image; // warm the cache before the first hover
+      })
+      .catch(function () {
+        state.storyboard = [];
+      });
+  }
+
+  function cueAt(seconds) {
+    var cues = state.storyboard;
+    for (var i = 0; i < cues.length; i++) {
+      if (seconds >= cues[i].start && seconds < cues[i].end) return cues[i];
+    }
+    return cues.length ? cues[cues.length - 1] : null;
+  }
+
+  // -- quality menu --------------------------------------------------------------------------
+
+  function buildQualityMenu(levels) {
+    qualityMenu.textContent = "";
+    var options = [{ label: "Auto", level: -1 }];
+    levels
+      .map(function (level, index) {
+        return { label: level.height + "p", level: index, height: level.height };
+      })
+      .sort(function (a, b) {
+        return b.height - a.height;
+      })
+      .forEach(function (option) {
+        options.push(option);
+      });
+    options.forEach(function (option) {
+      var li = document.createElement("li");
+      var button = document.createElement("button");
+      button.type = "button";
+      button.setAttribute("role", "menuitemradio");
+      button.dataset.level = option.level;
+      button.textContent = option.label;
+      button.addEventListener("click", function () {
+        if (state.hls) state.hls.currentLevel = option.level;
+        markQuality();
+        toggleQualityMenu(false);
+      });
+      li.appendChild(button);
+      qualityMenu.appendChild(li);
+    });
+    markQuality();
+    qualityButton.parentElement.hidden = levels.length < 2;
+  }
+
+  function markQuality() {
+    var hls = state.hls;
+    if (!hls) return;
+    var auto = hls.autoLevelEnabled;
+    var current = hls.levels[hls.currentLevel] || hls.levels[hls.nextLoadLevel];
+    qualityButton.textContent = auto
+      ? "Auto" + (current ? " · " + current.height + "p" : "")
+      : (current ? current.height + "p" : "Auto");
+    Array.prototype.forEach.call(qualityMenu.querySelectorAll("button"), function (b) {
+      var level = +b.dataset.level;
+      b.setAttribute("aria-checked", String(auto ? level === -1 : level === hls.currentLevel));
+    });
+  }
+
+  function toggleQualityMenu(open) {
+    if (open === undefined) open = qualityMenu.hidden;
+    qualityMenu.hidden = !open;
+    qualityButton.setAttribute("aria-expanded", String(open));
+  }
+
+  // -- starting playback ---------------------------------------------------------------------
+
+  var resumeAt = parseFloat(root.dataset.resume) || 0;
+
+  function startWithHlsJs(url) {
+    var networkRetries = 0;
+    var mediaRecoveries = 0;
+    var hls = new window.Hls({
+      startPosition: resumeAt > 0 ? resumeAt : -1,
+      xhrSetup: function (xhr, requestUrl) {
+        xhr.open("GET", withCurrentToken(requestUrl), true);
+      },
+    });
+    state.hls = hls;
+    state.engine = "hls.js";
+    hls.on(window.Hls.Events.MANIFEST_PARSED, function () {
+      buildQualityMenu(hls.levels);
+      var attempt = video.play();
+      if (attempt && attempt.catch) attempt.catch(function () {}); // autoplay may be refused
+    });
+    hls.on(window.Hls.Events.LEVEL_SWITCHED, markQuality);
+    hls.on(window.Hls.Events.FRAG_LOADED, function () {
+      networkRetries = 0;
+    });
+    hls.on(window.Hls.Events.ERROR, function (_event, data) {
+      state.errors.push(data.type + ":" + data.details + (data.fatal ? " (fatal)" : ""));
+      if (!data.fatal) return;
+      if (data.type === window.Hls.ErrorTypes.NETWORK_ERROR && networkRetries < 3) {
+        // Most often an expired grant (403): renew it and carry on where we were.
+        networkRetries += 1;
+        renewGrant().then(function () {
+          hls.startLoad(video.currentTime || -1);
+        });
+        return;
+      }
+      if (data.type === window.Hls.ErrorTypes.MEDIA_ERROR && mediaRecoveries < 2) {
+        mediaRecoveries += 1;
+        hls.recoverMediaError();
+        return;
+      }
+      state.fatalError = data.type + ": " + data.details;
+      showMessage("This film could not be played (" + data.details + "). Reload the page to try again.");
+      hls.destroy();
+    });
+    hls.loadSource(url);
+    hls.attachMedia(video);
+  }
+
+  function startNative(url) {
+    state.engine = "native";
+    video.addEventListener(
+      "loadedmetadata",
+      function () {
+        if (resumeAt > 0 && resumeAt < duration()) video.currentTime = resumeAt;
+      },
+      { once: true }
+    );
+    video.src = url;
+    var attempt = video.play();
+    if (attempt && attempt.catch) attempt.catch(function () {});
+  }
+
+  function start() {
+    fetchGrant().then(
+      function (grant) {
+        acceptGrant(grant);
+        loadStoryboard(grant.storyboard_url);
+        // Prefer hls.js where it works: its quality control and error handling are ours.
+        if (window.Hls && window.Hls.isSupported()) {
+          startWithHlsJs(grant.url);
+        } else if (video.canPlayType("application/vnd.apple.mpegurl")) {
+          startNative(grant.url);
+        } else {
+          state.fatalError = "unsupported";
+          showMessage("This browser cannot play streaming video. Try a current Firefox, Chrome or Safari.");
+        }
+      },
+      function (error) {
+        state.fatalError = "grant " + (error.status || "network");
+        if (error.status === 401) {
+          showMessage(error.message || "Log in to watch this film.", {
+            href: "/login?next=" + encodeURIComponent(location.pathname),
+            label: "Log in",
+          });
+        } else {
+          showMessage(error.message || "Could not reach the server; check your connection and reload.");
+        }
+      }
+    );
+  }
+
+  // -- saving the position -------------------------------------------------------------------
+
+  var lastSaved = -1;
+  function savePosition(force) {
+    if (!loggedIn || !video.currentTime) return;
+    var position = Math.floor(video.currentTime * 10) / 10;
+    if (!force && Math.abs(position - lastSaved) < 1) return;
+    lastSaved = position;
+    fetch(root.dataset.positionUrl, {
+      method: "PUT",
+      credentials: "same-origin",
+      keepalive: true, // still sent while the page unloads
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+      body: JSON.stringify({ position: position }),
+    }).catch(function () {});
+  }
+  setInterval(function () {
+    if (!video.paused) savePosition(false);
+  }, 5000);
+  video.addEventListener("pause", function () {
+    savePosition(true);
+  });
+  window.addEventListener("pagehide", function () {
+    savePosition(true);
+  });
+
+  // -- controls ------------------------------------------------------------------------------
+
+  function togglePlay() {
+    if (video.paused || video.ended) {
+      var attempt = video.play();
+      if (attempt && attempt.catch) attempt.catch(function () {});
+    } else {
+      video.pause();
+    }
+  }
+
+  function seekBy(delta) {
+    var d = duration();
+    var target = Math.max(0, video.currentTime + delta);
+    video.currentTime = d ? Math.min(target, d - 0.1) : target;
+  }
+
+  function toggleFullscreen() {
+    if (document.fullscreenElement) {
+      document.exitFullscreen();
+    } else if (root.requestFullscreen) {
+      root.requestFullscreen().catch(function () {});
+    } else if (video.webkitEnterFullscreen) {
+      video.webkitEnterFullscreen(); // iPhone Safari
+    }
+  }
+
+  function toggleMute() {
+    video.muted = !video.muted;
+  }
+
+  function render() {
+    var d = duration();
+    var fraction = d ? Math.min(1, video.currentTime / d) : 0;
+    played.style.width = fraction * 100 + "%";
+    handle.style.left = fraction * 100 + "%";
+    if (video.buffered.length && d) {
+      buffered.style.width = (video.buffered.end(video.buffered.length - 1) / d) * 100 + "%";
+    }
+    timeLabel.textContent = formatTime(video.currentTime) + " / " + formatTime(d);
+    progress.setAttribute("aria-valuemax", String(Math.round(d)));
+    progress.setAttribute("aria-valuenow", String(Math.round(video.currentTime)));
+    progress.setAttribute("aria-valuetext", formatTime(video.currentTime));
+  }
+
+  video.addEventListener("timeupdate", render);
+  video.addEventListener("durationchange", render);
+  video.addEventListener("progress", render);
+  video.addEventListener("play", function () {
+    playButton.textContent = "❚❚";
+    playButton.setAttribute("aria-label", "Pause (k)");
+    root.classList.add("playing");
+    hideMessage();
+  });
+  video.addEventListener("pause", function () {
+    playButton.textContent = "▶";
+    playButton.setAttribute("aria-label", "Play (k)");
+    root.classList.remove("playing");
+  });
+  video.addEventListener("volumechange", function () {
+    muteButton.textContent = video.muted ? "🔇" : "🔊";
+  });
+  video.addEventListener("click", togglePlay);
+  video.addEventListener("dblclick", toggleFullscreen);
+
+  root.querySelector(".controls").addEventListener("click", function (event) {
+    var button = event.target.closest("button[data-action]");
+    if (!button) return;
+    var action = button.dataset.action;
+    if (action === "play") togglePlay();
+    else if (action === "mute") toggleMute();
+    else if (action === "fullscreen") toggleFullscreen();
+    else if (action === "quality") toggleQualityMenu();
+  });
+
+  // Seeking and storyboard previews on the progress bar, for mouse, pen and touch alike.
+  function fractionAt(event) {
+    var rect = progress.getBoundingClientRect();
+    return Math.min(1, Math.max(0, (event.clientX - rect.left) / rect.width));
+  }
+
+  function showPreview(event) {
+    var d = duration();
+    if (!d) return;
+    var fraction = fractionAt(event);
+    var seconds = fraction * d;
+    previewTime.textContent = formatTime(seconds);
+    var cue = cueAt(seconds);
+    if (cue) {
+      previewImage.hidden = false;
+      previewImage.style.width = cue.w + "px";
+      previewImage.style.height = cue.h + "px";
+      previewImage.style.backgroundImage = 'url("' + cue.image + '")';
+      previewImage.style.backgroundPosition = -cue.x + "px " + -cue.y + "px";
+    } else {
+      previewImage.hidden = true;
+    }
+    var rootRect = root.getBoundingClientRect();
+    var x = event.clientX - rootRect.left;
+    var half = (cue ? cue.w : 40) / 2 + 4;
+    preview.style.left = Math.min(rootRect.width - half, Math.max(half, x)) + "px";
+    preview.hidden = false;
+  }
+
+  var dragging = false;
+  progress.addEventListener("pointerdown", function (event) {
+    dragging = true;
+    progress.setPointerCapture(event.pointerId);
+    showPreview(event);
+  });
+  progress.addEventListener("pointermove", function (event) {
+    showPreview(event);
+  });
+  progress.addEventListener("pointerup", function (event) {
+    if (!dragging) return;
+    dragging = false;
+    var d = duration();
+    if (d) video.currentTime = fractionAt(event) * d;
+    if (event.pointerType !== "mouse") preview.hidden = true;
+  });
+  progress.addEventListener("pointerleave", function () {
+    if (!dragging) preview.hidden = true;
+  });
+
+  document.addEventListener("keydown", function (event) {
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    var tag = (event.target.tagName || "").toLowerCase();
+    if (tag === "input" || tag === "textarea" || tag === "select") return;
+    var key = event.key;
+    if (key === " " || key === "k" || key === "K") togglePlay();
+    else if (key === "j" || key === "J" || key === "ArrowLeft") seekBy(-10);
+    else if (key === "l" || key === "L" || key === "ArrowRight") seekBy(10);
+    else if (key === "f" || key === "F") toggleFullscreen();
+    else if (key === "m" || key === "M") toggleMute();
+    else if (key === "Escape") toggleQualityMenu(false);
+    else return;
+    event.preventDefault();
+  });
+
+  document.addEventListener("click", function (event) {
+    if (!qualityMenu.hidden && !event.target.closest(".quality")) toggleQualityMenu(false);
+  });
+
+  // Hide the controls after a few idle seconds while playing.
+  var idleTimer = null;
+  function wake() {
+    root.classList.remove("idle");
+    clearTimeout(idleTimer);
+    idleTimer = setTimeout(function () {
+      root.classList.add("idle");
+    }, 2500);
+  }
+  root.addEventListener("pointermove", wake);
+  root.addEventListener("touchstart", wake, { passive: true });
+  wake();
+
+  render();
+  start();
+})();
