@@ -123,14 +123,14 @@ def build_command(
     args = [options.ffmpeg, "-nostdin", "-hide_banner", "-v", "error", "-nostats",
             "-progress", "pipe:1", *input_args(source, info.format)]
     if videos:
-        args += ["-filter_complex", _filter_graph(videos)]
+        args += ["-filter_complex", _filter_graph(videos, info.video_map)]
     stream_map: list[str] = []
     audio_index = 0
     for i, r in enumerate(videos):
         entry = f"v:{i}"
         args += ["-map", f"[v{i}]"]
         if r.audio_bitrate and info.has_audio:
-            args += ["-map", "0:a:0", f"-b:a:{audio_index}", str(r.audio_bitrate)]
+            args += ["-map", info.audio_map, f"-b:a:{audio_index}", str(r.audio_bitrate)]
             entry += f",a:{audio_index}"
             audio_index += 1
         gop = max(1, round(options.keyframe_seconds * r.fps))
@@ -140,7 +140,7 @@ def build_command(
         stream_map.append(f"{entry},name:{r.name}")
     for r in renditions:
         if not r.has_video:
-            args += ["-map", "0:a:0", f"-b:a:{audio_index}", str(r.audio_bitrate)]
+            args += ["-map", info.audio_map, f"-b:a:{audio_index}", str(r.audio_bitrate)]
             stream_map.append(f"a:{audio_index},name:{r.name}")
             audio_index += 1
     if videos:
@@ -169,12 +169,12 @@ def build_command(
     return args
 
 
-def _filter_graph(videos: list[Rendition]) -> str:
+def _filter_graph(videos: list[Rendition], source: str) -> str:
     rates = {r.fps for r in videos}
     # One constant output rate (variable-rate phone clips included) keeps keyframes aligned;
     # when every rung shares it, convert once before splitting.
     shared = f"fps={_rate(videos[0].fps)}," if len(rates) == 1 else ""
-    chains = [f"[0:v:0]{shared}split={len(videos)}" + "".join(f"[s{i}]" for i in
+    chains = [f"[{source}]{shared}split={len(videos)}" + "".join(f"[s{i}]" for i in
                                                               range(len(videos)))]
     for i, r in enumerate(videos):
         own = "" if shared else f"fps={_rate(r.fps)},"

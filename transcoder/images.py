@@ -52,10 +52,10 @@ def poster(source: Path, info: MediaInfo, out: Path, *, ffmpeg: str = "ffmpeg") 
             # Input seeking jumps to the keyframe before `t`: cheap even in a 4-hour film.
             args += ["-ss", f"{t:.3f}", *input_args(source, info.format)]
         for i in range(len(times)):
-            args += ["-map", f"{i}:v:0", "-frames:v", "1", "-vf",
+            args += ["-map", f"{i}:{info.video_map[2:]}", "-frames:v", "1", "-vf",
                      f"scale={_SAMPLE[0]}:{_SAMPLE[1]},format=gray",
                      "-f", "rawvideo", str(folder / f"{i}.gray")]
-            args += ["-map", f"{i}:v:0", "-frames:v", "1", "-vf",
+            args += ["-map", f"{i}:{info.video_map[2:]}", "-frames:v", "1", "-vf",
                      f"scale={width}:{height},setsar=1", *_image_codec(out),
                      str(folder / f"{i}{out.suffix}")]
         result = run(args, timeout=_IMAGE_TIMEOUT, max_stdout=1 << 16)
@@ -99,7 +99,7 @@ def storyboard(
         # Decoding only keyframes makes long films several times faster; a file with too few
         # keyframes yields too few frames that way, so we fall back to decoding everything.
         args = [ffmpeg, "-nostdin", "-hide_banner", "-v", "error", *skip,
-                *input_args(source, info.format), "-map", "0:v:0", "-vf", vf,
+                *input_args(source, info.format), "-map", info.video_map, "-vf", vf,
                 "-frames:v", "1", *_image_codec(sprite), str(sprite)]
         result = run(args, timeout=_IMAGE_TIMEOUT, max_stdout=1 << 16)
         if result.returncode == 0 and sprite.is_file():

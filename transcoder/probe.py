@@ -50,6 +50,18 @@ class MediaInfo:
     size_bytes: int
     #: Timestamp of the first frame; MPEG-TS files rarely start at zero.
     start_time: float = 0.0
+    #: Container indexes of the chosen streams (the default-flagged ones when there are
+    #: several), so every later run maps the same picture and the same soundtrack.
+    video_index: int | None = None
+    audio_index: int | None = None
+
+    @property
+    def video_map(self) -> str:
+        return f"0:{self.video_index}" if self.video_index is not None else "0:v:0"
+
+    @property
+    def audio_map(self) -> str:
+        return f"0:{self.audio_index}" if self.audio_index is not None else "0:a:0"
 
 
 def probe(path: Path, limits: MediaLimits, *, ffprobe: str = "ffprobe") -> MediaInfo:
@@ -160,6 +172,8 @@ def _media_info(
         audio_channels=_int(audio.get("channels")) or None if audio else None,
         size_bytes=size,
         start_time=start,
+        video_index=_int(video.get("index")) if video else None,
+        audio_index=_int(audio.get("index")) if audio else None,
     ), main_end
 
 
