@@ -1,0 +1,134 @@
+"""The watch, upload and dashboard pages, and saving the resume position."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from starlette.testclient import TestClient
+
+from portal.app import STATIC_DIR, create_app
+from tests.portal.test_accounts import add_user, csrf_from, fast_settings, log_in
+from tests.portal.test_auth import add_ready_video
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return fast_settings(tmp_path)
+
+
+def test_watch_page_configures_the_player_without_inline_script(settings):
+    with TestClient(create_app(settings)) as client:
+        creator = add_user(client, "c@example.org", role="creator", name="Cleo")
+        video_id = add_ready_video(
+            client, creator.id, title="Night Train", tags="travel rail", has_poster=True
+        )
+        page = client.get(f"/watch/{video_id}")
+        hls = client.get("/static/vendor/hls.min.js")
+        player = client.get("/static/js/player.js")
+    assert page.status_code == 200
+    assert "<h1>Night Train</h1>" in page.text
+    assert f'data-playback-url="/api/videos/{video_id}/playback"' in page.text
+    assert f'data-position-url="/api/videos/{video_id}/position"' in page.text
+    assert f'poster="/media/{video_id}/poster.jpg"' in page.text
+    assert 'data-logged-in="false"' in page.text
+    assert '<script src="/static/vendor/hls.min.js" defer></script>' in page.text
+    assert 'href="/?q=travel"' in page.text
+    assert hls.status_code == player.status_code == 200
+    assert "Hls.isSupported()" in player.text
+
+
+def test_unfinished_films_are_hidden_from_everyone_but_their_creator(settings):
+    with TestClient(create_app(settings)) as client:
+        creator = add_user(client, "c@example.org", role="creator")
+        add_user(client, "v@example.org")
+        video_id = add_ready_video(client, creator.id, status="processing", ready_at=None)
+        assert client.get(f"/watch/{video_id}").status_code == 404
+        log_in(client, "v@example.org")
+        assert client.get(f"/watch/{video_id}").status_code == 404
+        client.cookies.clear()
+        log_in(client, "c@example.org")
+        assert client.get(f"/watch/{video_id}").status_code == 200
+        assert client.get("/watch/no-such-film").status_code == 404
+
+
+def test_resume_position_is_saved_and_offered_on_the_next_visit(settings):
+    with TestClient(create_app(settings)) as client:
+        creator = add_user(client, "c@example.org", role="creator")
+        video_id = add_ready_video(client, creator.id, duration=600.0)
+        log_in(client, "c@example.org")
+        page = client.get(f"/watch/{video_id}")
+        assert 'data-resume="0.0"' in page.text
+        headers = {"X-CSRF-Token": csrf_from(page.text)}
+        url = f"/api/videos/{video_id}/position"
+        assert client.put(url, json={"position": 93.5}, headers=headers).status_code == 204
+        assert client.put(url, json={"position": 125.0}, headers=headers).status_code == 204
+        assert 'data-resume="125.0"' in client.get(f"/watch/{video_id}").text
+        # Watched to the end: next time starts from the beginning.
+        assert client.put(url, json={"position": 9999}, headers=headers).status_code == 204
+        assert 'data-resume="0.0"' in client.get(f"/watch/{video_id}").text
+        bad = client.put(url, json={"position": "soon"}, headers=headers)
+        negative = client.put(url, json={"position": -3}, headers=headers)
+        missing = client.put("/api/videos/nope/position", json={"position": 1}, headers=headers)
+    assert bad.status_code == negative.status_code == 422
+    assert missing.status_code == 404
+
+
+def test_saving_a_position_needs_a_login(settings):
+    with TestClient(create_app(settings)) as client:
+        creator = add_user(client, "c@example.org", role="creator")
+        video_id = add_ready_video(client, creator.id)
+        response = client.put(f"/api/videos/{video_id}/position", json={"position": 1})
+    assert response.status_code == 401
+    assert response.json()["error"] == "authentication_required"
+
+
+def test_dashboard_lists_only_my_films_in_every_status_with_reasons(settings):
+    with TestClient(create_app(settings)) as client:
+        me = add_user(client, "me@example.org", role="creator")
+        other = add_user(client, "other@example.org", role="creator")
+        add_ready_video(client, me.id, title="Finished film", source_size=12_345_678)
+        add_ready_video(client, me.id, title="Half way", status="processing", progress=0.42)
+        add_ready_video(
+            client,
+            me.id,
+            title="Broken upload",
+            status="failed",
+            error="This file has no video or audio stream we can read.",
+        )
+        add_ready_video(client, other.id, title="Someone else's")
+        log_in(client, "me@example.org")
+        page = client.get("/dashboard")
+    assert page.status_code == 200
+    for title in ("Finished film", "Half way", "Broken upload"):
+        assert title in page.text
+    assert "Someone else's" not in page.text
+    assert "This file has no video or audio stream we can read." in page.text
+    assert 'value="42"' in page.text
+    assert "12.3 MB" in page.text
+    assert 'data-events-url="/api/events/videos"' in page.text
+
+
+def test_upload_page_points_tus_at_the_upload_endpoint(settings):
+    with TestClient(create_app(settings)) as client:
+        add_user(client, "c@example.org", role="creator")
+        log_in(client, "c@example.org")
+        page = client.get("/upload")
+    assert page.status_code == 200
+    assert 'data-endpoint="/api/uploads"' in page.text
+    assert 'type="file"' in page.text and "multiple" in page.text
+    assert '<script src="/static/vendor/tus.min.js" defer></script>' in page.text
+    script = (STATIC_DIR / "js" / "upload.js").read_text()
+    for needed in ("findPreviousUploads", "retryDelays", "X-CSRF-Token", "filename"):
+        assert needed in script
+
+
+def test_every_page_carries_the_csrf_meta_tag_and_mobile_viewport(settings):
+    with TestClient(create_app(settings)) as client:
+        add_user(client, "c@example.org", role="creator")
+        anonymous = [client.get(p).text for p in ("/", "/login", "/signup", "/nope")]
+        log_in(client, "c@example.org")
+        mine = [client.get(p).text for p in ("/", "/upload", "/dashboard")]
+    for html in anonymous + mine:
+        assert re.search(r'<meta name="csrf-token" content="[^"]+">', html)
+        assert 'name="viewport" content="width=device-width, initial-scale=1"' in html
