@@ -1,0 +1,184 @@
+"""Storage backends: the same behaviour from a local directory and from a real S3 server."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from portal.errors import ObjectNameInvalid, ObjectNotFound, StorageError
+from portal.settings import Secret, Settings
+from portal.vault import LocalStorage, Storage, open_storage
+from portal.vault.s3 import PART_SIZE
+
+from .conftest import S3Server
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def storage(vault_settings: Settings) -> AsyncIterator[Storage]:
+    opened = await open_storage(vault_settings)
+    try:
+        yield opened
+    finally:
+        await opened.aclose()
+
+
+async def stream(*pieces: bytes) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
+
+
+async def failing_stream(*pieces: bytes) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
+    raise OSError("the client went away")
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+async def test_put_read_size_and_ranges(storage: Storage) -> None:
+    data = os.urandom(100_000)
+    assert await storage.put("vid1/hls/720p/000001.m4s", stream(data[:7], data[7:])) == len(data)
+    assert await storage.size("vid1/hls/720p/000001.m4s") == len(data)
+    assert await storage.read("vid1/hls/720p/000001.m4s") == data
+    assert await storage.read("vid1/hls/720p/000001.m4s", 10, 20) == data[10:20]
+    assert await storage.read("vid1/hls/720p/000001.m4s", 99_990) == data[99_990:]
+    assert await storage.read("vid1/hls/720p/000001.m4s", 99_990, 10**9) == data[99_990:]
+    assert await storage.read("vid1/hls/720p/000001.m4s", 10**6) == b""
+    with pytest.raises(ObjectNotFound):
+        await storage.read("vid1/missing")
+    with pytest.raises(ObjectNotFound):
+        await storage.size("vid1/missing")
+
+
+async def test_put_replaces_whole_and_a_failed_put_leaves_the_old_object(
+    storage: Storage,
+) -> None:
+    await storage.put("vid1/poster.jpg", stream(b"old poster"))
+    await storage.put("vid1/poster.jpg", stream(b"new poster"))
+    with pytest.raises(OSError, match="went away"):
+        await storage.put("vid1/poster.jpg", failing_stream(b"half a poster"))
+    with pytest.raises(OSError, match="went away"):
+        await storage.put("vid1/other.jpg", failing_stream(b"x" * 100))
+    assert await storage.read("vid1/poster.jpg") == b"new poster"
+    assert await storage.list("vid1/") == ["vid1/poster.jpg"]
+    if isinstance(storage, LocalStorage):
+        assert files_under(storage.root) == ["vid1/poster.jpg"]  # no temp files left
+
+
+async def test_list_and_delete_prefix_respect_owner_boundaries(storage: Storage) -> None:
+    for name in ["abc/a", "abc/hls/1", "abc/hls/2", "abcd/a", "ab/a"]:
+        await storage.put(name, stream(name.encode()))
+    assert await storage.list("abc/") == ["abc/a", "abc/hls/1", "abc/hls/2"]
+    assert await storage.list("abc/hl") == ["abc/hls/1", "abc/hls/2"]
+    assert await storage.list("abc") == ["abc/a", "abc/hls/1", "abc/hls/2", "abcd/a"]
+    assert await storage.delete_prefix("abc/") == 3
+    assert await storage.list("") == ["ab/a", "abcd/a"]
+    await storage.delete("ab/a")
+    await storage.delete("ab/a")
+    assert await storage.list("") == ["abcd/a"]
+    if isinstance(storage, LocalStorage):
+        # Deleting leaves no empty directories behind.
+        assert sorted(p.name for p in storage.root.iterdir()) == ["abcd"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../secret",
+        "../../secret",
+        "../../etc/passwd",
+        "vid1/../../secret",
+        "vid1/..",
+        "/etc/passwd",
+        "vid1//x",
+        "vid1/x/",
+        "vid1",
+        "",
+        "vid1/.tmp-1234-x",
+        "vid1/x\x00y",
+        "vid1/a b",
+        "vid1/a\\..\\b",
+        "vid1/\u00fc",
+        "vid1/%2e%2e/x",
+        "v.d/x",
+    ],
+)
+async def test_names_that_could_escape_or_hide_are_refused(
+    storage: Storage, name: str, tmp_path: Path
+) -> None:
+    (tmp_path / "secret").write_text("do not read")
+    with pytest.raises(ObjectNameInvalid):
+        await storage.read(name)
+    with pytest.raises(ObjectNameInvalid):
+        await storage.size(name)
+    with pytest.raises(ObjectNameInvalid):
+        await storage.put(name, stream(b"x"))
+    with pytest.raises(ObjectNameInvalid):
+        await storage.delete(name)
+    assert (tmp_path / "secret").read_text() == "do not read"
+
+
+@pytest.mark.parametrize("prefix", ["..", "../", "a/../", "/abs", "a//", ".tmp"])
+async def test_prefixes_that_could_escape_are_refused(storage: Storage, prefix: str) -> None:
+    with pytest.raises(ObjectNameInvalid):
+        await storage.list(prefix)
+    with pytest.raises(ObjectNameInvalid):
+        await storage.delete_prefix(prefix)
+
+
+async def test_local_files_are_private(settings: Settings) -> None:
+    storage = await open_storage(settings)
+    assert isinstance(storage, LocalStorage)
+    await storage.put("vid1/a/b", stream(b"x"))
+    assert (storage.root / "vid1/a/b").stat().st_mode & 0o777 == 0o600
+    assert (storage.root / "vid1/a").stat().st_mode & 0o777 == 0o700
+
+
+async def test_unknown_storage_url_is_a_clear_error(settings: Settings) -> None:
+    with pytest.raises(StorageError, match="not supported"):
+        await open_storage(settings.replace(storage_url="ftp://example.org/x"))
+
+
+@pytest.mark.s3
+async def test_large_objects_go_up_in_parts_and_read_back_across_them(
+    s3_server: S3Server, settings: Settings
+) -> None:
+    storage = await open_storage(s3_server.settings_for(settings, f"t-{secrets.token_hex(6)}"))
+    try:
+        data = os.urandom(2 * PART_SIZE + 12345)
+        pieces = [data[i : i + 1_000_000] for i in range(0, len(data), 1_000_000)]
+        assert await storage.put("vid1/source/part-000001", stream(*pieces)) == len(data)
+        key = storage.key_of("vid1/source/part-000001")  # type: ignore[attr-defined]
+        head = s3_server.client().head_object(Bucket=s3_server.bucket, Key=key)
+        assert head["ETag"].strip('"').endswith("-3")  # a three-part multipart upload
+        assert await storage.size("vid1/source/part-000001") == len(data)
+        across = (PART_SIZE - 100, PART_SIZE + 100)
+        assert await storage.read("vid1/source/part-000001", *across) == data[slice(*across)]
+        assert await storage.read("vid1/source/part-000001") == data
+        # A failed large upload is aborted: no object, no dangling multipart upload.
+        with pytest.raises(OSError, match="went away"):
+            await storage.put("vid1/source/part-000002", failing_stream(data))
+        assert await storage.list("vid1/") == ["vid1/source/part-000001"]
+        pending = s3_server.client().list_multipart_uploads(Bucket=s3_server.bucket)
+        assert [u for u in pending.get("Uploads", []) if u["Key"].endswith("part-000002")] == []
+    finally:
+        await storage.aclose()
+
+
+@pytest.mark.s3
+async def test_s3_refuses_wrong_credentials_and_missing_buckets_at_open(
+    s3_server: S3Server, settings: Settings
+) -> None:
+    good = s3_server.settings_for(settings, "x")
+    with pytest.raises(StorageError, match="cannot use the S3 bucket"):
+        await open_storage(good.replace(s3_secret_access_key=Secret("wrong")))
+    with pytest.raises(StorageError, match="does not exist"):
+        await open_storage(good.replace(storage_url="s3://no-such-bucket-here/x"))
