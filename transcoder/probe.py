@@ -189,17 +189,21 @@ def _check_decodes(
     """
     selector = "v:0" if info.has_video else "a:0"
     tail_start = max(main_end - 1.5, info.start_time)
-    data = _ffprobe_json(
-        [ffprobe, "-v", "error", "-hide_banner", "-select_streams", selector,
-         "-read_intervals", f"%+#2,{tail_start:.3f}%",
-         "-show_entries", "packet=pts_time:frame=best_effort_timestamp_time", "-of", "json",
-         *input_args(path, info.format)],
-        limits,
+    # Two runs: frames (decoding) only at the start; at the end packets alone, which costs
+    # no decoding at all and stays cheap for a 4K film with 10-second GOPs.
+    head, tail = (
+        _ffprobe_json(
+            [ffprobe, "-v", "error", "-hide_banner", "-select_streams", selector,
+             "-read_intervals", interval, "-show_entries", entries, "-of", "json",
+             *input_args(path, info.format)],
+            limits,
+        )
+        for interval, entries in (("%+#2", "frame=best_effort_timestamp_time"),
+                                  (f"{tail_start:.3f}%", "packet=pts_time"))
     )
-    entries = data.get("packets_and_frames") or []
-    frames = [e for e in entries if e.get("type") == "frame"]
+    frames = head.get("frames") or []
     packet_times = [
-        t for t in (_float(e.get("pts_time")) for e in entries if e.get("type") == "packet")
+        t for t in (_float(p.get("pts_time")) for p in tail.get("packets") or [])
         if t is not None
     ]
     if not frames:
