@@ -104,3 +104,56 @@ def users_create(email: str, role: str, display_name: str | None) -> None:
         click.echo(asyncio.run(run()))
     except PortalError as exc:
         raise click.ClickException(exc.message) from None
+
+
+@main.group()
+def keys() -> None:
+    """Master keys of the vault: status and rotation."""
+
+
+def _run_keys(action: str) -> None:
+    import asyncio
+
+    from portal.app import prepare_data_dir
+    from portal.db import create_engine, create_schema
+    from portal.errors import PortalError
+    from portal.vault.rotation import key_status_lines, rotate_keys
+
+    settings = load_settings()
+    command = {"rotate": rotate_keys, "status": key_status_lines}[action]
+
+    async def run() -> list[str]:
+        prepare_data_dir(settings)
+        engine = create_engine(settings.database_url)
+        try:
+            await create_schema(engine)
+            return await command(settings, engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        lines = asyncio.run(run())
+    except PortalError as exc:
+        raise click.ClickException(exc.message) from None
+    for line in lines:
+        click.echo(line)
+
+
+@keys.command("status")
+def keys_status() -> None:
+    """Show the master keys and how many data keys each wraps."""
+    _run_keys("status")
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Add a master key (key file) and re-wrap every data key under the newest key."""
+    _run_keys("rotate")
+
+
+@keys.command("generate")
+def keys_generate() -> None:
+    """Print a new `id:base64key` entry to append to MEGAMOVIE_MASTER_KEYS (keep it secret)."""
+    from portal.vault.keyring import generate_entry
+
+    click.echo(generate_entry())

@@ -255,10 +255,9 @@ class Vault:
         await self.storage.aclose()
 
 
-async def open_vault(settings: Settings, engine: AsyncEngine) -> Vault:
-    """Load the keyring (making the key file on first run), verify every key against the
-    database, and open the storage. A missing or wrong key is a KeyringError here, at start-up,
-    never garbage later."""
+async def open_keystore(settings: Settings, engine: AsyncEngine) -> KeyStore:
+    """Load the keyring (making the key file on first run) and verify every key against the
+    database. A missing or wrong key is a KeyringError here, at start-up, never garbage later."""
     known = await known_key_ids(engine)
     if known and not keyring_configured(settings):
         raise KeyringError(
@@ -273,5 +272,11 @@ async def open_vault(settings: Settings, engine: AsyncEngine) -> Vault:
 
     keystore = KeyStore(engine, keyring, reload=reload)
     await keystore.verify()
+    return keystore
+
+
+async def open_vault(settings: Settings, engine: AsyncEngine) -> Vault:
+    """The keystore (see `open_keystore`) and the storage `settings.storage_url` names."""
+    keystore = await open_keystore(settings, engine)
     storage = await open_storage(settings)
     return Vault(keystore, storage, settings.vault_chunk_size)
