@@ -85,6 +85,9 @@ def chunk_count(stored_size: int, chunk_size: int) -> int:
     full, rest = divmod(body, chunk_size + TAG_SIZE)
     if rest and rest < TAG_SIZE:
         raise VaultTampered("the object ends inside a chunk's tag: truncated")
+    if rest == TAG_SIZE and full:
+        # An empty last chunk after full ones is never written (a full chunk is the last).
+        raise VaultTampered("the object ends in an empty chunk no writer makes: tampered")
     return full + (1 if rest else 0)
 
 
