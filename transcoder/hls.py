@@ -223,6 +223,11 @@ class _Job:
                 if deadline is not None:
                     timeout = max(0.0, min(timeout, deadline - time.monotonic()))
                 await asyncio.wait(waiting, timeout=timeout)
+                for reader in readers:
+                    # A failing on_progress must stop us now: nobody would drain the pipe
+                    # and ffmpeg would block on it until the wall-time limit.
+                    if reader.done() and reader.exception() is not None:
+                        await reader
                 if cancel is not None and cancel.is_set():
                     raise TranscodeCancelled()
                 if deadline is not None and time.monotonic() >= deadline:

@@ -349,3 +349,20 @@ async def test_a_hand_made_media_info_cannot_select_the_hls_demuxer(
     with pytest.raises(HostileInput):
         await transcode(clips["landscape.mp4"], hostile, build_ladder(info), tmp_path / "w",
                         FAST, Vault(tmp_path / "vault").take)
+
+
+async def test_an_error_in_the_progress_callback_stops_ffmpeg_and_propagates(
+    clips: dict[str, Path], tmp_path: Path
+) -> None:
+    source = clips["hd.mp4"]
+    info = probe(source, MediaLimits())
+    workdir = tmp_path / "work"
+
+    def broken_progress(progress: Progress) -> None:
+        raise RuntimeError("progress sink gone")
+
+    with pytest.raises(RuntimeError, match="progress sink gone"):
+        await transcode(source, info, build_ladder(info), workdir,
+                        HlsOptions(preset="veryslow", timeout=60),
+                        Vault(tmp_path / "vault").take, broken_progress)
+    assert_nothing_left(workdir)
