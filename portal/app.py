@@ -21,9 +21,12 @@ from starlette.templating import Jinja2Templates
 from portal.auth import AuthMiddleware
 from portal.db import create_engine, create_schema
 from portal.http_errors import exception_handlers
-from portal.routes import accounts, catalog, ops, pages
+from portal.metrics import MetricsMiddleware
+from portal.routes import accounts, catalog, ops, pages, playback, uploads, videos
 from portal.security import SecurityHeadersMiddleware
 from portal.settings import Settings
+from portal.vault import open_vault
+from portal.worker import media_pipeline
 
 log = logging.getLogger("megamovie")
 
@@ -32,7 +35,7 @@ TEMPLATES_DIR = PROJECT_ROOT / "templates"
 STATIC_DIR = PROJECT_ROOT / "static"
 
 # Each feature module exposes `routes`; add a module here to mount it.
-ROUTE_MODULES = [ops, accounts, catalog, pages]
+ROUTE_MODULES = [ops, accounts, catalog, pages, uploads, videos, playback]
 
 
 def prepare_data_dir(settings: Settings) -> None:
@@ -52,6 +55,7 @@ def build_routes() -> list[BaseRoute]:
 def build_middleware(settings: Settings) -> list[Middleware]:
     # Outermost first: even a CSRF refusal from AuthMiddleware gets the security headers.
     return [
+        Middleware(MetricsMiddleware),
         Middleware(SecurityHeadersMiddleware),
         Middleware(AuthMiddleware, settings=settings),
     ]
@@ -67,7 +71,13 @@ def create_app(settings: Settings) -> Starlette:
         await create_schema(engine)
         app.state.engine = engine
         try:
-            yield
+            app.state.vault = await open_vault(settings, engine)
+            try:
+                # Upload/job/token services, in-process workers and the upload-expiry sweep.
+                async with media_pipeline(app, settings):
+                    yield
+            finally:
+                await app.state.vault.aclose()
         finally:
             await engine.dispose()
 

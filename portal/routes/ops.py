@@ -1,10 +1,10 @@
-"""Operational endpoints: health for load balancers."""
+"""Operational endpoints: health for load balancers, Prometheus metrics."""
 
 from __future__ import annotations
 
 from sqlalchemy import text
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 
@@ -18,4 +18,18 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
 
 
-routes = [Route("/healthz", healthz, methods=["GET"])]
+async def metrics(request: Request) -> Response:
+    """Prometheus text format; counters are this process's, job counts the database's."""
+    job_counts = await request.app.state.jobs.counts()
+    text = request.app.state.metrics.render(job_counts)
+    return Response(
+        text,
+        media_type="text/plain; version=0.0.4; charset=utf-8",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+routes = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]
