@@ -27,7 +27,7 @@ from transcoder.errors import TranscodeCancelled, TranscodeFailed, TranscodeTime
 from transcoder.ladder import Rendition
 from transcoder.playlists import parse_playlist
 from transcoder.probe import MediaInfo
-from transcoder.process import input_args, kill_group, summarise_stderr
+from transcoder.process import describe_failure, input_args, kill_group
 
 _PLAYLIST = "index.m3u8"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -299,11 +299,10 @@ class _Job:
             self.stderr_tail.append(raw.decode("utf-8", "replace"))
 
     def _failure_reason(self, returncode: int) -> str:
-        detail = summarise_stderr(
-            self.stderr_tail, hide=[str(self.source.resolve()), str(self.source),
-                                    str(self.workdir.resolve()), str(self.workdir)])
-        reason = "The video could not be converted"
-        return f"{reason} (ffmpeg: {detail})." if detail else f"{reason} (exit {returncode})."
+        hide = [str(self.source.resolve()), str(self.source), str(self.workdir.resolve()),
+                str(self.workdir)]
+        reason = describe_failure("The video could not be converted", self.stderr_tail, hide)
+        return reason if "ffmpeg:" in reason else f"{reason[:-1]} (exit {returncode})."
 
     def _remove_leftovers(self) -> None:
         """Delete what ffmpeg wrote that is not the caller's: playlists, temp files, stale

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from transcoder.errors import NoDecodableStream, TranscodeFailed
 from transcoder.probe import MediaInfo
-from transcoder.process import input_args, run, summarise_stderr
+from transcoder.process import describe_failure, input_args, run
+from transcoder.subtitles import vtt_timestamp
 
 #: Candidate frames compared for the poster, spread over the first part of the film.
 POSTER_CANDIDATES = 6
@@ -62,7 +63,8 @@ def poster(source: Path, info: MediaInfo, out: Path, *, ffmpeg: str = "ffmpeg") 
         scores = {i: _variance(folder / f"{i}.gray") for i in range(len(times))}
         scored = {i: v for i, v in scores.items() if v is not None}
         if not scored:
-            raise TranscodeFailed(_reason("The poster could not be made", result.stderr, source))
+            raise TranscodeFailed(describe_failure(
+                "The poster could not be made", _lines(result.stderr), _paths(source)))
         best = max(scored, key=lambda i: scored[i])
         (folder / f"{best}{out.suffix}").replace(out)
     return out
@@ -106,12 +108,14 @@ def storyboard(
             break
         sprite.unlink(missing_ok=True)
     else:
-        raise TranscodeFailed(_reason("The storyboard could not be made", result.stderr, source))
+        raise TranscodeFailed(describe_failure(
+            "The storyboard could not be made", _lines(result.stderr), _paths(source)
+        ))
     cues = ["WEBVTT", ""]
     for i in range(count):
         start, end = i * interval, min((i + 1) * interval, info.duration)
         x, y = (i % columns) * tile_width, (i // columns) * tile_height
-        cues += [f"{_vtt_time(start)} --> {_vtt_time(end)}",
+        cues += [f"{vtt_timestamp(round(start * 1000))} --> {vtt_timestamp(round(end * 1000))}",
                  f"{sprite_uri}#xywh={x},{y},{tile_width},{tile_height}", ""]
     return Storyboard(sprite, "\n".join(cues), columns, rows, interval, tile_width, tile_height)
 
@@ -138,12 +142,9 @@ def _variance(path: Path) -> float | None:
     return statistics.pvariance(data) if len(data) == _SAMPLE[0] * _SAMPLE[1] else None
 
 
-def _reason(what: str, stderr: bytes, source: Path) -> str:
-    detail = summarise_stderr(stderr.decode("utf-8", "replace").splitlines(),
-                              hide=[str(source.resolve()), str(source)])
-    return f"{what} (ffmpeg: {detail})." if detail else f"{what}."
+def _lines(stderr: bytes) -> list[str]:
+    return stderr.decode("utf-8", "replace").splitlines()
 
 
-def _vtt_time(seconds: float) -> str:
-    ms = round(seconds * 1000)
-    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
+def _paths(source: Path) -> list[str]:
+    return [str(source.resolve()), str(source)]

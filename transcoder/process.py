@@ -106,3 +106,9 @@ def summarise_stderr(lines: Iterable[str], hide: Iterable[str] = (), keep: int =
     # Deduplicate while keeping order: ffmpeg repeats the same complaint per packet.
     tail = list(dict.fromkeys(useful[-20:]))[-keep:]
     return "; ".join(tail)
+
+
+def describe_failure(what: str, stderr_lines: Iterable[str], hide: Iterable[str] = ()) -> str:
+    """`what`, plus ffmpeg's own last words with paths hidden: a reason for a person."""
+    detail = summarise_stderr(stderr_lines, hide)
+    return f"{what} (ffmpeg: {detail})." if detail else f"{what}."

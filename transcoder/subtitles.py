@@ -82,7 +82,7 @@ def parse_cues(data: bytes) -> list[Cue]:
 def render_webvtt(cues: list[Cue]) -> str:
     out = ["WEBVTT", ""]
     for cue in cues:
-        timing = f"{_stamp(cue.start_ms)} --> {_stamp(cue.end_ms)}"
+        timing = f"{vtt_timestamp(cue.start_ms)} --> {vtt_timestamp(cue.end_ms)}"
         out += [f"{timing} {cue.settings}".rstrip(), cue.text, ""]
     return "\n".join(out)
 
@@ -143,5 +143,6 @@ def _ms(hours: str | None, minutes: str, seconds: str, fraction: str | None) -> 
     return ((int(hours or 0) * 60 + int(minutes)) * 60 + int(seconds)) * 1000 + millis
 
 
-def _stamp(ms: int) -> str:
+def vtt_timestamp(ms: int) -> str:
+    """WebVTT's canonical HH:MM:SS.mmm."""
     return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
