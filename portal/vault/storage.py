@@ -109,7 +109,10 @@ class LocalStorage:
         def read() -> bytes:
             fd = os.open(path, os.O_RDONLY)
             try:
-                stop = os.fstat(fd).st_size if end is None else end
+                # Clamped to the size: asking pread for more than the file holds makes it
+                # allocate (and fault in) the whole oversized buffer.
+                size = os.fstat(fd).st_size
+                stop = size if end is None else min(end, size)
                 if stop <= start:
                     return b""
                 return os.pread(fd, stop - start, start)
