@@ -9,7 +9,9 @@ from __future__ import annotations
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -85,3 +87,48 @@ async def insert_video(engine: AsyncEngine, creator_id: str, status: str = "queu
             )
         )
     return video_id
+
+
+PASSWORD = "correct horse battery"
+TUS = {"Tus-Resumable": "1.0.0"}
+
+
+def pipeline_settings(tmp_path: Path, **changes: object) -> Settings:
+    """Settings for media tests: cheap password hashing, the fastest x264 preset, no
+    in-process workers unless a test asks for them."""
+    return Settings.from_env(
+        {"MEGAMOVIE_DATA_DIR": str(tmp_path / "data")},
+        **{
+            "argon2_time_cost": 1,
+            "argon2_memory_kib": 1024,
+            "transcode_preset": "ultrafast",
+            "segment_seconds": 1.0,
+            "workers": 0,
+            **changes,
+        },
+    )
+
+
+def create_account(settings: Settings, email: str, role: str = "creator") -> str:
+    """A real account in the settings' database (made before or beside a running app);
+    returns the user id."""
+    from portal.accounts import create_user
+
+    async def create() -> str:
+        prepare_data_dir(settings)
+        engine = create_engine(settings.database_url)
+        try:
+            await create_schema(engine)
+            user = await create_user(engine, settings, email=email, password=PASSWORD, role=role)
+            return user.id
+        finally:
+            await engine.dispose()
+
+    return anyio.run(create)
+
+
+def bearer(client: Any, email: str) -> dict[str, str]:
+    """Authorization header from `POST /api/tokens` (client: TestClient or httpx.Client)."""
+    response = client.post("/api/tokens", json={"email": email, "password": PASSWORD})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['token']}"}
