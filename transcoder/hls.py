@@ -123,7 +123,7 @@ def build_command(
     args = [options.ffmpeg, "-nostdin", "-hide_banner", "-v", "error", "-nostats",
             "-progress", "pipe:1", *input_args(source, info.format)]
     if videos:
-        args += ["-filter_complex", _filter_graph(videos, info.video_map)]
+        args += ["-filter_complex", _filter_graph(videos, info)]
     stream_map: list[str] = []
     audio_index = 0
     for i, r in enumerate(videos):
@@ -169,12 +169,15 @@ def build_command(
     return args
 
 
-def _filter_graph(videos: list[Rendition], source: str) -> str:
+def _filter_graph(videos: list[Rendition], info: MediaInfo) -> str:
     rates = {r.fps for r in videos}
+    # Scaling interlaced fields smears them into combs; deinterlace first, only the frames
+    # flagged as interlaced.
+    prefix = "bwdif=mode=send_frame:deint=interlaced," if info.interlaced else ""
     # One constant output rate (variable-rate phone clips included) keeps keyframes aligned;
     # when every rung shares it, convert once before splitting.
     shared = f"fps={_rate(videos[0].fps)}," if len(rates) == 1 else ""
-    chains = [f"[{source}]{shared}split={len(videos)}" + "".join(f"[s{i}]" for i in
+    chains = [f"[{info.video_map}]{prefix}{shared}split={len(videos)}" + "".join(f"[s{i}]" for i in
                                                               range(len(videos)))]
     for i, r in enumerate(videos):
         own = "" if shared else f"fps={_rate(r.fps)},"

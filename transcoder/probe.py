@@ -54,6 +54,8 @@ class MediaInfo:
     #: several), so every later run maps the same picture and the same soundtrack.
     video_index: int | None = None
     audio_index: int | None = None
+    #: Interlaced fields (DV, broadcast captures): must be deinterlaced before scaling.
+    interlaced: bool = False
 
     @property
     def video_map(self) -> str:
@@ -174,6 +176,7 @@ def _media_info(
         start_time=start,
         video_index=_int(video.get("index")) if video else None,
         audio_index=_int(audio.get("index")) if audio else None,
+        interlaced=video is not None and video.get("field_order") in ("tt", "bb", "tb", "bt"),
     ), main_end
 
 

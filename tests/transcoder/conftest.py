@@ -85,6 +85,11 @@ CLIPS: dict[str, list[str]] = {
     "dark_opening.mp4": [*_video(seconds=4),
                          "-vf", "drawbox=c=black:t=fill:enable='lt(t,1)'", *X264],
     "subtitles_only.mkv": ["-i", "{srt}", "-c:s", "copy"],
+    "interlaced.mp4": [*_video(rate=25), *X264, "-flags", "+ilme+ildct", "-top", "1"],
+    # Two soundtracks, the second flagged default (a dubbed film with the dub preferred).
+    "two_soundtracks.mkv": [*_video(), *_audio(), "-f", "lavfi", "-i", "sine=frequency=880",
+                            "-t", "2", "-map", "0", "-map", "1", "-map", "2", *X264, *AAC,
+                            "-disposition:a:0", "0", "-disposition:a:1", "default"],
 }
 
 

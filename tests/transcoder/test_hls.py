@@ -268,7 +268,8 @@ async def test_variable_frame_rate_comes_out_constant(
 
 
 @pytest.mark.parametrize(
-    "name", ["moov_at_end.mp4", "webm.webm", "mpegts.ts", "odd.mp4", "landscape.mp4"]
+    "name", ["moov_at_end.mp4", "webm.webm", "mpegts.ts", "odd.mp4", "landscape.mp4",
+             "interlaced.mp4", "two_soundtracks.mkv"]
 )
 async def test_common_containers_transcode_and_play(
     clips: dict[str, Path], tmp_path: Path, name: str

@@ -59,6 +59,17 @@ def test_rotated_video_reports_display_dimensions(clips: dict[str, Path]) -> Non
     assert (info.width, info.height) == (180, 320)
 
 
+def test_interlaced_video_is_flagged(clips: dict[str, Path]) -> None:
+    assert probe(clips["interlaced.mp4"], LIMITS).interlaced
+    assert not probe(clips["landscape.mp4"], LIMITS).interlaced
+
+
+def test_the_default_soundtrack_is_chosen(clips: dict[str, Path]) -> None:
+    info = probe(clips["two_soundtracks.mkv"], LIMITS)
+    assert (info.video_index, info.audio_index) == (0, 2)
+    assert info.audio_map == "0:2"
+
+
 def test_audio_only_file_has_no_video(clips: dict[str, Path]) -> None:
     info = probe(clips["audio_only.mp3"], LIMITS)
     assert (info.format, info.has_video, info.has_audio) == ("mp3", False, True)
