@@ -309,7 +309,7 @@ async def test_wall_time_limit_stops_ffmpeg_and_cleans_up(
 
 
 async def test_ffmpeg_failure_is_reported_without_leaking_paths(
-    clip: object, clips: dict[str, Path], tmp_path: Path
+    clips: dict[str, Path], tmp_path: Path
 ) -> None:
     source = tmp_path / "secret-name" / "film.mp4"
     source.parent.mkdir()
