@@ -11,9 +11,9 @@ import contextlib
 import errno
 import os
 import secrets
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import anyio.to_thread
@@ -21,6 +21,8 @@ import anyio.to_thread
 from portal.errors import ObjectNotFound, StorageError
 from portal.settings import Settings
 from portal.vault.names import validate_name, validate_prefix
+
+T = TypeVar("T")
 
 
 class Upload(Protocol):
@@ -119,28 +121,24 @@ class LocalStorage:
             finally:
                 os.close(fd)
 
-        try:
-            return await anyio.to_thread.run_sync(read)
-        except FileNotFoundError:
-            raise ObjectNotFound(f"no object {name}") from None
-        except OSError as exc:
-            raise _storage_error("read", name, exc) from None
+        return await self._in_thread("read", name, read)
 
     async def size(self, name: str) -> int:
         path = self.path_of(name)
-        try:
-            return (await anyio.to_thread.run_sync(path.stat)).st_size
-        except FileNotFoundError:
-            raise ObjectNotFound(f"no object {name}") from None
-        except OSError as exc:
-            raise _storage_error("stat", name, exc) from None
+        return (await self._in_thread("stat", name, path.stat)).st_size
 
     async def delete(self, name: str) -> None:
         path = self.path_of(name)
+        await self._in_thread("delete", name, lambda: self._unlink(path))
+
+    async def _in_thread(self, action: str, name: str, work: Callable[[], T]) -> T:
+        """Blocking file work off the event loop, its errors as the vault's."""
         try:
-            await anyio.to_thread.run_sync(self._unlink, path)
+            return await anyio.to_thread.run_sync(work)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"no object {name}") from None
         except OSError as exc:
-            raise _storage_error("delete", name, exc) from None
+            raise _storage_error(action, name, exc) from None
 
     def _unlink(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -180,10 +178,7 @@ class LocalStorage:
                         found.append(name)
             return sorted(found)
 
-        try:
-            return await anyio.to_thread.run_sync(walk)
-        except OSError as exc:
-            raise _storage_error("list", prefix, exc) from None
+        return await self._in_thread("list", prefix, walk)
 
     async def aclose(self) -> None:
         return None
