@@ -18,12 +18,13 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from portal.db import new_id
+from portal.db import create_engine, create_schema, new_id
 from portal.jobs import Job, JobQueue, LeaseLost
 from portal.metrics import Metrics
 from portal.processing import Processor, clean_scratch
@@ -31,6 +32,7 @@ from portal.settings import Settings
 from portal.signing import load_secret_key
 from portal.tokens import PlaybackTokens
 from portal.uploads import Uploads
+from portal.vault import Vault, open_vault
 from transcoder.errors import MediaError, MediaRejected
 
 log = logging.getLogger("megamovie.worker")
@@ -136,18 +138,67 @@ class Worker:
             raise error
 
 
-def build_services(app: Any, settings: Settings) -> None:
-    """The queue, uploads, tokens and metrics the routes find on `app.state`."""
-    state = app.state
-    state.jobs = JobQueue(
-        state.engine,
-        lease_seconds=settings.job_lease_seconds,
-        max_attempts=settings.job_max_attempts,
-    )
-    state.uploads = Uploads(settings, state.engine, state.vault, state.jobs)
-    state.tokens = PlaybackTokens(load_secret_key(settings), settings.token_ttl_seconds)
-    if getattr(state, "metrics", None) is None:
-        state.metrics = Metrics()
+@dataclass
+class Services:
+    """The media pipeline's long-lived parts, shared by the app, the CLI and workers."""
+
+    settings: Settings
+    engine: AsyncEngine
+    vault: Vault
+    jobs: JobQueue
+    uploads: Uploads
+    tokens: PlaybackTokens
+    metrics: Metrics
+
+    @classmethod
+    def build(cls, settings: Settings, engine: AsyncEngine, vault: Vault) -> Services:
+        jobs = JobQueue(
+            engine,
+            lease_seconds=settings.job_lease_seconds,
+            max_attempts=settings.job_max_attempts,
+        )
+        return cls(
+            settings=settings,
+            engine=engine,
+            vault=vault,
+            jobs=jobs,
+            uploads=Uploads(settings, engine, vault, jobs),
+            tokens=PlaybackTokens(load_secret_key(settings), settings.token_ttl_seconds),
+            metrics=Metrics(),
+        )
+
+    def worker(self, **options: Any) -> Worker:
+        return Worker(
+            self.settings, self.engine, self.vault, self.jobs, metrics=self.metrics, **options
+        )
+
+
+@asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    """Engine, schema, vault and services outside a web app (CLI commands, `worker`)."""
+    from portal.app import prepare_data_dir
+
+    prepare_data_dir(settings)
+    engine = create_engine(settings.database_url)
+    try:
+        await create_schema(engine)
+        vault = await open_vault(settings, engine)
+        try:
+            yield Services.build(settings, engine, vault)
+        finally:
+            await vault.aclose()
+    finally:
+        await engine.dispose()
+
+
+async def run_workers(services: Services, count: int) -> None:
+    """`megamovie worker`: run `count` workers until cancelled (Ctrl-C)."""
+    removed = clean_scratch(services.settings)
+    if removed:
+        log.info("removed %d temp dirs left by an earlier run", removed)
+    async with anyio.create_task_group() as tg:
+        for _ in range(count):
+            tg.start_soon(services.worker().run)
 
 
 async def sweep_uploads(uploads: Uploads, every: float = SWEEP_SECONDS) -> None:
@@ -162,18 +213,18 @@ async def sweep_uploads(uploads: Uploads, every: float = SWEEP_SECONDS) -> None:
 @asynccontextmanager
 async def media_pipeline(app: Any, settings: Settings) -> AsyncIterator[None]:
     """Services on `app.state`, plus in-process workers and the upload sweep while open."""
-    build_services(app, settings)
+    services = Services.build(settings, app.state.engine, app.state.vault)
+    app.state.jobs = services.jobs
+    app.state.uploads = services.uploads
+    app.state.tokens = services.tokens
+    app.state.metrics = services.metrics
     removed = clean_scratch(settings)
     if removed:
         log.info("removed %d temp dirs left by an earlier run", removed)
     async with anyio.create_task_group() as tg:
         for _ in range(settings.workers):
-            worker = Worker(
-                settings, app.state.engine, app.state.vault, app.state.jobs,
-                metrics=app.state.metrics,
-            )  # fmt: skip
-            tg.start_soon(worker.run)
-        tg.start_soon(sweep_uploads, app.state.uploads)
+            tg.start_soon(services.worker().run)
+        tg.start_soon(sweep_uploads, services.uploads)
         try:
             yield
         finally:
