@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -28,7 +30,8 @@ def main() -> None:
 @main.command()
 @click.option("--host", default=None, help="Interface to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to listen on (default 8000).")
-def serve(host: str | None, port: int | None) -> None:
+@click.option("--demo", is_flag=True, help="Fill an empty catalog with a few generated films.")
+def serve(host: str | None, port: int | None, demo: bool) -> None:
     """Run the portal: web app and in-process transcode workers."""
     import uvicorn
 
@@ -38,6 +41,12 @@ def serve(host: str | None, port: int | None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
     )
+    if demo:
+        from portal.demo import seed_demo
+
+        queued = len(_with_services(settings, seed_demo))
+        if queued:
+            click.echo(f"queued {queued} demo films; they appear as the workers finish them")
     app = create_app(settings)
     click.echo(
         f"Mega Movie on http://{settings.host}:{settings.port}/ (data in {settings.data_dir})"
@@ -157,3 +166,94 @@ def keys_generate() -> None:
     from portal.vault.keyring import generate_entry
 
     click.echo(generate_entry())
+
+
+# -- the media pipeline ---------------------------------------------------------------
+
+
+def _with_services(settings: Settings, action: Any, *args: Any) -> Any:
+    """Run `await action(services, *args)` with the engine, vault and queue open."""
+    import asyncio
+
+    from portal.errors import PortalError
+    from portal.worker import open_services
+
+    async def run() -> Any:
+        async with open_services(settings) as services:
+            return await action(services, *args)
+
+    try:
+        return asyncio.run(run())
+    except PortalError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+@main.command()
+@click.option("--count", type=int, default=None, help="Workers (default MEGAMOVIE_WORKERS).")
+def worker(count: int | None) -> None:
+    """Run transcode workers outside the web process, until Ctrl-C."""
+    from portal.worker import run_workers
+
+    settings = load_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
+    )
+    workers = count if count is not None else max(1, settings.workers)
+    click.echo(f"running {workers} worker(s); Ctrl-C stops them")
+    try:
+        _with_services(settings, run_workers, workers)
+    except KeyboardInterrupt:
+        click.echo("stopped; unfinished jobs go back to the queue")
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--title", required=True, help="Title shown in the catalog.")
+@click.option("--creator", "creator_email", required=True, help="Email of the creator account.")
+@click.option("--description", default="", help="Description shown on the watch page.")
+@click.option("--tags", default="", help="Space- or comma-separated tags.")
+@click.option("--wait", is_flag=True, help="Process it here, showing progress, until done.")
+def import_(
+    file: Path, title: str, creator_email: str, description: str, tags: str, wait: bool
+) -> None:
+    """Import a local video file as CREATOR's film; prints the video id.
+
+    With --wait, a worker runs in this process and the command exits non-zero with the
+    reason if the file cannot be processed."""
+    from portal.worker import import_video, wait_for_video
+
+    settings = load_settings()
+    metadata = {"title": title, "description": description, "tags": tags}
+    video_id = _with_services(settings, import_video, file, creator_email, metadata)
+    click.echo(video_id)
+    if not wait:
+        return
+    import sys
+
+    with click.progressbar(length=1000, label="processing", file=sys.stderr) as bar:
+        done = 0
+
+        def show(fraction: float) -> None:
+            nonlocal done
+            bar.update(int(fraction * 1000) - done)
+            done = int(fraction * 1000)
+
+        status, error = _with_services(settings, wait_for_video, video_id, show)
+    if status != "ready":
+        raise click.ClickException(f"{video_id} failed: {error}")
+    click.echo(f"{video_id} is ready", err=True)
+
+
+@main.group()
+def videos() -> None:
+    """Manage videos."""
+
+
+@videos.command("delete")
+@click.argument("video_id")
+def videos_delete(video_id: str) -> None:
+    """Delete a video for good: its data key is destroyed, then its objects and rows."""
+    from portal.worker import delete_video
+
+    _with_services(load_settings(), delete_video, video_id)
+    click.echo(f"deleted {video_id}")

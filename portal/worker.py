@@ -16,15 +16,18 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from portal.db import create_engine, create_schema, new_id
+from portal.db import create_engine, create_schema, new_id, videos
+from portal.errors import NotFound
 from portal.jobs import Job, JobQueue, LeaseLost
 from portal.metrics import Metrics
 from portal.processing import Processor, clean_scratch
@@ -229,3 +232,55 @@ async def media_pipeline(app: Any, settings: Settings) -> AsyncIterator[None]:
             yield
         finally:
             tg.cancel_scope.cancel()
+
+
+async def import_video(
+    services: Services, path: Path, creator_email: str, metadata: dict[str, str]
+) -> str:
+    """`megamovie import`: a local file into the pipeline as a creator's upload."""
+    from portal.accounts import get_user_by_email
+
+    creator = await get_user_by_email(services.engine, creator_email)
+    if creator is None or not creator.is_creator:
+        raise NotFound(
+            f"There is no creator account {creator_email!r}; make one with "
+            "`megamovie users create EMAIL --role creator`."
+        )
+    return await services.uploads.import_file(creator.id, path, metadata)
+
+
+async def wait_for_video(
+    services: Services, video_id: str, on_progress: Callable[[float], None]
+) -> tuple[str, str | None]:
+    """Run a worker here until `video_id` is ready or failed; returns (status, error)."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(services.worker(poll_seconds=0.2).run)
+        while True:
+            async with services.engine.connect() as conn:
+                row = (
+                    await conn.execute(
+                        select(videos.c.status, videos.c.progress, videos.c.error).where(
+                            videos.c.id == video_id
+                        )
+                    )
+                ).first()
+            if row is None:
+                tg.cancel_scope.cancel()
+                return "deleted", "the video was deleted while it was processed"
+            on_progress(row.progress)
+            if row.status in ("ready", "failed"):
+                tg.cancel_scope.cancel()
+                return row.status, row.error
+            await anyio.sleep(0.2)
+    raise AssertionError("unreachable")  # the loop only leaves by returning
+
+
+async def delete_video(services: Services, video_id: str) -> None:
+    """`megamovie videos delete`: crypto-shred a video and forget it."""
+    from portal.routes.videos import delete_video_everywhere
+
+    async with services.engine.connect() as conn:
+        found = await conn.scalar(select(videos.c.id).where(videos.c.id == video_id))
+    if found is None:
+        raise NotFound(f"There is no video {video_id!r}.")
+    await delete_video_everywhere(services.engine, services.vault, video_id)
