@@ -13,6 +13,7 @@ upload-expiry sweep in-process until the app stops.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -43,6 +44,7 @@ log = logging.getLogger("megamovie.worker")
 #: What a creator sees when the failure was ours (storage, database), not their file's.
 INTERNAL_FAILURE = "Processing failed on our side; it will be tried again automatically."
 SWEEP_SECONDS = 300.0
+SHUTDOWN_GRACE_SECONDS = 3.0
 
 
 class Worker:
@@ -204,13 +206,14 @@ async def run_workers(services: Services, count: int) -> None:
             tg.start_soon(services.worker().run)
 
 
-async def sweep_uploads(uploads: Uploads, every: float = SWEEP_SECONDS) -> None:
-    while True:
+async def sweep_uploads(uploads: Uploads, stop: anyio.Event, every: float = SWEEP_SECONDS) -> None:
+    while not stop.is_set():
         try:
             await uploads.sweep_expired()
         except Exception:
             log.exception("the expired-upload sweep failed; trying again later")
-        await anyio.sleep(every)
+        with anyio.move_on_after(every):
+            await stop.wait()
 
 
 @asynccontextmanager
@@ -224,14 +227,20 @@ async def media_pipeline(app: Any, settings: Settings) -> AsyncIterator[None]:
     removed = clean_scratch(settings)
     if removed:
         log.info("removed %d temp dirs left by an earlier run", removed)
+    stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         for _ in range(settings.workers):
-            tg.start_soon(services.worker().run)
-        tg.start_soon(sweep_uploads, services.uploads)
+            tg.start_soon(functools.partial(services.worker().run, stop=stop))
+        tg.start_soon(sweep_uploads, services.uploads, stop)
         try:
             yield
         finally:
-            tg.cancel_scope.cancel()
+            # Ask first, cancel later: idle workers and the sweep finish their database call
+            # and leave. Cancelling one mid-query makes SQLAlchemy abandon its aiosqlite
+            # connection half-closed, and the event loop then hangs at exit. A job still
+            # running when the grace period ends is cancelled and handed back to the queue.
+            stop.set()
+            tg.cancel_scope.deadline = anyio.current_time() + SHUTDOWN_GRACE_SECONDS
 
 
 async def import_video(
