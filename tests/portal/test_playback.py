@@ -182,3 +182,24 @@ def test_posters_are_public_only_for_ready_videos(ready):
     set_video(client, video_id, status="processing", playable=False)
     assert client.get(f"/media/{video_id}/poster.jpg").status_code == 404
     assert client.get(f"/api/videos/{video_id}/playback").status_code == 404
+
+
+def test_metrics_count_requests_segment_bytes_jobs_and_transcodes(ready):
+    client, _auth, video_id = ready
+    base = client.get(f"/api/videos/{video_id}/playback").json()["url"].rsplit("/", 1)[0]
+    size = len(client.get(f"{base}/180p/000000.m4s").content)
+
+    response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    values = {}
+    for line in response.text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    assert values["megamovie_segment_bytes_total"] == size
+    assert values["megamovie_segments_served_total"] == 1
+    assert values['megamovie_jobs{state="done"}'] == 1
+    assert values['megamovie_jobs{state="queued"}'] == 0
+    assert values["megamovie_transcode_seconds_count"] == 1
+    assert values["megamovie_transcode_seconds_sum"] > 0
+    assert values['megamovie_http_requests_total{method="GET",status="200"}'] >= 3
