@@ -232,6 +232,12 @@ class KeyStore:
                 # the wrapped key in a free page.
                 await conn.execute(text("PRAGMA secure_delete=ON"))
             result = await conn.execute(delete(data_keys).where(data_keys.c.owner == owner))
+        if self.engine.dialect.name == "sqlite":
+            # The write-ahead log still holds the page as it was before the delete; fold it
+            # into the database file and truncate it, so the old wrapped key is gone from
+            # both. (Busy readers can make this a no-op; the next checkpoint overwrites it.)
+            async with self.engine.connect() as conn:
+                await conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
         return bool(result.rowcount)
 
     async def rewrap_all(self, batch: int = 500) -> RotationReport:

@@ -251,3 +251,23 @@ async def test_key_file_keeps_working_with_env_unset_after_rotation(tmp_path: Pa
     await acli(settings, "keys", "rotate")
     assert await with_vault(settings, read_video(owner)) == b"x"
     assert len(await with_vault(settings, key_ids)) == 3
+
+
+async def test_a_destroyed_wrapped_key_leaves_no_trace_in_the_sqlite_files(
+    settings: Settings,
+) -> None:
+    async def destroy_then_search_files(vault: Vault) -> None:
+        owner = new_id()
+        await vault.create_key(owner)
+        async with vault.keystore.engine.connect() as conn:
+            wrapped = (
+                await conn.execute(select(data_keys.c.wrapped).where(data_keys.c.owner == owner))
+            ).scalar_one()
+        await vault.destroy(owner)
+        # Searched while the database is still open: its write-ahead log is still there.
+        files = [p for p in settings.data_dir.iterdir() if p.name.startswith("megamovie.db")]
+        assert len(files) > 1
+        for path in files:
+            assert wrapped not in path.read_bytes(), f"the shredded key survives in {path.name}"
+
+    await with_vault(settings, destroy_then_search_files)
