@@ -79,7 +79,7 @@ class Settings:
     transcode_timeout_seconds: float = _env("MEGAMOVIE_TRANSCODE_TIMEOUT_SECONDS", 6 * 3600.0)
     job_lease_seconds: float = _env("MEGAMOVIE_JOB_LEASE_SECONDS", 60.0)
     job_max_attempts: int = _env("MEGAMOVIE_JOB_MAX_ATTEMPTS", 3)
-    vault_chunk_size: int = _env("MEGAMOVIE_VAULT_CHUNK_SIZE", 64 * 1024)
+    vault_chunk_size: int = _env("MEGAMOVIE_VAULT_CHUNK_SIZE", 256 * 1024)
     ffmpeg: str = _env("MEGAMOVIE_FFMPEG", "ffmpeg")
     ffprobe: str = _env("MEGAMOVIE_FFPROBE", "ffprobe")
     argon2_time_cost: int = _env("MEGAMOVIE_ARGON2_TIME_COST", 2)

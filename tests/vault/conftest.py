@@ -171,7 +171,11 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def vault_settings(request: pytest.FixtureRequest, settings: Settings, backend: str) -> Settings:
-    """Settings for a vault on the chosen backend (S3: a fresh prefix in the test bucket)."""
+    """Settings for a vault on the chosen backend (S3: a fresh prefix in the test bucket).
+
+    The chunk size is pinned to 64 KiB, which the tests' offsets are written for, whatever
+    the default is."""
+    settings = settings.replace(vault_chunk_size=64 * 1024)
     if backend == "local":
         return settings
     server: S3Server = request.getfixturevalue("s3_server")
