@@ -11,6 +11,10 @@
 
   function apply(update) {
     var item = document.querySelector('.dash-item[data-video-id="' + update.id + '"]');
+    if (update.status === "deleted") {
+      if (item) item.remove();
+      return;
+    }
     if (!item) {
       // A film this page has not seen (uploaded in another tab): reload once to show it.
       if (!seen[update.id]) {
