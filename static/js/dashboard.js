@@ -34,6 +34,19 @@
     error.textContent = update.error || "";
     error.hidden = !update.error;
     item.querySelector('[data-field="watch"]').hidden = !(update.status === "ready" || update.playable);
+    if (update.status === "ready") showPoster(item, update.id);
+  }
+
+  // The poster is made during processing; swap it in for the placeholder once it exists.
+  function showPoster(item, id) {
+    var placeholder = item.querySelector(".thumb .placeholder");
+    if (!placeholder) return;
+    var img = new Image(160, 90);
+    img.alt = "";
+    img.onload = function () {
+      placeholder.replaceWith(img);
+    };
+    img.src = "/media/" + encodeURIComponent(id) + "/poster.jpg";
   }
 
   function connect() {

@@ -397,18 +397,17 @@
   video.addEventListener("durationchange", render);
   video.addEventListener("progress", render);
   video.addEventListener("play", function () {
-    playButton.textContent = "❚❚";
     playButton.setAttribute("aria-label", "Pause (k)");
     root.classList.add("playing");
     hideMessage();
   });
   video.addEventListener("pause", function () {
-    playButton.textContent = "▶";
     playButton.setAttribute("aria-label", "Play (k)");
     root.classList.remove("playing");
   });
   video.addEventListener("volumechange", function () {
-    muteButton.textContent = video.muted ? "🔇" : "🔊";
+    root.classList.toggle("muted", video.muted);
+    muteButton.setAttribute("aria-label", video.muted ? "Unmute (m)" : "Mute (m)");
   });
   video.addEventListener("click", togglePlay);
   video.addEventListener("dblclick", toggleFullscreen);
