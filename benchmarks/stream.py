@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import re
 import shutil
@@ -42,6 +43,13 @@ SEGMENT_BYTES = 2_570_000
 RENDITION = "1080p"
 VIEWER_BITS_PER_SECOND = 5_000_000
 BIN = Path(sys.executable).parent
+#: A fresh multi-megabyte buffer per request is mmapped and page-faulted in by glibc by
+#: default; raising the mmap threshold lets freed segment buffers be reused from the heap.
+TUNED_MALLOC = {
+    "MALLOC_MMAP_THRESHOLD_": str(16 * 1024 * 1024),
+    "MALLOC_TRIM_THRESHOLD_": str(256 * 1024 * 1024),
+    "MALLOC_TOP_PAD_": str(64 * 1024 * 1024),
+}
 
 
 @dataclass
@@ -275,9 +283,11 @@ def check_same_bytes(port: int, path: str, expected: bytes) -> None:
     would measure error pages."""
     import httpx
 
-    body = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=30).content
-    if body != expected:
-        raise RuntimeError(f"{path} on port {port} did not return the segment's plaintext")
+    response = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=30)
+    if response.content != expected:
+        raise RuntimeError(
+            f"{path} on port {port} answered {response.status_code}, not the segment's plaintext"
+        )
 
 
 def main() -> None:
@@ -286,6 +296,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--segments", type=int, default=16)
     parser.add_argument("--servers", default="uvicorn:1,uvicorn:2,granian:1,granian:2")
+    parser.add_argument(
+        "--malloc",
+        choices=["default", "tuned", "both"],
+        default="both",
+        help="glibc malloc settings of our servers (tuned: big buffers reused, not mmapped)",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (make setup installs it)")
@@ -301,6 +317,10 @@ def main() -> None:
         settings = Settings.from_env(env)
         plain = tmp / "plain"
         video_id, token = asyncio.run(prepare(settings, args.segments, plain))
+        # nginx workers run as an unprivileged user: let them reach the plaintext copies only.
+        tmp.chmod(0o711)
+        for path in (plain, plain / "seg", *(plain / "seg").iterdir()):
+            path.chmod(0o755 if path.is_dir() else 0o644)
         sample = (plain / "seg" / "000000.m4s").read_bytes()
         print(
             f"{args.segments} segments of {SEGMENT_BYTES / 1e6:.2f} MB; wrk -c{args.connections} "
@@ -320,14 +340,16 @@ def main() -> None:
 
         prefix = f"/stream/{token}/{video_id}/{RENDITION}/"
         script = wrk_script(tmp / "portal.lua", prefix, args.segments)
-        for spec in args.servers.split(","):
+        mallocs = ["default", "tuned"] if args.malloc == "both" else [args.malloc]
+        for malloc, spec in itertools.product(mallocs, args.servers.split(",")):
             server, workers = spec.split(":")
             port = free_port()
-            proc = start_portal(server, int(workers), port, env)
+            server_env = {**env, **(TUNED_MALLOC if malloc == "tuned" else {})}
+            proc = start_portal(server, int(workers), port, server_env)
             procs.append(proc)
             try:
                 check_same_bytes(port, prefix + "000000.m4s", sample)
-                name = f"ours: {server}, {workers} worker{'s' if workers != '1' else ''}"
+                name = f"ours: {server} x{workers}, {malloc} malloc"
                 results.append(run_wrk(name, port, script, args.connections, args.duration))
             finally:
                 stop(proc)
@@ -338,12 +360,12 @@ def main() -> None:
 
     peer = results[0]
     print(
-        f"\n{'server':34} {'req/s':>8} {'MB/s':>8} {'p99 ms':>8} {'x nginx':>8} "
+        f"\n{'server':40} {'req/s':>8} {'MB/s':>8} {'p99 ms':>8} {'x nginx':>8} "
         f"{'5Mb/s viewers':>14} {'errors':>7}"
     )
     for r in results:
         print(
-            f"{r.name:34} {r.requests_per_second:8.0f} {r.bytes_per_second / 1e6:8.0f} "
+            f"{r.name:40} {r.requests_per_second:8.0f} {r.bytes_per_second / 1e6:8.0f} "
             f"{r.p99_ms:8.1f} {r.bytes_per_second / peer.bytes_per_second:8.2f} "
             f"{r.viewers:14,d} {r.errors:7d}"
         )

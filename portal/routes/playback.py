@@ -190,35 +190,49 @@ async def send_object(
     few MB, so holding one in memory is fine.
     """
     vault = request.app.state.vault
+    conditional = "if-none-match" in request.headers or "range" in request.headers
     try:
-        size = await vault.size(video_id, path)
+        if conditional:
+            size = await vault.size(video_id, path)
+        else:
+            # The hot path: a plain GET of a whole object is one storage read, and the size
+            # is the length of what authenticated; no separate size lookup.
+            body = await vault.read(video_id, path)
+            size = len(body)
     except ObjectNotFound:
         raise NotFound("There is no such segment.") from None
-    # Objects never change once written (a re-transcode rewrites every segment, with new
-    # sizes), so the name and size make a strong validator without reading the bytes.
-    tag = hashlib.blake2b(f"{video_id}/{path}/{size}".encode(), digest_size=12).hexdigest()
-    etag = f'"{tag}"'
+    etag = _etag(video_id, path, size)
     headers = {"ETag": etag, "Cache-Control": cache, "Accept-Ranges": "bytes"}
-    if etag in _etags(request.headers.get("if-none-match")):
-        return Response(status_code=304, headers=headers)
-    status, start, end = 200, 0, size
-    byte_range = request.headers.get("range")
-    if byte_range and _if_range_ok(request, etag):
-        parsed = _parse_range(byte_range, size)
-        if parsed is None:
-            headers["Content-Range"] = f"bytes */{size}"
-            return Response(status_code=416, headers=headers)
-        start, end = parsed
-        status = 206
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    # Every piece is authenticated before the first byte is sent. A segment is one piece
-    # (one storage read), handed to the server as it is: no join, no second copy.
-    pieces = [piece async for piece in vault.iter_range(video_id, path, start, end)]
-    body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    status = 200
+    if conditional:
+        if etag in _etags(request.headers.get("if-none-match")):
+            return Response(status_code=304, headers=headers)
+        start, end = 0, size
+        byte_range = request.headers.get("range")
+        if byte_range and _if_range_ok(request, etag):
+            parsed = _parse_range(byte_range, size)
+            if parsed is None:
+                headers["Content-Range"] = f"bytes */{size}"
+                return Response(status_code=416, headers=headers)
+            start, end = parsed
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        # Only the chunks covering the range are read and opened.
+        body = await vault.read(video_id, path, start, end) if end > start else b""
+    # `vault.read` authenticates every byte before we send the first one. The body is
+    # `bytes`, not the vault's memoryview: granian sends memoryview bodies ~16x slower
+    # (measured with benchmarks/stream.py); uvicorn is indifferent.
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None and request.method == "GET":
         metrics.count_segment(len(body))
     return Response(body, status_code=status, media_type=content_type, headers=headers)
+
+
+def _etag(video_id: str, path: str, size: int) -> str:
+    """Objects never change once written (a re-transcode rewrites every segment, with new
+    sizes), so the name and size make a strong validator without reading the bytes."""
+    tag = hashlib.blake2b(f"{video_id}/{path}/{size}".encode(), digest_size=12).hexdigest()
+    return f'"{tag}"'
 
 
 def _etags(header: str | None) -> set[str]:
