@@ -112,6 +112,8 @@ videos = Table(
     Column("created_at", UTCDateTime(), nullable=False, index=True),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("ready_at", UTCDateTime(), nullable=True),
+    # The catalog's newest-first page walks this instead of sorting every ready video.
+    Index("ix_videos_catalog", "status", "ready_at"),
 )
 
 uploads = Table(
