@@ -7,14 +7,16 @@ import re
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.testclient import TestClient
 
 from portal.accounts import User, authenticate, create_user
 from portal.app import create_app
-from portal.db import create_engine, create_schema, users
+from portal.db import create_engine, create_schema, new_id, users, utcnow, videos
 from portal.errors import Conflict, InvalidCredentials, ValidationFailed
 from portal.settings import Settings
 
@@ -70,6 +72,35 @@ def sign_up(client: TestClient, email: str, password: str = PASSWORD, role: str 
         "/signup",
         data={"csrf_token": token, "email": email, "password": password, "role": role},
         follow_redirects=False,
+    )
+
+
+async def add_video(engine: AsyncEngine, creator_id: str, **fields: Any) -> str:
+    video_id = new_id()
+    now = utcnow()
+    values = {
+        "id": video_id,
+        "creator_id": creator_id,
+        "title": "Untitled",
+        "description": "",
+        "tags": "",
+        "status": "ready",
+        "created_at": now,
+        "updated_at": now,
+        "ready_at": now,
+        **fields,
+    }
+    async with engine.begin() as conn:
+        await conn.execute(videos.insert().values(**values))
+    return video_id
+
+
+def add_ready_video(client: TestClient, creator_id: str, **fields: Any) -> str:
+    """`add_video` from a test that drives the app through a TestClient."""
+    fields.setdefault("duration", 60.0)
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    return client.portal.call(  # type: ignore[union-attr]
+        functools.partial(add_video, engine, creator_id, **fields)
     )
 
 

@@ -10,40 +10,22 @@ from sqlalchemy import update
 from starlette.testclient import TestClient
 
 from portal.app import create_app
-from portal.db import api_tokens, new_id, utcnow, videos
+from portal.db import api_tokens, utcnow
 from portal.settings import Secret
 from portal.signing import load_secret_key
-from tests.portal.test_accounts import PASSWORD, add_user, csrf_from, fast_settings, log_in
+from tests.portal.test_accounts import (
+    PASSWORD,
+    add_ready_video,
+    add_user,
+    csrf_from,
+    fast_settings,
+    log_in,
+)
 
 
 @pytest.fixture
 def settings(tmp_path):
     return fast_settings(tmp_path)
-
-
-def add_ready_video(client: TestClient, creator_id: str, **fields: object) -> str:
-    video_id = new_id()
-    now = utcnow()
-    values = {
-        "id": video_id,
-        "creator_id": creator_id,
-        "title": "A film",
-        "description": "",
-        "tags": "",
-        "status": "ready",
-        "duration": 60.0,
-        "created_at": now,
-        "updated_at": now,
-        "ready_at": now,
-        **fields,
-    }
-
-    async def insert() -> None:
-        async with client.app.state.engine.begin() as conn:  # type: ignore[attr-defined]
-            await conn.execute(videos.insert().values(**values))
-
-    client.portal.call(insert)  # type: ignore[union-attr]
-    return video_id
 
 
 def bearer_token(client: TestClient, email: str) -> str:

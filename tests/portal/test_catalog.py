@@ -11,34 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.testclient import TestClient
 
 from portal.app import create_app
-from portal.db import new_id, users, utcnow, videos
+from portal.db import users, utcnow, videos
 from portal.routes.catalog import PAGE_SIZE, list_videos, page_links
 from portal.routes.pages import format_duration
 from tests.portal.conftest import insert_user
-from tests.portal.test_accounts import add_user, fast_settings
-from tests.portal.test_auth import add_ready_video
+from tests.portal.test_accounts import add_ready_video, add_user, add_video, fast_settings
 
 pytestmark = pytest.mark.anyio
-
-
-async def add_video(engine: AsyncEngine, creator_id: str, **fields: Any) -> str:
-    video_id = new_id()
-    now = utcnow()
-    values = {
-        "id": video_id,
-        "creator_id": creator_id,
-        "title": "Untitled",
-        "description": "",
-        "tags": "",
-        "status": "ready",
-        "created_at": now,
-        "updated_at": now,
-        "ready_at": now,
-        **fields,
-    }
-    async with engine.begin() as conn:
-        await conn.execute(videos.insert().values(**values))
-    return video_id
 
 
 async def rename(engine: AsyncEngine, user_id: str, name: str) -> None:

@@ -8,8 +8,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from portal.app import STATIC_DIR, create_app
-from tests.portal.test_accounts import add_user, csrf_from, fast_settings, log_in
-from tests.portal.test_auth import add_ready_video
+from tests.portal.test_accounts import add_ready_video, add_user, csrf_from, fast_settings, log_in
 
 
 @pytest.fixture
