@@ -22,6 +22,7 @@ from portal.auth import AuthMiddleware
 from portal.db import create_engine, create_schema
 from portal.http_errors import exception_handlers
 from portal.metrics import MetricsMiddleware
+from portal.playback import tune_allocator
 from portal.routes import accounts, catalog, ops, pages, playback, uploads, videos
 from portal.security import SecurityHeadersMiddleware
 from portal.settings import Settings
@@ -67,6 +68,7 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         prepare_data_dir(settings)
+        tune_allocator()  # segment buffers reused, not page-faulted in per request
         engine = create_engine(settings.database_url)
         await create_schema(engine)
         app.state.engine = engine
