@@ -40,6 +40,8 @@ CSRF_COOKIE = "mm_csrf"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: Paths served without looking up the caller: `request.state.user` is always None there.
+ANONYMOUS_PREFIXES = ("/static/", "/stream/", "/media/")
 API_TOKEN_PREFIX = "mmt_"  # noqa: S105 - a label that makes leaked tokens greppable
 
 
@@ -224,7 +226,13 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
-        if scope["type"] != "http" or path.startswith("/static/"):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if path.startswith(ANONYMOUS_PREFIXES):
+            # Static files and public posters need nobody, and streams are authorised by the
+            # playback token in their path: no session lookup on these hot paths.
+            scope.setdefault("state", {}).update(user=None, auth_via=None, csrf_token="")
             await self.app(scope, receive, send)
             return
         request = Request(scope)
