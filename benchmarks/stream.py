@@ -224,42 +224,15 @@ http {{
 def start_portal(
     server: str, workers: int, port: int, env: dict[str, str]
 ) -> subprocess.Popen[bytes]:
+    # Both servers take these flags with the same meaning.
+    common = ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+              "--no-access-log", "--log-level", "warning"]  # fmt: skip
     if server == "uvicorn":
-        args = [
-            str(BIN / "uvicorn"),
-            "--factory",
-            "stream:app_from_env",
-            "--app-dir",
-            str(ROOT / "benchmarks"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
+        app_dir = ["--app-dir", str(ROOT / "benchmarks")]
+        args = [str(BIN / "uvicorn"), "--factory", *app_dir, *common, "stream:app_from_env"]
     else:
-        args = [
-            str(BIN / "granian"),
-            "--interface",
-            "asgi",
-            "--factory",
-            "--working-dir",
-            str(ROOT / "benchmarks"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "stream:app_from_env",
-        ]
+        options = ["--interface", "asgi", "--factory", "--working-dir", str(ROOT / "benchmarks")]
+        args = [str(BIN / "granian"), *options, *common, "stream:app_from_env"]
     proc = subprocess.Popen(
         args,
         env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
