@@ -122,7 +122,9 @@ class Processor:
         try:
             await self._process(video_id, workdir)
         finally:
-            await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
+            # Shielded: a worker cancelled at shutdown still removes the plaintext it made.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
 
     async def _process(self, video_id: str, workdir: Path) -> None:
         await self._reset(video_id)
