@@ -155,6 +155,11 @@ class JobQueue:
         and this attempt does not count against it."""
         async with self.engine.begin() as conn:
             await conn.execute(
+                update(videos)
+                .where(videos.c.id == job.video_id)
+                .values(status="queued", updated_at=utcnow())
+            )
+            await conn.execute(
                 update(jobs)
                 .where(self._held(job))
                 .values(

@@ -122,3 +122,29 @@ def test_scratch_dirs_of_dead_processes_are_removed_at_start_up(settings):
 
     assert clean_scratch(settings) == 2
     assert list(settings.scratch_dir.iterdir()) == [live]
+
+
+async def test_a_worker_stopped_mid_job_hands_the_job_back_and_leaves_no_plaintext(
+    settings, engine, vault, clip
+):
+    video_id = await uploaded_video(engine, vault, clip.read_bytes())
+    queue = JobQueue(engine, lease_seconds=30, max_attempts=3)
+    job_id = await queue.enqueue(video_id)
+
+    async def processing_started() -> None:
+        # Polling the row is the point: the worker runs in its own task, as in production.
+        while True:
+            if (await video_row(engine, video_id))["status"] == "processing":
+                return
+            await anyio.sleep(0.01)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(Worker(settings, engine, vault, queue).run_once)
+        await processing_started()
+        tg.cancel_scope.cancel()  # what the app's shutdown does after its grace period
+
+    async with engine.connect() as conn:
+        job = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).mappings().one()
+    assert (job["state"], job["attempts"], job["lease_owner"]) == ("queued", 0, None)
+    assert (await video_row(engine, video_id))["status"] == "queued"
+    assert list(settings.scratch_dir.iterdir()) == []
