@@ -26,8 +26,10 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser() -> Iterator[object]:
+    # Per test, not per session: Playwright's sync API keeps an event loop running in this
+    # thread while it is open, and every anyio test that runs after it would then fail.
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
