@@ -200,10 +200,8 @@ def worker(count: int | None) -> None:
     )
     workers = count if count is not None else max(1, settings.workers)
     click.echo(f"running {workers} worker(s); Ctrl-C stops them")
-    try:
-        _with_services(settings, run_workers, workers)
-    except KeyboardInterrupt:
-        click.echo("stopped; unfinished jobs go back to the queue")
+    _with_services(settings, run_workers, workers)
+    click.echo("stopped; unfinished jobs went back to the queue")
 
 
 @main.command("import")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -197,13 +198,22 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
 
 
 async def run_workers(services: Services, count: int) -> None:
-    """`megamovie worker`: run `count` workers until cancelled (Ctrl-C)."""
+    """`megamovie worker`: run `count` workers until SIGINT or SIGTERM, then stop them the
+    way the app does (ask, then cancel after a grace period; unfinished jobs are handed
+    back)."""
     removed = clean_scratch(services.settings)
     if removed:
         log.info("removed %d temp dirs left by an earlier run", removed)
+    stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         for _ in range(count):
-            tg.start_soon(services.worker().run)
+            tg.start_soon(functools.partial(services.worker().run, stop=stop))
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("%s: stopping the workers", signal.Signals(signum).name)
+                break
+        stop.set()
+        tg.cancel_scope.deadline = anyio.current_time() + SHUTDOWN_GRACE_SECONDS
 
 
 async def sweep_uploads(uploads: Uploads, stop: anyio.Event, every: float = SWEEP_SECONDS) -> None:
