@@ -21,8 +21,6 @@ from portal.auth import current_user, require_role, require_user
 from portal.db import users, utcnow, videos, watch_progress
 from portal.errors import NotFound, ValidationFailed
 
-VISIBLE_STATUSES = ("ready",)
-
 
 def format_duration(seconds: float | None) -> str:
     """m:ss, or h:mm:ss from an hour up; empty when unknown."""
