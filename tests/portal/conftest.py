@@ -6,8 +6,9 @@ every test that needs media runs the same code paths as production on a real fil
 
 from __future__ import annotations
 
+import secrets
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,25 @@ def bearer(client: Any, email: str) -> dict[str, str]:
     response = client.post("/api/tokens", json={"email": email, "password": PASSWORD})
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['token']}"}
+
+
+@pytest.fixture
+def sync_postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for synchronous tests (TestClient, live_server), which
+    cannot ask for the async `postgres_url` fixture."""
+    import asyncpg
+
+    from tests.conftest import POSTGRES_ADMIN_DSN
+
+    name = "mm_test_" + secrets.token_hex(6)
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    anyio.run(admin, f'CREATE DATABASE "{name}"')
+    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    anyio.run(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

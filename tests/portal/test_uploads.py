@@ -21,9 +21,14 @@ from tests.portal.conftest import TUS, bearer, create_account, pipeline_settings
 PATTERN = b"MEGAMOVIE-PLAINTEXT-CANARY-"
 
 
-@pytest.fixture
-def settings(tmp_path):
-    return pipeline_settings(tmp_path, quota_bytes=100_000)
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def settings(request, tmp_path):
+    """Every tus test on SQLite and on PostgreSQL: the one-PATCH-at-a-time guarantee and the
+    quota sums are the database's work."""
+    base = pipeline_settings(tmp_path, quota_bytes=100_000)
+    if request.param == "sqlite":
+        return base
+    return base.replace(database_url=request.getfixturevalue("sync_postgres_url"))
 
 
 def meta(**values: str) -> str:
