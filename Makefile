@@ -11,7 +11,7 @@ APT_NEEDS := ffmpeg:ffmpeg ffprobe:ffmpeg chromium:chromium nginx:nginx-light wr
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup system-deps python-deps assets run test lint bench lock clean
+.PHONY: setup system-deps python-deps assets run test lint bench lock migration clean
 
 setup: system-deps python-deps assets
 
@@ -67,6 +67,10 @@ bench: setup
 lock: | $(BIN)/python
 	$(BIN)/pip install -q uv
 	$(BIN)/uv pip compile pyproject.toml --extra dev -o requirements.lock
+
+# A new Alembic revision after changing portal/db.py: make migration MESSAGE="add x"
+migration: python-deps
+	$(BIN)/python scripts/new_migration.py "$(MESSAGE)"
 
 clean:
 	rm -rf $(VENV) node_modules static/vendor .pytest_cache

@@ -24,7 +24,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    UniqueConstraint,
     event,
 )
 from sqlalchemy.engine import Connection
@@ -209,7 +208,6 @@ rate_limits = Table(
     Column("bucket", String(200), primary_key=True),
     Column("window_start", BigInteger, primary_key=True),
     Column("hits", Integer, nullable=False),
-    UniqueConstraint("bucket", "window_start"),
 )
 
 
@@ -254,9 +252,12 @@ def create_search_index(connection: Connection) -> None:
         connection.exec_driver_sql(statement)
 
 
-@event.listens_for(videos, "after_create")
-def _videos_created(target: Table, connection: Connection, **kw: object) -> None:
-    create_search_index(connection)
+def drop_search_index(connection: Connection) -> None:
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("DROP TABLE IF EXISTS videos_fts")
+    else:
+        connection.exec_driver_sql("DROP INDEX IF EXISTS ix_videos_search")
+        connection.exec_driver_sql("DROP INDEX IF EXISTS ix_users_search")
 
 
 def create_engine(database_url: str) -> AsyncEngine:
@@ -278,6 +279,7 @@ def create_engine(database_url: str) -> AsyncEngine:
 
 
 async def create_schema(engine: AsyncEngine) -> None:
-    """Create every table that does not exist yet (tests and first run; see migrations)."""
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
+    """Bring the database to the newest schema by running the Alembic migrations."""
+    from portal.migrations import upgrade
+
+    await upgrade(engine)

@@ -52,6 +52,7 @@ def database_url(request: pytest.FixtureRequest, settings: Settings) -> Iterator
     Synchronous on purpose: an async fixture may not request another async fixture
     dynamically (anyio refuses to re-enter its runner)."""
     if request.param == "sqlite":
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         yield settings.database_url
         return
     yield request.getfixturevalue("postgres_url")

@@ -17,9 +17,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 HERE = Path(__file__).resolve().parent
 
 
+# The catalog's search structures are made by raw DDL (portal.db.create_search_index), not
+# declared as tables: schema comparison leaves them out.
+SEARCH_OBJECTS = ("videos_fts", "ix_videos_search", "ix_users_search")
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    return not (name or "").startswith(SEARCH_OBJECTS)
+
+
 def alembic_config(database_url: str = "") -> Config:
     config = Config()
     config.set_main_option("script_location", str(HERE))
+    config.set_main_option("path_separator", "os")
     config.set_main_option("version_locations", str(HERE / "versions"))
     if database_url:
         config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
@@ -27,6 +37,10 @@ def alembic_config(database_url: str = "") -> Config:
 
 
 def _upgrade(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Several processes (serve, workers) may start at once: one migrates, the others
+        # wait for it in this transaction-scoped lock, then find nothing left to do.
+        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7346511)")
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, "head")

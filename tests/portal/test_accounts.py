@@ -208,7 +208,7 @@ def test_logout_kills_the_session_even_for_a_replayed_cookie(settings):
 @pytest.mark.anyio
 async def test_create_user_checks_email_and_password(settings):
     engine = create_engine(settings.database_url)
-    settings.data_dir.mkdir(parents=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     await create_schema(engine)
     with pytest.raises(ValidationFailed, match="not an email address"):
         await create_user(engine, settings, email="no-at-sign", password=PASSWORD)
@@ -224,7 +224,7 @@ async def test_create_user_checks_email_and_password(settings):
 @pytest.mark.anyio
 async def test_password_is_rehashed_when_the_cost_changes(settings):
     engine = create_engine(settings.database_url)
-    settings.data_dir.mkdir(parents=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     await create_schema(engine)
     await create_user(engine, settings, email="re@example.org", password=PASSWORD)
     stronger = settings.replace(argon2_time_cost=2, argon2_memory_kib=2048)

@@ -96,7 +96,7 @@ def test_rate_limit_counts_each_action_separately(settings):
 
 @pytest.mark.anyio
 async def test_rate_limit_window_resets_after_a_minute(settings, database_url):
-    settings.data_dir.mkdir(parents=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = create_engine(database_url)
     await create_schema(engine)
     start = 1_800_000_000.0  # the start of a minute
