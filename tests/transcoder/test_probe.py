@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -162,7 +163,11 @@ class FifoWatch:
     def _wait_for_reader(self) -> None:
         with self.path.open("wb") as pipe:  # blocks until a reader opens the FIFO
             self.opened.set()
-            pipe.write(b"\x47" + b"\x00" * 187)
+            # The reader may already have gone (ffprobe gave up, or release() only opened
+            # the FIFO to unblock us): a closed pipe is an expected ending, not a failure.
+            with contextlib.suppress(BrokenPipeError):
+                pipe.write(b"\x47" + b"\x00" * 187)
+                pipe.flush()
 
     def release(self) -> None:
         if not self.opened.is_set():
