@@ -202,6 +202,17 @@ watch_progress = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
 )
 
+# The last counted view of a video per viewer: a grant counts a view only when this row is
+# missing or older than a day, so renewed grants and reloads do not inflate `videos.views`.
+# The viewer key is "u:<user id>", or "a:<HMAC of the client address>" (no raw IP is kept).
+views = Table(
+    "views",
+    metadata,
+    Column("viewer_key", String(80), primary_key=True),
+    Column("video_id", String(32), ForeignKey("videos.id", ondelete="CASCADE"), primary_key=True),
+    Column("counted_at", UTCDateTime(), nullable=False),
+)
+
 rate_limits = Table(
     "rate_limits",
     metadata,
