@@ -10,22 +10,27 @@ token (an HMAC, no database), asks the vault for the size, decrypts and sends.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from portal.accounts import User
 from portal.auth import current_user
-from portal.db import renditions, segments, videos
+from portal.db import renditions, segments, utcnow, videos, views
 from portal.errors import Conflict, NotFound, ObjectNotFound
 from portal.processing import segment_path
 from portal.routes.videos import fetch_video, visible_video
+from portal.security import client_ip
+from portal.signing import load_secret_key
 from portal.tokens import PlaybackTokens
 from transcoder.ladder import Rendition
 from transcoder.playlists import master_playlist, media_playlist
@@ -33,6 +38,8 @@ from transcoder.playlists import master_playlist, media_playlist
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 _RENDITION = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
 _MEDIA_FILE = re.compile(r"^(init\.mp4|[0-9]{6}\.m4s)$")
+#: A viewer's views of one video count at most once in this long (grant renewals, reloads).
+VIEW_WINDOW = timedelta(hours=24)
 #: Objects sent from their decrypted bytes whole: a failure is a clean 5xx, never garbage.
 _STORYBOARD = {"storyboard.vtt": "text/vtt; charset=utf-8", "storyboard.jpg": "image/jpeg"}
 
@@ -43,6 +50,48 @@ def check_license(request: Request, viewer: User | None, video: RowMapping) -> N
     Every ready or playable video is free for now; this one function is what the licensing
     hooks will replace.
     """
+
+
+def viewer_key(request: Request, viewer: User | None) -> str:
+    """Who a view is counted for: the user, or a keyed hash of an anonymous client's address.
+
+    The hash is keyed with the portal's secret, so the `views` table holds no raw IP and an
+    address cannot be recovered from it by hashing all 2**32 candidates.
+    """
+    if viewer is not None:
+        return f"u:{viewer.id}"
+    state = request.app.state
+    key = getattr(state, "view_key", None)
+    if key is None:
+        key = hmac.new(load_secret_key(state.settings), b"mm.views", hashlib.sha256).digest()
+        state.view_key = key
+    return "a:" + hmac.new(key, client_ip(request).encode(), hashlib.sha256).hexdigest()
+
+
+async def count_view(
+    engine: AsyncEngine, viewer: str, video_id: str, now: datetime | None = None
+) -> bool:
+    """Count a view of `video_id` by `viewer` unless one was counted in the last VIEW_WINDOW.
+
+    Returns whether it counted. One upsert decides, atomically on both databases: it inserts
+    the viewer's row, or moves its time forward only when the old one is a window old, and
+    returns a row only when it wrote one; then the video's counter goes up.
+    """
+    now = utcnow() if now is None else now
+    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    statement = insert(views).values(viewer_key=viewer, video_id=video_id, counted_at=now)
+    statement = statement.on_conflict_do_update(
+        index_elements=[views.c.viewer_key, views.c.video_id],
+        set_={"counted_at": statement.excluded.counted_at},
+        where=views.c.counted_at <= now - VIEW_WINDOW,
+    ).returning(views.c.video_id)
+    async with engine.begin() as conn:
+        if (await conn.execute(statement)).first() is None:
+            return False
+        await conn.execute(
+            update(videos).where(videos.c.id == video_id).values(views=videos.c.views + 1)
+        )
+    return True
 
 
 def _playable(video: RowMapping) -> bool:
@@ -57,10 +106,7 @@ async def grant(request: Request) -> Response:
     check_license(request, viewer, video)
     tokens: PlaybackTokens = request.app.state.tokens
     token, expires_at = tokens.issue(viewer.id if viewer else None, video["id"])
-    async with request.app.state.engine.begin() as conn:
-        await conn.execute(
-            update(videos).where(videos.c.id == video["id"]).values(views=videos.c.views + 1)
-        )
+    await count_view(request.app.state.engine, viewer_key(request, viewer), video["id"])
     base = f"/stream/{token}/{video['id']}"
     return JSONResponse(
         {
