@@ -18,6 +18,14 @@ def load_settings(**overrides: object) -> Settings:
         raise click.UsageError(str(exc)) from None
 
 
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
+    )
+    # Alembic narrates every plugin and migration step at INFO; only its problems matter here.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Mega Movie: a film portal on encrypted storage.
@@ -38,9 +46,7 @@ def serve(host: str | None, port: int | None, demo: bool) -> None:
     from portal.app import create_app
 
     settings = load_settings(host=host, port=port)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings)
     if demo:
         from portal.demo import seed_demo
 
@@ -195,9 +201,7 @@ def worker(count: int | None) -> None:
     from portal.worker import run_workers
 
     settings = load_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings)
     workers = count if count is not None else max(1, settings.workers)
     click.echo(f"running {workers} worker(s); Ctrl-C stops them")
     _with_services(settings, run_workers, workers)
