@@ -19,6 +19,10 @@ from transcoder.errors import MediaError
 
 log = logging.getLogger("megamovie.http")
 
+#: tus clients check `Tus-Resumable` on every response, refusals and crashes included.
+TUS_RESUMABLE = "1.0.0"
+TUS_PREFIX = "/api/uploads"
+
 
 def wants_json(request: Request) -> bool:
     path = request.url.path
@@ -30,6 +34,11 @@ def wants_json(request: Request) -> bool:
 
 def render_error(request: Request, status: int, code: str, message: str) -> Response:
     headers = {"Cache-Control": "no-store"}
+    path = request.url.path
+    # Every error response is made here, also the auth middleware's CSRF refusal and the 500
+    # for an unexpected exception, which the tus endpoints' own wrapper never sees.
+    if path == TUS_PREFIX or path.startswith(TUS_PREFIX + "/"):
+        headers["Tus-Resumable"] = TUS_RESUMABLE
     if wants_json(request):
         return JSONResponse({"error": code, "message": message}, status, headers=headers)
     templates = getattr(request.app.state, "templates", None)
