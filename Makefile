@@ -63,6 +63,7 @@ bench: setup
 	$(BIN)/python benchmarks/vault.py
 	$(BIN)/python benchmarks/transcode.py
 	$(BIN)/python benchmarks/stream.py
+	$(BIN)/python benchmarks/catalog.py
 
 lock: | $(BIN)/python
 	$(BIN)/pip install -q uv
