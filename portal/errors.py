@@ -28,6 +28,10 @@ class AuthenticationRequired(PortalError):
     code = "authentication_required"
 
 
+class BearerTokenRequired(AuthenticationRequired):
+    """401 for an endpoint that takes only a bearer token; answered with `WWW-Authenticate`."""
+
+
 class InvalidCredentials(PortalError):
     status_code = 401
     code = "invalid_credentials"

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from portal.errors import PortalError, RateLimited, VaultError
+from portal.errors import BearerTokenRequired, PortalError, RateLimited, VaultError
 from transcoder.errors import MediaError
 
 log = logging.getLogger("megamovie.http")
@@ -62,6 +62,8 @@ async def portal_error(request: Request, exc: Exception) -> Response:
     response = render_error(request, exc.status_code, exc.code, exc.message)
     if isinstance(exc, RateLimited):
         response.headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, BearerTokenRequired):
+        response.headers["WWW-Authenticate"] = "Bearer"
     return response
 
 

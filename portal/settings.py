@@ -59,6 +59,7 @@ class Settings:
     storage_url: str = _env("MEGAMOVIE_STORAGE_URL", "")
     master_keys: Secret | None = _env("MEGAMOVIE_MASTER_KEYS", None, secret=True)
     secret_key: Secret | None = _env("MEGAMOVIE_SECRET_KEY", None, secret=True)
+    metrics_token: Secret | None = _env("MEGAMOVIE_METRICS_TOKEN", None, secret=True)
     s3_endpoint_url: str | None = _env("AWS_ENDPOINT_URL", None)
     s3_region: str = _env("AWS_DEFAULT_REGION", "us-east-1")
     s3_access_key_id: str | None = _env("AWS_ACCESS_KEY_ID", None)

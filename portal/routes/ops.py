@@ -1,11 +1,22 @@
-"""Operational endpoints: health for load balancers, Prometheus metrics."""
+"""Operational endpoints: health for load balancers, Prometheus metrics.
+
+`/metrics` tells whoever reads it how busy the portal is and how many jobs fail, so it is not
+public: with `MEGAMOVIE_METRICS_TOKEN` set it needs that bearer token, otherwise it answers
+only clients on loopback.
+"""
 
 from __future__ import annotations
+
+import hmac
+import ipaddress
 
 from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from portal.errors import BearerTokenRequired, PermissionDenied
+from portal.settings import Settings
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -18,8 +29,40 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
 
 
+def on_loopback(host: str | None) -> bool:
+    """Is `host` (the peer address) this machine's loopback, 127.0.0.0/8 or ::1?"""
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:  # no address (a Unix socket) or a name: not provably local
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 from a dual-stack socket
+    return address.is_loopback
+
+
+def authorise_scrape(request: Request) -> None:
+    """Let a scraper read /metrics, or raise BearerTokenRequired (401) / PermissionDenied."""
+    settings: Settings = request.app.state.settings
+    if settings.metrics_token:
+        scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+        expected = settings.metrics_token.reveal().encode()
+        # Constant time, so the token cannot be guessed a byte at a time from response times.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), expected):
+            raise BearerTokenRequired(
+                "Metrics need 'Authorization: Bearer <token>' with the token from "
+                "MEGAMOVIE_METRICS_TOKEN."
+            )
+        return
+    if not on_loopback(request.client.host if request.client else None):
+        raise PermissionDenied(
+            "Metrics are only served to this machine; scrape from localhost, or set "
+            "MEGAMOVIE_METRICS_TOKEN and send it as a bearer token."
+        )
+
+
 async def metrics(request: Request) -> Response:
     """Prometheus text format; counters are this process's, job counts the database's."""
+    authorise_scrape(request)
     job_counts = await request.app.state.jobs.counts()
     text = request.app.state.metrics.render(job_counts)
     return Response(

@@ -63,7 +63,8 @@ def upload_and_wait(client: TestClient, auth: dict[str, str], data: bytes) -> st
 @pytest.fixture
 def ready(settings, clip):
     create_account(settings, "maker@example.org", "creator")
-    with TestClient(create_app(settings)) as client:
+    # On loopback, like a local Prometheus: /metrics answers nobody else without a token.
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
         auth = bearer(client, "maker@example.org")
         video_id = upload_and_wait(client, auth, clip.read_bytes())
         yield client, auth, video_id
