@@ -13,6 +13,7 @@ pass) come from the transcoder; the worker decides what to do with them.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from sqlalchemy import delete, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from portal.db import renditions as renditions_table
@@ -143,6 +144,7 @@ class Processor:
         if info.has_video:
             stored += await self._store_images(video_id, info, source, workdir)
         stored += await self._transcode(video_id, info, ladder, source, workdir)
+        await self._measure_bandwidth(video_id)
         await self._set(
             video_id, status="ready", progress=1.0, playable=True, stored_bytes=stored,
             ready_at=utcnow(), error=None,
@@ -185,6 +187,40 @@ class Processor:
                         codecs=r.codecs, position=position,
                     )
                 )  # fmt: skip
+
+    async def _measure_bandwidth(self, video_id: str) -> None:
+        """Replace each rendition's declared bit rates with what its segments really carry.
+
+        HLS wants BANDWIDTH to be the peak segment bit rate and AVERAGE-BANDWIDTH the mean; the
+        ladder's figures are the encoder's targets, which a player would otherwise trust while
+        choosing a rendition. Measured once the film is complete, from the stored sizes.
+        """
+        async with self.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        segments_table.c.rendition,
+                        func.max(segments_table.c.size * 8.0 / segments_table.c.duration),
+                        func.sum(segments_table.c.size) * 8.0,
+                        func.sum(segments_table.c.duration),
+                    )
+                    .where(
+                        segments_table.c.video_id == video_id,
+                        segments_table.c.idx >= 0,
+                        segments_table.c.duration > 0,
+                    )
+                    .group_by(segments_table.c.rendition)
+                )
+            ).all()
+            for name, peak, bits, seconds in rows:
+                await conn.execute(
+                    update(renditions_table)
+                    .where(
+                        renditions_table.c.video_id == video_id,
+                        renditions_table.c.name == name,
+                    )
+                    .values(bandwidth=math.ceil(peak), average_bandwidth=math.ceil(bits / seconds))
+                )
 
     async def _store_images(
         self, video_id: str, info: MediaInfo, source: Path, workdir: Path

@@ -148,3 +148,27 @@ async def test_a_worker_stopped_mid_job_hands_the_job_back_and_leaves_no_plainte
     assert (job["state"], job["attempts"], job["lease_owner"]) == ("queued", 0, None)
     assert (await video_row(engine, video_id))["status"] == "queued"
     assert list(settings.scratch_dir.iterdir()) == []
+
+
+async def test_master_playlist_bandwidths_are_measured_from_the_stored_segments(
+    settings, engine, vault, clip
+):
+    from portal.db import renditions
+
+    video_id = await uploaded_video(engine, vault, clip.read_bytes())
+    queue = JobQueue(engine, lease_seconds=30, max_attempts=1)
+    await queue.enqueue(video_id)
+    assert await Worker(settings, engine, vault, queue).run_once() is True
+
+    async with engine.connect() as conn:
+        rendition = (await conn.execute(select(renditions))).mappings().one()
+        rows = (
+            await conn.execute(
+                select(segments).where(segments.c.video_id == video_id, segments.c.idx >= 0)
+            )
+        ).all()
+    peak = max(r.size * 8 / r.duration for r in rows)
+    average = sum(r.size for r in rows) * 8 / sum(r.duration for r in rows)
+    assert rendition["bandwidth"] == pytest.approx(peak, abs=1)
+    assert rendition["average_bandwidth"] == pytest.approx(average, abs=1)
+    assert rendition["bandwidth"] >= rendition["average_bandwidth"]
