@@ -173,43 +173,6 @@ class ObjectCipher:
             index += 1
         return out if len(out) == size else target[:size]
 
-    def open_bytes(
-        self, ciphertext: bytes | memoryview, first: int, final: int, skip: int, length: int
-    ) -> bytes:
-        """Plaintext bytes [skip, skip + length) of consecutive whole chunks (`ciphertext`
-        starts at chunk `first`; `final` is the object's last chunk), as one `bytes`. Nothing
-        is returned unless every chunk verifies.
-
-        Built for serving from a worker thread: AES-GCM and a join of several `bytes` both
-        release the GIL, so the event loop keeps running while a segment is opened, and a
-        `bytes` result is what every ASGI server sends fastest. One pass writes the chunks,
-        one joins them; no zero-filled buffer first."""
-        view = memoryview(ciphertext)
-        stride = self.chunk_size + TAG_SIZE
-        decrypt = self._aead.decrypt
-        nonce = bytearray(self._prefix + bytes(5))
-        pieces: list[bytes] = []
-        index = first
-        for offset in range(0, len(view), stride):
-            _COUNTER.pack_into(nonce, NONCE_PREFIX_SIZE, index, index == final)
-            try:
-                pieces.append(decrypt(bytes(nonce), view[offset : offset + stride], self._ad))
-            except InvalidTag:
-                raise VaultTampered(
-                    f"chunk {index} failed authentication: the object was modified, truncated, "
-                    "reordered, moved from another name, or the wrong key was used"
-                ) from None
-            except ValueError:
-                raise VaultTampered(f"chunk {index} is malformed: truncated") from None
-            index += 1
-        # Trim the ends to the wanted range (only ranged requests cut into a chunk).
-        if pieces and skip:
-            pieces[0] = pieces[0][skip:]
-        excess = sum(map(len, pieces)) - length
-        if pieces and excess > 0:
-            pieces[-1] = pieces[-1][: len(pieces[-1]) - excess]
-        return b"".join(pieces)
-
 
 class Sealer:
     """Streams plaintext into sealed chunks. Holds at most one chunk of plaintext: a chunk is

@@ -39,9 +39,6 @@ READ_WINDOW = 8 * 1024 * 1024
 # Sealed bytes gathered before each storage write, so writes are few and large.
 WRITE_BUFFER = 1024 * 1024
 FILE_PIECE = 1024 * 1024
-# Ciphertext at least this large is decrypted in a worker thread; below it, the thread hop
-# costs more than the decryption.
-DECRYPT_IN_THREAD = 256 * 1024
 
 
 class ObjectWriter:
@@ -178,11 +175,11 @@ class Vault:
 
     async def iter_range(
         self, owner: str, path: str, start: int = 0, end: int | None = None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[bytes | memoryview]:
         """Decrypted bytes [start, end) of an object, in large pieces (one per storage read).
 
         Only the chunks covering the range are read and opened. A piece is yielded only once
-        every chunk it came from has authenticated; each piece is a fresh `bytes` the caller
+        every chunk it came from has authenticated; each piece is a fresh buffer the caller
         may keep."""
         name = object_name(owner, path)
         if start < 0 or (end is not None and end < start):
@@ -215,24 +212,16 @@ class Vault:
                 ciphertext = await self.storage.read(name, lo, hi)
                 if len(ciphertext) != hi - lo:
                     raise VaultTampered(f"{name} became shorter while being read: truncated")
+            plain = cipher.open_chunks(ciphertext, first, span.final)
             base = first * size
             a = max(start, base) - base
-            b = min(wanted_end, base + (last - first + 1) * size) - base
-            if len(ciphertext) >= DECRYPT_IN_THREAD:
-                # Off the event loop: AES-GCM releases the GIL, so other requests keep being
-                # answered while a segment is opened (the loop was the bottleneck).
-                plain = await anyio.to_thread.run_sync(
-                    cipher.open_bytes, ciphertext, first, span.final, a, b - a
-                )
-            else:
-                plain = cipher.open_bytes(ciphertext, first, span.final, a, b - a)
-            if plain:
-                yield plain
+            b = min(wanted_end, base + len(plain)) - base
+            if b > a:
+                yield memoryview(plain)[a:b]
 
     async def read(self, owner: str, path: str, start: int = 0, end: int | None = None) -> bytes:
         pieces = [piece async for piece in self.iter_range(owner, path, start, end)]
-        # A segment is one piece, and joining one `bytes` returns it as is: no copy.
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return b"".join(pieces)
 
     async def read_to_file(self, owner: str, path: str, dest: Path) -> int:
         """Decrypt a whole object into `dest` (mode 0600). On any failure `dest` is removed,
