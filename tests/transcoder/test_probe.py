@@ -161,13 +161,16 @@ class FifoWatch:
         self._thread.start()
 
     def _wait_for_reader(self) -> None:
-        with self.path.open("wb") as pipe:  # blocks until a reader opens the FIFO
-            self.opened.set()
+        fd = os.open(self.path, os.O_WRONLY)  # blocks until a reader opens the FIFO
+        self.opened.set()
+        try:
             # The reader may already have gone (ffprobe gave up, or release() only opened
             # the FIFO to unblock us): a closed pipe is an expected ending, not a failure.
+            # An unbuffered write, so nothing is left to fail later when the fd is closed.
             with contextlib.suppress(BrokenPipeError):
-                pipe.write(b"\x47" + b"\x00" * 187)
-                pipe.flush()
+                os.write(fd, b"\x47" + b"\x00" * 187)
+        finally:
+            os.close(fd)
 
     def release(self) -> None:
         if not self.opened.is_set():
