@@ -42,5 +42,8 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def film(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An 8 s 320x180 H.264/AAC MP4, long enough to play past 3 s on a 2 s segment ladder."""
-    return make_clip(tmp_path_factory.mktemp("browser-media") / "journey.mp4", seconds=8)
+    """An 8 s 640x360 H.264/AAC MP4: long enough to play past 3 s on 2 s segments, and tall
+    enough for two rungs (240p, 360p), so the player has a quality menu to offer."""
+    return make_clip(
+        tmp_path_factory.mktemp("browser-media") / "journey.mp4", seconds=8, size="640x360"
+    )

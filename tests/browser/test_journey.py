@@ -98,6 +98,44 @@ def test_creator_uploads_and_a_viewer_watches_with_hls_js(live_server, browser, 
     assert player["levels"], player
     page.screenshot(path=str(shots / "watch.png"))
 
+    # The quality menu offers Auto and every rendition the API reports, highest first.
+    video_id = page.url.rsplit("/", 1)[-1]
+    api = context.request.get(f"{base}/api/videos/{video_id}")
+    assert api.ok, api.status
+    heights = sorted((r["height"] for r in api.json()["renditions"] if r["height"]), reverse=True)
+    assert len(heights) >= 2, f"the journey film should have two rungs, the API says {heights}"
+    page.click('#player [data-action="quality"]')
+    menu = page.locator("#quality-menu")
+    menu.wait_for(state="visible")
+    labels = [t.strip() for t in menu.locator("button").all_text_contents()]
+    assert labels == ["Auto"] + [f"{h}p" for h in heights], labels
+
+    # Choosing a height pins hls.js to that level and turns Auto off.
+    lowest = heights[-1]
+    menu.locator("button", has_text=f"{lowest}p").click()
+    page.wait_for_function(
+        "h => { const hls = window.mmPlayer.hls;"
+        " const i = hls.levels.findIndex(l => l.height === h);"
+        " return !hls.autoLevelEnabled && (hls.currentLevel === i || hls.nextLevel === i); }",
+        arg=lowest,
+        timeout=10_000,
+    )
+    assert menu.is_hidden()
+    checked = page.locator('#quality-menu button[aria-checked="true"]').all_text_contents()
+    assert checked == [f"{lowest}p"], checked
+
+    # Hovering the seek bar shows a storyboard frame for that moment.
+    page.wait_for_function("() => window.mmPlayer.storyboard.length > 0", timeout=10_000)
+    bar = page.locator("#progress").bounding_box()
+    assert bar, "the seek bar is on screen"
+    page.mouse.move(bar["x"] + bar["width"] * 0.6, bar["y"] + bar["height"] / 2)
+    page.locator("#scrub-preview").wait_for(state="visible", timeout=5_000)
+    background = page.eval_on_selector(
+        "#scrub-preview .scrub-image", "el => getComputedStyle(el).backgroundImage"
+    )
+    assert background.startswith('url("') and "/stream/" in background, background
+    page.screenshot(path=str(shots / "watch-scrub.png"))
+
     # The same pages at phone width.
     phone = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True)
     mobile = phone.new_page()
