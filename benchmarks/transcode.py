@@ -29,11 +29,36 @@ from transcoder.probe import probe
 def make_source(folder: Path, seconds: float) -> Path:
     source = folder / "source.mp4"
     subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-y",
-         "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30",
-         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", str(seconds),
-         "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-b:v", "8M",
-         "-c:a", "aac", "-b:a", "192k", str(source)],
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1920x1080:rate=30",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            str(seconds),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-pix_fmt",
+            "yuv420p",
+            "-b:v",
+            "8M",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "192k",
+            str(source),
+        ],
         check=True,
     )
     return source
@@ -62,8 +87,9 @@ def run_ours(source: Path, workdir: Path, options: HlsOptions) -> tuple[float, i
 
     async def pipeline() -> None:
         info = await asyncio.to_thread(probe, source, MediaLimits())
-        await transcode(source, info, build_ladder(info), workdir, options, vault,
-                        lambda progress: None)
+        await transcode(
+            source, info, build_ladder(info), workdir, options, vault, lambda progress: None
+        )
 
     started = time.perf_counter()
     asyncio.run(pipeline())
@@ -84,9 +110,11 @@ def main() -> None:
         source = make_source(folder, ns.seconds)
         info = probe(source, MediaLimits())
         ladder = build_ladder(info)
-        print(f"source: {info.width}x{info.height} {info.fps:g} fps, {info.duration:g} s; "
-              f"ladder: {', '.join(r.name for r in ladder)}; preset {ns.preset}; "
-              f"{ns.repeat} alternating runs each")
+        print(
+            f"source: {info.width}x{info.height} {info.fps:g} fps, {info.duration:g} s; "
+            f"ladder: {', '.join(r.name for r in ladder)}; preset {ns.preset}; "
+            f"{ns.repeat} alternating runs each"
+        )
         bare, ours, handed = [], [], 0
         for i in range(ns.repeat):
             bare.append(run_bare(source, folder / f"bare{i}", options))
@@ -94,12 +122,16 @@ def main() -> None:
             ours.append(seconds)
     rows = [("bare ffmpeg (same args)", bare), ("ours: probe + transcode + hand-over", ours)]
     base = statistics.median(bare)
-    print(f"\n{'variant':<38} {'wall s (median)':>16} {'min..max':>14} {'x real time':>12} "
-          f"{'ratio':>7}")
+    print(
+        f"\n{'variant':<38} {'wall s (median)':>16} {'min..max':>14} {'x real time':>12} "
+        f"{'ratio':>7}"
+    )
     for name, times in rows:
         median = statistics.median(times)
-        print(f"{name:<38} {median:>16.2f} {min(times):>6.2f}..{max(times):<6.2f} "
-              f"{info.duration / median:>12.2f} {median / base:>7.3f}")
+        print(
+            f"{name:<38} {median:>16.2f} {min(times):>6.2f}..{max(times):<6.2f} "
+            f"{info.duration / median:>12.2f} {median / base:>7.3f}"
+        )
     print(f"\nsegments handed to the callback per run: {handed}")
 
 

@@ -106,7 +106,10 @@ async def transcode(
 
 
 def build_command(
-    source: Path, info: MediaInfo, renditions: list[Rendition], workdir: Path,
+    source: Path,
+    info: MediaInfo,
+    renditions: list[Rendition],
+    workdir: Path,
     options: HlsOptions,
 ) -> list[str]:
     """The ffmpeg argument list (no shell) that writes all renditions under `workdir`."""
@@ -120,8 +123,17 @@ def build_command(
     videos = [r for r in renditions if r.has_video]
     if videos and not info.has_video:
         raise ValueError("video renditions requested for a source without video")
-    args = [options.ffmpeg, "-nostdin", "-hide_banner", "-v", "error", "-nostats",
-            "-progress", "pipe:1", *input_args(source, info.format)]
+    args = [
+        options.ffmpeg,
+        "-nostdin",
+        "-hide_banner",
+        "-v",
+        "error",
+        "-nostats",
+        "-progress",
+        "pipe:1",
+        *input_args(source, info.format),
+    ]
     if videos:
         args += ["-filter_complex", _filter_graph(videos, info)]
     stream_map: list[str] = []
@@ -134,9 +146,20 @@ def build_command(
             entry += f",a:{audio_index}"
             audio_index += 1
         gop = max(1, round(options.keyframe_seconds * r.fps))
-        args += [f"-b:v:{i}", str(r.video_bitrate), f"-maxrate:v:{i}", str(r.maxrate),
-                 f"-bufsize:v:{i}", str(2 * r.video_bitrate), f"-level:v:{i}", r.level,
-                 f"-g:v:{i}", str(gop), f"-keyint_min:v:{i}", str(gop)]
+        args += [
+            f"-b:v:{i}",
+            str(r.video_bitrate),
+            f"-maxrate:v:{i}",
+            str(r.maxrate),
+            f"-bufsize:v:{i}",
+            str(2 * r.video_bitrate),
+            f"-level:v:{i}",
+            r.level,
+            f"-g:v:{i}",
+            str(gop),
+            f"-keyint_min:v:{i}",
+            str(gop),
+        ]
         stream_map.append(f"{entry},name:{r.name}")
     for r in renditions:
         if not r.has_video:
@@ -145,25 +168,50 @@ def build_command(
             audio_index += 1
     if videos:
         args += [
-            "-c:v", "libx264", "-preset", options.preset, "-profile:v", "high",
+            "-c:v",
+            "libx264",
+            "-preset",
+            options.preset,
+            "-profile:v",
+            "high",
             # Keyframes at the same instants in every rendition, and nowhere else, so players
             # can switch rendition at any segment boundary.
-            "-force_key_frames", f"expr:gte(t,n_forced*{options.keyframe_seconds:g})",
-            "-sc_threshold", "0", "-threads", str(options.threads),
+            "-force_key_frames",
+            f"expr:gte(t,n_forced*{options.keyframe_seconds:g})",
+            "-sc_threshold",
+            "0",
+            "-threads",
+            str(options.threads),
         ]
     if audio_index:
         args += ["-c:a", "aac", "-ac", "2", "-ar", "48000"]
     out = workdir.resolve()
     args += [
         # Phone videos carry GPS positions and device names in their metadata.
-        "-map_metadata", "-1", "-map_chapters", "-1",
-        "-max_muxing_queue_size", "4096",
-        "-f", "hls", "-hls_time", f"{options.segment_seconds:g}", "-hls_list_size", "0",
-        "-hls_playlist_type", "event", "-hls_segment_type", "fmp4",
-        "-hls_flags", "independent_segments+temp_file",
-        "-hls_fmp4_init_filename", "init.mp4",
-        "-hls_segment_filename", str(out / "%v" / "seg_%05d.m4s"),
-        "-var_stream_map", " ".join(stream_map),
+        "-map_metadata",
+        "-1",
+        "-map_chapters",
+        "-1",
+        "-max_muxing_queue_size",
+        "4096",
+        "-f",
+        "hls",
+        "-hls_time",
+        f"{options.segment_seconds:g}",
+        "-hls_list_size",
+        "0",
+        "-hls_playlist_type",
+        "event",
+        "-hls_segment_type",
+        "fmp4",
+        "-hls_flags",
+        "independent_segments+temp_file",
+        "-hls_fmp4_init_filename",
+        "init.mp4",
+        "-hls_segment_filename",
+        str(out / "%v" / "seg_%05d.m4s"),
+        "-var_stream_map",
+        " ".join(stream_map),
         str(out / "%v" / _PLAYLIST),
     ]
     return args
@@ -177,8 +225,10 @@ def _filter_graph(videos: list[Rendition], info: MediaInfo) -> str:
     # One constant output rate (variable-rate phone clips included) keeps keyframes aligned;
     # when every rung shares it, convert once before splitting.
     shared = f"fps={_rate(videos[0].fps)}," if len(rates) == 1 else ""
-    chains = [f"[{info.video_map}]{prefix}{shared}split={len(videos)}" + "".join(f"[s{i}]" for i in
-                                                              range(len(videos)))]
+    chains = [
+        f"[{info.video_map}]{prefix}{shared}split={len(videos)}"
+        + "".join(f"[s{i}]" for i in range(len(videos)))
+    ]
     for i, r in enumerate(videos):
         own = "" if shared else f"fps={_rate(r.fps)},"
         chains.append(f"[s{i}]{own}scale={r.width}:{r.height},setsar=1,format=yuv420p[v{i}]")
@@ -207,16 +257,21 @@ class _Job:
     async def run(self, cancel: asyncio.Event | None) -> HlsResult:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._remove_leftovers()
-        args = build_command(self.source, self.info, self.renditions, self.workdir,
-                             self.options)
-        deadline = (time.monotonic() + self.options.timeout
-                    if self.options.timeout is not None else None)
-        proc = await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        args = build_command(self.source, self.info, self.renditions, self.workdir, self.options)
+        deadline = (
+            time.monotonic() + self.options.timeout if self.options.timeout is not None else None
         )
-        readers = [asyncio.create_task(self._read_progress(proc.stdout)),
-                   asyncio.create_task(self._read_stderr(proc.stderr))]
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        readers = [
+            asyncio.create_task(self._read_progress(proc.stdout)),
+            asyncio.create_task(self._read_stderr(proc.stderr)),
+        ]
         exited = asyncio.create_task(proc.wait())
         cancelled = asyncio.create_task(cancel.wait()) if cancel is not None else None
         try:
@@ -302,8 +357,12 @@ class _Job:
             self.stderr_tail.append(raw.decode("utf-8", "replace"))
 
     def _failure_reason(self, returncode: int) -> str:
-        hide = [str(self.source.resolve()), str(self.source), str(self.workdir.resolve()),
-                str(self.workdir)]
+        hide = [
+            str(self.source.resolve()),
+            str(self.source),
+            str(self.workdir.resolve()),
+            str(self.workdir),
+        ]
         reason = describe_failure("The video could not be converted", self.stderr_tail, hide)
         return reason if "ffmpeg:" in reason else f"{reason[:-1]} (exit {returncode})."
 

@@ -53,18 +53,36 @@ def poster(source: Path, info: MediaInfo, out: Path, *, ffmpeg: str = "ffmpeg") 
             # Input seeking jumps to the keyframe before `t`: cheap even in a 4-hour film.
             args += ["-ss", f"{t:.3f}", *input_args(source, info.format)]
         for i in range(len(times)):
-            args += ["-map", f"{i}:{info.video_map[2:]}", "-frames:v", "1", "-vf",
-                     f"scale={_SAMPLE[0]}:{_SAMPLE[1]},format=gray",
-                     "-f", "rawvideo", str(folder / f"{i}.gray")]
-            args += ["-map", f"{i}:{info.video_map[2:]}", "-frames:v", "1", "-vf",
-                     f"scale={width}:{height},setsar=1", *_image_codec(out),
-                     str(folder / f"{i}{out.suffix}")]
+            args += [
+                "-map",
+                f"{i}:{info.video_map[2:]}",
+                "-frames:v",
+                "1",
+                "-vf",
+                f"scale={_SAMPLE[0]}:{_SAMPLE[1]},format=gray",
+                "-f",
+                "rawvideo",
+                str(folder / f"{i}.gray"),
+            ]
+            args += [
+                "-map",
+                f"{i}:{info.video_map[2:]}",
+                "-frames:v",
+                "1",
+                "-vf",
+                f"scale={width}:{height},setsar=1",
+                *_image_codec(out),
+                str(folder / f"{i}{out.suffix}"),
+            ]
         result = run(args, timeout=_IMAGE_TIMEOUT, max_stdout=1 << 16)
         scores = {i: _variance(folder / f"{i}.gray") for i in range(len(times))}
         scored = {i: v for i, v in scores.items() if v is not None}
         if not scored:
-            raise TranscodeFailed(describe_failure(
-                "The poster could not be made", _lines(result.stderr), _paths(source)))
+            raise TranscodeFailed(
+                describe_failure(
+                    "The poster could not be made", _lines(result.stderr), _paths(source)
+                )
+            )
         best = max(scored, key=lambda i: scored[i])
         (folder / f"{best}{out.suffix}").replace(out)
     return out
@@ -95,28 +113,49 @@ def storyboard(
     tile_width -= tile_width % 2
     tile_height = max(2, round(tile_width * info.height / info.width / 2) * 2)
     sprite = outdir / Path(sprite_uri).name
-    vf = (f"fps=1/{interval:g}:start_time={info.start_time:.3f},"
-          f"scale={tile_width}:{tile_height},setsar=1,tile={columns}x{rows}")
+    vf = (
+        f"fps=1/{interval:g}:start_time={info.start_time:.3f},"
+        f"scale={tile_width}:{tile_height},setsar=1,tile={columns}x{rows}"
+    )
     for skip in (["-skip_frame", "nokey"], []):
         # Decoding only keyframes makes long films several times faster; a file with too few
         # keyframes yields too few frames that way, so we fall back to decoding everything.
-        args = [ffmpeg, "-nostdin", "-hide_banner", "-v", "error", *skip,
-                *input_args(source, info.format), "-map", info.video_map, "-vf", vf,
-                "-frames:v", "1", *_image_codec(sprite), str(sprite)]
+        args = [
+            ffmpeg,
+            "-nostdin",
+            "-hide_banner",
+            "-v",
+            "error",
+            *skip,
+            *input_args(source, info.format),
+            "-map",
+            info.video_map,
+            "-vf",
+            vf,
+            "-frames:v",
+            "1",
+            *_image_codec(sprite),
+            str(sprite),
+        ]
         result = run(args, timeout=_IMAGE_TIMEOUT, max_stdout=1 << 16)
         if result.returncode == 0 and sprite.is_file():
             break
         sprite.unlink(missing_ok=True)
     else:
-        raise TranscodeFailed(describe_failure(
-            "The storyboard could not be made", _lines(result.stderr), _paths(source)
-        ))
+        raise TranscodeFailed(
+            describe_failure(
+                "The storyboard could not be made", _lines(result.stderr), _paths(source)
+            )
+        )
     cues = ["WEBVTT", ""]
     for i in range(count):
         start, end = i * interval, min((i + 1) * interval, info.duration)
         x, y = (i % columns) * tile_width, (i // columns) * tile_height
-        cues += [f"{vtt_timestamp(round(start * 1000))} --> {vtt_timestamp(round(end * 1000))}",
-                 f"{sprite_uri}#xywh={x},{y},{tile_width},{tile_height}", ""]
+        cues += [
+            f"{vtt_timestamp(round(start * 1000))} --> {vtt_timestamp(round(end * 1000))}",
+            f"{sprite_uri}#xywh={x},{y},{tile_width},{tile_height}",
+            "",
+        ]
     return Storyboard(sprite, "\n".join(cues), columns, rows, interval, tile_width, tile_height)
 
 
@@ -130,8 +169,7 @@ def _poster_times(info: MediaInfo) -> list[float]:
 def _image_codec(out: Path) -> list[str]:
     if out.suffix.lower() == ".webp":
         return ["-c:v", "libwebp", "-quality", "80", "-f", "webp"]
-    return ["-c:v", "mjpeg", "-q:v", "3", "-pix_fmt", "yuvj420p", "-f", "image2",
-            "-update", "1"]
+    return ["-c:v", "mjpeg", "-q:v", "3", "-pix_fmt", "yuvj420p", "-f", "image2", "-update", "1"]
 
 
 def _variance(path: Path) -> float | None:

@@ -22,8 +22,15 @@ RUNGS = (240, 360, 480, 720, 1080, 1440, 2160)
 MAX_FPS = 60.0
 
 #: 30 fps bitrates for 16:9 pictures of each height; other sizes interpolate by pixel count.
-_ANCHORS_30FPS = ((240, 400_000), (360, 800_000), (480, 1_400_000), (720, 2_800_000),
-                  (1080, 5_000_000), (1440, 8_000_000), (2160, 14_000_000))
+_ANCHORS_30FPS = (
+    (240, 400_000),
+    (360, 800_000),
+    (480, 1_400_000),
+    (720, 2_800_000),
+    (1080, 5_000_000),
+    (1440, 8_000_000),
+    (2160, 14_000_000),
+)
 _FPS_EXPONENT = 0.6
 #: How far above the source's own bitrate a rung may go (re-encoding loses some efficiency).
 SOURCE_MARGIN = 1.2
@@ -118,15 +125,22 @@ def h264_level(width: int, height: int, fps: float, maxrate: int) -> str:
 
 
 # (level, max macroblocks/s, max frame size in macroblocks, max Baseline kb/s); High = x1.25.
-_LEVELS = (("3.0", 40_500, 1_620, 10_000), ("3.1", 108_000, 3_600, 14_000),
-           ("3.2", 216_000, 5_120, 20_000), ("4.0", 245_760, 8_192, 20_000),
-           ("4.1", 245_760, 8_192, 50_000), ("4.2", 522_240, 8_704, 50_000),
-           ("5.0", 589_824, 22_080, 135_000), ("5.1", 983_040, 36_864, 240_000),
-           ("5.2", 2_073_600, 36_864, 240_000))
+_LEVELS = (
+    ("3.0", 40_500, 1_620, 10_000),
+    ("3.1", 108_000, 3_600, 14_000),
+    ("3.2", 216_000, 5_120, 20_000),
+    ("4.0", 245_760, 8_192, 20_000),
+    ("4.1", 245_760, 8_192, 50_000),
+    ("4.2", 522_240, 8_704, 50_000),
+    ("5.0", 589_824, 22_080, 135_000),
+    ("5.1", 983_040, 36_864, 240_000),
+    ("5.2", 2_073_600, 36_864, 240_000),
+)
 
 
-def _video(name: str, width: int, height: int, fps: float, info: MediaInfo,
-           audio: int) -> Rendition:
+def _video(
+    name: str, width: int, height: int, fps: float, info: MediaInfo, audio: int
+) -> Rendition:
     rate = video_bitrate_for(width, height, fps)
     if info.video_bitrate:
         rate = min(rate, max(int(info.video_bitrate * SOURCE_MARGIN), MIN_VIDEO_BITRATE))
@@ -136,19 +150,32 @@ def _video(name: str, width: int, height: int, fps: float, info: MediaInfo,
     if audio:
         codecs += f",{AUDIO_CODEC}"
     return Rendition(
-        name=name, width=width, height=height, fps=fps, video_bitrate=rate,
+        name=name,
+        width=width,
+        height=height,
+        fps=fps,
+        video_bitrate=rate,
         audio_bitrate=audio,
         bandwidth=int((rate * PEAK_RATIO + audio) * CONTAINER_OVERHEAD),
         average_bandwidth=int((rate + audio) * CONTAINER_OVERHEAD),
-        codecs=codecs, level=level,
+        codecs=codecs,
+        level=level,
     )
 
 
 def _audio_only(audio: int) -> Rendition:
     total = int(audio * CONTAINER_OVERHEAD)
-    return Rendition(name="audio", width=0, height=0, fps=0.0, video_bitrate=0,
-                     audio_bitrate=audio, bandwidth=total, average_bandwidth=total,
-                     codecs=AUDIO_CODEC)
+    return Rendition(
+        name="audio",
+        width=0,
+        height=0,
+        fps=0.0,
+        video_bitrate=0,
+        audio_bitrate=audio,
+        bandwidth=total,
+        average_bandwidth=total,
+        codecs=AUDIO_CODEC,
+    )
 
 
 def _pixels_16x9(height: int) -> int:

@@ -75,8 +75,17 @@ def probe(path: Path, limits: MediaLimits, *, ffprobe: str = "ffprobe") -> Media
         raise TooLarge("The file is larger than the maximum upload size.")
     demuxer = sniff_format(path)
     data = _ffprobe_json(
-        [ffprobe, "-v", "error", "-hide_banner", "-show_format", "-show_streams",
-         "-of", "json", *input_args(path, demuxer)],
+        [
+            ffprobe,
+            "-v",
+            "error",
+            "-hide_banner",
+            "-show_format",
+            "-show_streams",
+            "-of",
+            "json",
+            *input_args(path, demuxer),
+        ],
         limits,
     )
     info, main_end = _media_info(data, demuxer, size, limits)
@@ -113,7 +122,8 @@ def _media_info(
         )
     # Cover art in MP3/MP4 is a "video" stream of one still picture: not a video.
     videos = [
-        s for s in streams
+        s
+        for s in streams
         if s.get("codec_type") == "video" and not (s.get("disposition") or {}).get("attached_pic")
     ]
     audios = [s for s in streams if s.get("codec_type") == "audio"]
@@ -196,18 +206,31 @@ def _check_decodes(
     # no decoding at all and stays cheap for a 4K film with 10-second GOPs.
     head, tail = (
         _ffprobe_json(
-            [ffprobe, "-v", "error", "-hide_banner", "-select_streams", selector,
-             "-read_intervals", interval, "-show_entries", entries, "-of", "json",
-             *input_args(path, info.format)],
+            [
+                ffprobe,
+                "-v",
+                "error",
+                "-hide_banner",
+                "-select_streams",
+                selector,
+                "-read_intervals",
+                interval,
+                "-show_entries",
+                entries,
+                "-of",
+                "json",
+                *input_args(path, info.format),
+            ],
             limits,
         )
-        for interval, entries in (("%+#2", "frame=best_effort_timestamp_time"),
-                                  (f"{tail_start:.3f}%", "packet=pts_time"))
+        for interval, entries in (
+            ("%+#2", "frame=best_effort_timestamp_time"),
+            (f"{tail_start:.3f}%", "packet=pts_time"),
+        )
     )
     frames = head.get("frames") or []
     packet_times = [
-        t for t in (_float(p.get("pts_time")) for p in tail.get("packets") or [])
-        if t is not None
+        t for t in (_float(p.get("pts_time")) for p in tail.get("packets") or []) if t is not None
     ]
     if not frames:
         raise NoDecodableStream(

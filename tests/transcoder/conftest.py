@@ -39,14 +39,17 @@ def ffprobe() -> str:
 
 
 def run_ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", *args],
-                   check=True, timeout=120)
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", *args], check=True, timeout=120
+    )
 
 
 def ffprobe_json(path: Path, *args: str) -> dict[str, Any]:
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-protocol_whitelist", "file", "-of", "json", *args,
-         str(path)], check=True, capture_output=True, timeout=60,
+        ["ffprobe", "-v", "error", "-protocol_whitelist", "file", "-of", "json", *args, str(path)],
+        check=True,
+        capture_output=True,
+        timeout=60,
     ).stdout
     return json.loads(out)
 
@@ -74,22 +77,62 @@ CLIPS: dict[str, list[str]] = {
     "no_audio.mp4": [*_video(), *X264],
     "audio_only.mp3": [*_audio(), "-c:a", "libmp3lame", "-b:a", "96k"],
     "segmented.mp4": [*_video("640x360", seconds=9), *_audio(9), *X264, *AAC],
-    "variable_rate.mkv": [*_video(seconds=3),
-                          "-vf", "setpts='if(lt(N,24),N/24,1+(N-24)/12)/TB'",
-                          "-fps_mode", "vfr", *X264],
-    "webm.webm": [*_video(), *_audio(), "-c:v", "libvpx-vp9", "-deadline", "realtime",
-                  "-cpu-used", "8", "-b:v", "300k", "-c:a", "libopus"],
+    "variable_rate.mkv": [
+        *_video(seconds=3),
+        "-vf",
+        "setpts='if(lt(N,24),N/24,1+(N-24)/12)/TB'",
+        "-fps_mode",
+        "vfr",
+        *X264,
+    ],
+    "webm.webm": [
+        *_video(),
+        *_audio(),
+        "-c:v",
+        "libvpx-vp9",
+        "-deadline",
+        "realtime",
+        "-cpu-used",
+        "8",
+        "-b:v",
+        "300k",
+        "-c:a",
+        "libopus",
+    ],
     "mpegts.ts": [*_video(), *_audio(), *X264, *AAC],
     "hd.mp4": [*_video("1920x1080", 30), *_audio(), *X264, *AAC],
     # First second black: a naive first-frame poster would be black.
-    "dark_opening.mp4": [*_video(seconds=4),
-                         "-vf", "drawbox=c=black:t=fill:enable='lt(t,1)'", *X264],
+    "dark_opening.mp4": [
+        *_video(seconds=4),
+        "-vf",
+        "drawbox=c=black:t=fill:enable='lt(t,1)'",
+        *X264,
+    ],
     "subtitles_only.mkv": ["-i", "{srt}", "-c:s", "copy"],
     "interlaced.mp4": [*_video(rate=25), *X264, "-flags", "+ilme+ildct", "-top", "1"],
     # Two soundtracks, the second flagged default (a dubbed film with the dub preferred).
-    "two_soundtracks.mkv": [*_video(), *_audio(), "-f", "lavfi", "-i", "sine=frequency=880",
-                            "-t", "2", "-map", "0", "-map", "1", "-map", "2", *X264, *AAC,
-                            "-disposition:a:0", "0", "-disposition:a:1", "default"],
+    "two_soundtracks.mkv": [
+        *_video(),
+        *_audio(),
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=880",
+        "-t",
+        "2",
+        "-map",
+        "0",
+        "-map",
+        "1",
+        "-map",
+        "2",
+        *X264,
+        *AAC,
+        "-disposition:a:0",
+        "0",
+        "-disposition:a:1",
+        "default",
+    ],
 }
 
 
@@ -105,8 +148,9 @@ def clips(tmp_path_factory: pytest.TempPathFactory, ffmpeg: str, ffprobe: str) -
         made[name] = out
     rotated = folder / "rotated.mp4"
     # Phones store portrait video as landscape pixels plus a display matrix.
-    run_ffmpeg("-i", str(made["landscape.mp4"]), "-c", "copy",
-               "-metadata:s:v:0", "rotate=90", str(rotated))
+    run_ffmpeg(
+        "-i", str(made["landscape.mp4"]), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(rotated)
+    )
     made["rotated.mp4"] = rotated
     return made
 

@@ -54,8 +54,12 @@ def test_playlists_and_scripts_are_hostile(tmp_path: Path, text: bytes) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"Dear diary, today I uploaded a text file.", b"%PDF-1.7\n", b"\x89PNG\r\n\x1a\n" + b"\0" * 20,
-     bytes(range(256))],
+    [
+        b"Dear diary, today I uploaded a text file.",
+        b"%PDF-1.7\n",
+        b"\x89PNG\r\n\x1a\n" + b"\0" * 20,
+        bytes(range(256)),
+    ],
 )
 def test_other_files_are_not_media(tmp_path: Path, data: bytes) -> None:
     upload = tmp_path / "film.mp4"

@@ -75,9 +75,14 @@ class Vault:
 
     def write_playlists(self, result: HlsResult) -> Path:
         for name, segments in result.segments.items():
-            (self.root / name / "index.m3u8").write_text(media_playlist(
-                [(s.index, s.duration) for s in segments], init_uri="init.mp4",
-                uri_for=lambda i: f"{i}.m4s", ended=True))
+            (self.root / name / "index.m3u8").write_text(
+                media_playlist(
+                    [(s.index, s.duration) for s in segments],
+                    init_uri="init.mp4",
+                    uri_for=lambda i: f"{i}.m4s",
+                    ended=True,
+                )
+            )
         master = self.root / "master.m3u8"
         master.write_text(master_playlist(result.renditions, lambda r: f"{r.name}/index.m3u8"))
         return master
@@ -85,22 +90,34 @@ class Vault:
     def joined(self, rendition: str, upto: int | None = None) -> Path:
         """Init plus media segments, as a player appends them to its buffer."""
         out = self.root / f"{rendition}-{upto}.mp4"
-        media = sorted((s for s in self.received
-                        if s.rendition == rendition and s.kind == "media"),
-                       key=lambda s: s.index)
+        media = sorted(
+            (s for s in self.received if s.rendition == rendition and s.kind == "media"),
+            key=lambda s: s.index,
+        )
         parts = [self.root / rendition / "init.mp4"]
         parts += [self.stored(s) for s in media if upto is None or s.index == upto]
         out.write_bytes(b"".join(p.read_bytes() for p in parts))
         return out
 
 
-async def run(source: Path, tmp_path: Path, options: HlsOptions = FAST,
-              renditions: list[Rendition] | None = None) -> tuple[HlsResult, Vault, Path]:
+async def run(
+    source: Path,
+    tmp_path: Path,
+    options: HlsOptions = FAST,
+    renditions: list[Rendition] | None = None,
+) -> tuple[HlsResult, Vault, Path]:
     info = probe(source, MediaLimits())
     workdir = tmp_path / "work"
     vault = Vault(tmp_path / "vault")
-    result = await transcode(source, info, renditions or build_ladder(info), workdir, options,
-                             vault.take, vault.on_progress)
+    result = await transcode(
+        source,
+        info,
+        renditions or build_ladder(info),
+        workdir,
+        options,
+        vault.take,
+        vault.on_progress,
+    )
     return result, vault, workdir
 
 
@@ -119,9 +136,24 @@ def assert_nothing_left(workdir: Path) -> None:
 def play(master: Path) -> subprocess.CompletedProcess[bytes]:
     """Read the whole output as a player would, through the master playlist."""
     return subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-protocol_whitelist", "file",
-         "-i", str(master), "-map", "0", "-f", "null", "-"],
-        capture_output=True, timeout=120, check=False,
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-protocol_whitelist",
+            "file",
+            "-i",
+            str(master),
+            "-map",
+            "0",
+            "-f",
+            "null",
+            "-",
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -131,8 +163,9 @@ def video_stream(path: Path) -> dict[str, object]:
 
 
 def keyframe_times(path: Path) -> list[float]:
-    packets = ffprobe_json(path, "-select_streams", "v:0", "-show_entries",
-                           "packet=pts_time,flags")["packets"]
+    packets = ffprobe_json(
+        path, "-select_streams", "v:0", "-show_entries", "packet=pts_time,flags"
+    )["packets"]
     return [round(float(p["pts_time"]), 3) for p in packets if "K" in p["flags"]]
 
 
@@ -173,8 +206,13 @@ async def test_segments_are_fixed_length_and_start_on_aligned_keyframes(
         for segment in segments:
             # Each segment on its own (after the init) opens with a keyframe: a player can
             # start or switch rendition at any of them.
-            first = ffprobe_json(vault.joined(r.name, segment.index), "-select_streams", "v:0",
-                                 "-show_entries", "packet=flags")["packets"][0]
+            first = ffprobe_json(
+                vault.joined(r.name, segment.index),
+                "-select_streams",
+                "v:0",
+                "-show_entries",
+                "packet=flags",
+            )["packets"][0]
             assert "K" in first["flags"]
     assert play(vault.write_playlists(result)).returncode == 0
     assert_nothing_left(workdir)
@@ -246,7 +284,8 @@ async def test_audio_only_upload_becomes_an_audio_only_stream(
     assert [r.name for r in result.renditions] == ["audio"]
     streams = ffprobe_json(vault.joined("audio"), "-show_streams")["streams"]
     assert [(s["codec_type"], s["codec_name"], s["channels"]) for s in streams] == [
-        ("audio", "aac", 2)]
+        ("audio", "aac", 2)
+    ]
     assert result.duration == pytest.approx(2.0, abs=0.1)
     master = vault.write_playlists(result)
     assert "RESOLUTION" not in master.read_text()
@@ -259,8 +298,9 @@ async def test_variable_frame_rate_comes_out_constant(
 ) -> None:
     result, vault, _ = await run(clips["variable_rate.mkv"], tmp_path)
     [only] = result.renditions
-    packets = ffprobe_json(vault.joined(only.name), "-select_streams", "v:0",
-                           "-show_entries", "packet=pts_time")["packets"]
+    packets = ffprobe_json(
+        vault.joined(only.name), "-select_streams", "v:0", "-show_entries", "packet=pts_time"
+    )["packets"]
     times = [float(p["pts_time"]) for p in packets]
     gaps = {round(b - a, 3) for a, b in zip(sorted(times), sorted(times)[1:], strict=False)}
     assert gaps == {round(1 / only.fps, 3)}
@@ -268,8 +308,16 @@ async def test_variable_frame_rate_comes_out_constant(
 
 
 @pytest.mark.parametrize(
-    "name", ["moov_at_end.mp4", "webm.webm", "mpegts.ts", "odd.mp4", "landscape.mp4",
-             "interlaced.mp4", "two_soundtracks.mkv"]
+    "name",
+    [
+        "moov_at_end.mp4",
+        "webm.webm",
+        "mpegts.ts",
+        "odd.mp4",
+        "landscape.mp4",
+        "interlaced.mp4",
+        "two_soundtracks.mkv",
+    ],
 )
 async def test_common_containers_transcode_and_play(
     clips: dict[str, Path], tmp_path: Path, name: str
@@ -280,7 +328,8 @@ async def test_common_containers_transcode_and_play(
         stream = video_stream(vault.joined(r.name))
         assert (stream["width"], stream["height"]) == (r.width, r.height)
     assert sum(s.duration for s in result.segments[result.renditions[0].name]) == (
-        pytest.approx(2.0, abs=0.1))
+        pytest.approx(2.0, abs=0.1)
+    )
     assert play(vault.write_playlists(result)).returncode == 0
     assert_nothing_left(workdir)
 
@@ -293,9 +342,16 @@ async def test_cancelling_stops_ffmpeg_and_cleans_up(
     workdir, cancel = tmp_path / "work", asyncio.Event()
     vault = Vault(tmp_path / "vault")
     with pytest.raises(TranscodeCancelled):
-        await transcode(source, info, build_ladder(info), workdir,
-                        HlsOptions(preset="veryslow"), vault.take,
-                        lambda progress: cancel.set(), cancel)
+        await transcode(
+            source,
+            info,
+            build_ladder(info),
+            workdir,
+            HlsOptions(preset="veryslow"),
+            vault.take,
+            lambda progress: cancel.set(),
+            cancel,
+        )
     assert_nothing_left(workdir)
 
 
@@ -319,8 +375,9 @@ async def test_ffmpeg_failure_is_reported_without_leaking_paths(
     source.write_bytes(source.read_bytes()[:4000])
     workdir = tmp_path / "work"
     with pytest.raises(TranscodeFailed) as caught:
-        await transcode(source, info, build_ladder(info), workdir, FAST,
-                        Vault(tmp_path / "vault").take)
+        await transcode(
+            source, info, build_ladder(info), workdir, FAST, Vault(tmp_path / "vault").take
+        )
     assert "secret-name" not in caught.value.reason
     assert str(tmp_path) not in caught.value.reason
     assert caught.value.reason.startswith("The video could not be converted")
@@ -348,8 +405,14 @@ async def test_a_hand_made_media_info_cannot_select_the_hls_demuxer(
     info = probe(clips["landscape.mp4"], MediaLimits())
     hostile: MediaInfo = dataclasses.replace(info, format="hls")
     with pytest.raises(HostileInput):
-        await transcode(clips["landscape.mp4"], hostile, build_ladder(info), tmp_path / "w",
-                        FAST, Vault(tmp_path / "vault").take)
+        await transcode(
+            clips["landscape.mp4"],
+            hostile,
+            build_ladder(info),
+            tmp_path / "w",
+            FAST,
+            Vault(tmp_path / "vault").take,
+        )
 
 
 async def test_an_error_in_the_progress_callback_stops_ffmpeg_and_propagates(
@@ -363,7 +426,13 @@ async def test_an_error_in_the_progress_callback_stops_ffmpeg_and_propagates(
         raise RuntimeError("progress sink gone")
 
     with pytest.raises(RuntimeError, match="progress sink gone"):
-        await transcode(source, info, build_ladder(info), workdir,
-                        HlsOptions(preset="veryslow", timeout=60),
-                        Vault(tmp_path / "vault").take, broken_progress)
+        await transcode(
+            source,
+            info,
+            build_ladder(info),
+            workdir,
+            HlsOptions(preset="veryslow", timeout=60),
+            Vault(tmp_path / "vault").take,
+            broken_progress,
+        )
     assert_nothing_left(workdir)

@@ -17,9 +17,25 @@ def luma(image: Path, *, seek: float | None = None) -> bytes:
     """The picture as 64x36 grey bytes (for a video, the frame at `seek`)."""
     before = ["-ss", str(seek)] if seek is not None else []
     return subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", *before, "-i", str(image), "-frames:v", "1",
-         "-vf", "scale=64:36,format=gray", "-f", "rawvideo", "-"],
-        capture_output=True, check=True, timeout=60,
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            *before,
+            "-i",
+            str(image),
+            "-frames:v",
+            "1",
+            "-vf",
+            "scale=64:36,format=gray",
+            "-f",
+            "rawvideo",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=60,
     ).stdout
 
 
@@ -58,8 +74,14 @@ def test_audio_has_no_poster(clips: dict[str, Path], tmp_path: Path) -> None:
 
 def test_storyboard_sprite_and_cues_match(clips: dict[str, Path], tmp_path: Path) -> None:
     source = clips["segmented.mp4"]  # 9 s
-    board = storyboard(source, probe(source, MediaLimits()), tmp_path, interval=2.0,
-                       tile_width=160, sprite_uri="thumbs.jpg")
+    board = storyboard(
+        source,
+        probe(source, MediaLimits()),
+        tmp_path,
+        interval=2.0,
+        tile_width=160,
+        sprite_uri="thumbs.jpg",
+    )
     assert (board.columns, board.rows, board.interval) == (5, 1, 2.0)
     assert (board.tile_width, board.tile_height) == (160, 90)
     stream = ffprobe_json(board.sprite, "-show_streams")["streams"][0]

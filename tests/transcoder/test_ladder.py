@@ -8,9 +8,20 @@ from transcoder.ladder import Rendition, build_ladder, output_fps, video_bitrate
 from transcoder.probe import MediaInfo
 
 SOURCE = MediaInfo(
-    format="mov", duration=60.0, has_video=True, has_audio=True, width=1920, height=1080,
-    rotation=0, fps=30.0, video_bitrate=None, audio_bitrate=None, video_codec="h264",
-    audio_codec="aac", audio_channels=2, size_bytes=1,
+    format="mov",
+    duration=60.0,
+    has_video=True,
+    has_audio=True,
+    width=1920,
+    height=1080,
+    rotation=0,
+    fps=30.0,
+    video_bitrate=None,
+    audio_bitrate=None,
+    video_codec="h264",
+    audio_codec="aac",
+    audio_channels=2,
+    size_bytes=1,
 )
 
 
@@ -112,8 +123,7 @@ def test_no_audio_gives_video_only_renditions() -> None:
 
 
 def test_audio_only_source_gives_one_audio_rendition() -> None:
-    ladder = build_ladder(source(has_video=False, width=0, height=0, fps=0.0),
-                          audio_bitrate=96_000)
+    ladder = build_ladder(source(has_video=False, width=0, height=0, fps=0.0), audio_bitrate=96_000)
     assert len(ladder) == 1
     audio = ladder[0]
     assert (audio.name, audio.video_bitrate, audio.audio_bitrate) == ("audio", 0, 96_000)

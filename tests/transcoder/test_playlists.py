@@ -6,10 +6,30 @@ from transcoder.ladder import Rendition
 from transcoder.playlists import master_playlist, media_playlist, parse_playlist
 
 RENDITIONS = [
-    Rendition("360p", 640, 360, 23.976, 800_000, 128_000, 1_400_000, 950_000,
-              "avc1.64001e,mp4a.40.2", "3.0"),
-    Rendition("720p", 1280, 720, 23.976, 2_800_000, 128_000, 4_500_000, 3_000_000,
-              "avc1.64001f,mp4a.40.2", "3.1"),
+    Rendition(
+        "360p",
+        640,
+        360,
+        23.976,
+        800_000,
+        128_000,
+        1_400_000,
+        950_000,
+        "avc1.64001e,mp4a.40.2",
+        "3.0",
+    ),
+    Rendition(
+        "720p",
+        1280,
+        720,
+        23.976,
+        2_800_000,
+        128_000,
+        4_500_000,
+        3_000_000,
+        "avc1.64001f,mp4a.40.2",
+        "3.1",
+    ),
 ]
 
 
@@ -17,12 +37,18 @@ def test_master_playlist_lists_every_variant_with_its_attributes() -> None:
     text = master_playlist(RENDITIONS, lambda r: f"{r.name}/index.m3u8?token=abc")
     assert text.startswith("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n")
     parsed = parse_playlist(text)
-    assert [v.uri for v in parsed.variants] == ["720p/index.m3u8?token=abc",
-                                                 "360p/index.m3u8?token=abc"]
+    assert [v.uri for v in parsed.variants] == [
+        "720p/index.m3u8?token=abc",
+        "360p/index.m3u8?token=abc",
+    ]
     top = parsed.variants[0].attributes
-    assert top == {"BANDWIDTH": "4500000", "AVERAGE-BANDWIDTH": "3000000",
-                   "RESOLUTION": "1280x720", "FRAME-RATE": "23.976",
-                   "CODECS": "avc1.64001f,mp4a.40.2"}
+    assert top == {
+        "BANDWIDTH": "4500000",
+        "AVERAGE-BANDWIDTH": "3000000",
+        "RESOLUTION": "1280x720",
+        "FRAME-RATE": "23.976",
+        "CODECS": "avc1.64001f,mp4a.40.2",
+    }
 
 
 def test_audio_only_variant_has_no_resolution() -> None:
@@ -33,16 +59,21 @@ def test_audio_only_variant_has_no_resolution() -> None:
 
 
 def test_growing_media_playlist_is_an_event_without_endlist() -> None:
-    text = media_playlist([(0, 4.0), (1, 4.0)], init_uri="init.mp4",
-                          uri_for=lambda i: f"seg/{i}", ended=False)
+    text = media_playlist(
+        [(0, 4.0), (1, 4.0)], init_uri="init.mp4", uri_for=lambda i: f"seg/{i}", ended=False
+    )
     assert "#EXT-X-PLAYLIST-TYPE:EVENT\n" in text
     assert "#EXT-X-ENDLIST" not in text
     assert '#EXT-X-MAP:URI="init.mp4"\n' in text
 
 
 def test_finished_media_playlist_is_vod_with_endlist_and_round_trips() -> None:
-    text = media_playlist([(0, 4.0), (1, 4.0), (2, 1.5)], init_uri="init.mp4",
-                          uri_for=lambda i: f"seg/{i}?t=x", ended=True)
+    text = media_playlist(
+        [(0, 4.0), (1, 4.0), (2, 1.5)],
+        init_uri="init.mp4",
+        uri_for=lambda i: f"seg/{i}?t=x",
+        ended=True,
+    )
     parsed = parse_playlist(text)
     assert parsed.ended and parsed.playlist_type == "VOD" and parsed.version == 7
     assert parsed.init_uri == "init.mp4"
@@ -59,8 +90,7 @@ def test_target_duration_covers_the_longest_segment_rounded() -> None:
 
 def test_uri_with_a_newline_cannot_inject_tags() -> None:
     with pytest.raises(ValueError):
-        media_playlist([(0, 4.0)], init_uri="i", uri_for=lambda i: "a\n#EXT-X-ENDLIST",
-                       ended=False)
+        media_playlist([(0, 4.0)], init_uri="i", uri_for=lambda i: "a\n#EXT-X-ENDLIST", ended=False)
 
 
 def test_parser_ignores_a_half_written_last_line() -> None:

@@ -211,6 +211,9 @@ def test_fifo_watch_catches_ffprobe_autodetecting_the_playlist(
     content (whatever the name) and opens the named file, even with a file-only whitelist."""
     upload = tmp_path / "holiday.mp4"
     upload.write_bytes(_hls_playlist_pointing_at(secret_fifo.path))
-    subprocess.run([ffprobe, "-v", "quiet", "-protocol_whitelist", "file", str(upload)],
-                   timeout=30, check=False)
+    subprocess.run(
+        [ffprobe, "-v", "quiet", "-protocol_whitelist", "file", str(upload)],
+        timeout=30,
+        check=False,
+    )
     assert secret_fifo.opened.wait(5)

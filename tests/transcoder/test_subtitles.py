@@ -9,7 +9,7 @@ from transcoder.subtitles import to_webvtt
 
 SRT = (
     b"1\r\n00:00:01,500 --> 00:00:03,000\r\nHello <b>world</b>\r\n\r\n"
-    b"2\r\n00:00:04,000 --> 00:00:05,250\r\n{\\an8}<font color=\"red\">Top</font> line\r\n"
+    b'2\r\n00:00:04,000 --> 00:00:05,250\r\n{\\an8}<font color="red">Top</font> line\r\n'
     b"second line\r\n"
 )
 
@@ -23,8 +23,10 @@ def test_srt_becomes_webvtt_with_dotted_timestamps() -> None:
 
 
 def test_webvtt_is_kept_with_its_safe_cue_tags_and_settings() -> None:
-    vtt = (b"WEBVTT - my film\n\nNOTE made by hand\n\nintro\n00:01.000 --> 00:02.000 "
-           b"align:start position:10% onload:x\n<v Bob>Hi <c.yellow>there</c> <i>you</i>\n")
+    vtt = (
+        b"WEBVTT - my film\n\nNOTE made by hand\n\nintro\n00:01.000 --> 00:02.000 "
+        b"align:start position:10% onload:x\n<v Bob>Hi <c.yellow>there</c> <i>you</i>\n"
+    )
     assert to_webvtt(vtt) == (
         "WEBVTT\n\n00:00:01.000 --> 00:00:02.000 align:start position:10%\n"
         "<v Bob>Hi <c.yellow>there</c> <i>you</i>\n"
@@ -32,24 +34,30 @@ def test_webvtt_is_kept_with_its_safe_cue_tags_and_settings() -> None:
 
 
 def test_script_and_html_are_removed_and_text_is_escaped() -> None:
-    srt = (b"1\n00:00:01,000 --> 00:00:02,000\n<script>alert(document.cookie)</script>"
-           b"<img src=x onerror=alert(1)>Tom & Jerry <3 --> fun\n")
+    srt = (
+        b"1\n00:00:01,000 --> 00:00:02,000\n<script>alert(document.cookie)</script>"
+        b"<img src=x onerror=alert(1)>Tom & Jerry <3 --> fun\n"
+    )
     out = to_webvtt(srt)
     assert "script" not in out and "alert" not in out and "<img" not in out
     assert "Tom &amp; Jerry &lt;3 &#45;&#45;&gt; fun" in out
 
 
 def test_style_blocks_are_dropped() -> None:
-    vtt = (b"WEBVTT\n\nSTYLE\n::cue { background-image: url(https://evil.example/x) }\n\n"
-           b"00:00.000 --> 00:01.000\nok\n")
+    vtt = (
+        b"WEBVTT\n\nSTYLE\n::cue { background-image: url(https://evil.example/x) }\n\n"
+        b"00:00.000 --> 00:01.000\nok\n"
+    )
     out = to_webvtt(vtt)
     assert "evil" not in out and "STYLE" not in out
 
 
 def test_cues_are_sorted_and_impossible_ones_dropped() -> None:
-    srt = (b"1\n00:00:05,000 --> 00:00:06,000\nsecond\n\n"
-           b"2\n00:00:01,000 --> 00:00:02,000\nfirst\n\n"
-           b"3\n00:00:03,000 --> 00:00:03,000\nzero length\n")
+    srt = (
+        b"1\n00:00:05,000 --> 00:00:06,000\nsecond\n\n"
+        b"2\n00:00:01,000 --> 00:00:02,000\nfirst\n\n"
+        b"3\n00:00:03,000 --> 00:00:03,000\nzero length\n"
+    )
     out = to_webvtt(srt)
     assert out.index("first") < out.index("second")
     assert "zero length" not in out
