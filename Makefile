@@ -53,10 +53,12 @@ run: setup
 test: setup
 	bash .ci/services
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: python-deps
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: setup
 	bash .ci/services

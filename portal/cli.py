@@ -13,7 +13,7 @@ from portal.settings import Settings, SettingsError
 
 def load_settings(**overrides: object) -> Settings:
     try:
-        return Settings.from_env(**overrides)
+        return Settings.from_env(None, **overrides)
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
 

@@ -5,6 +5,7 @@ go through the normal pipeline (upload, vault, queue, transcode) like any creato
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -81,8 +82,8 @@ async def seed_demo(
         for i, film in enumerate(FILMS[:count]):
             path = Path(tmp) / f"demo-{i}.mp4"
             await anyio.to_thread.run_sync(
-                lambda film=film, path=path: make_film(
-                    film, path, seconds=seconds, ffmpeg=services.settings.ffmpeg
+                functools.partial(
+                    make_film, film, path, seconds=seconds, ffmpeg=services.settings.ffmpeg
                 )
             )
             ids.append(

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import ColumnElement
 
 from portal.db import jobs, new_id, utcnow, videos
 
@@ -228,12 +229,12 @@ class JobQueue:
             .values(status="failed", error=reason, updated_at=now)
         )
 
-    def _held(self, job: Job):  # type: ignore[no-untyped-def]
+    def _held(self, job: Job) -> ColumnElement[bool]:
         return and_(
             jobs.c.id == job.id, jobs.c.state == "running", jobs.c.lease_owner == job.lease_owner
         )
 
-    def _claim_transaction(self):  # type: ignore[no-untyped-def]
+    def _claim_transaction(self) -> _ClaimTransaction:
         return _ClaimTransaction(self.engine, immediate=not self._postgres)
 
 

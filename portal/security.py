@@ -84,8 +84,8 @@ async def hit_rate_limit(
     window = int(now // WINDOW_SECONDS) * WINDOW_SECONDS
     dialect = engine.dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(rate_limits).values(bucket=bucket, window_start=window, hits=1)
-    statement = statement.on_conflict_do_update(
+    values = insert(rate_limits).values(bucket=bucket, window_start=window, hits=1)
+    statement = values.on_conflict_do_update(
         index_elements=[rate_limits.c.bucket, rate_limits.c.window_start],
         set_={"hits": rate_limits.c.hits + 1},
     ).returning(rate_limits.c.hits)

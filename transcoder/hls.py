@@ -293,8 +293,9 @@ class _Job:
                 await self._hand_over()
             # Drain the pipes so the last stderr lines and progress are in.
             await asyncio.gather(*readers)
-            if proc.returncode != 0:
-                raise TranscodeFailed(self._failure_reason(proc.returncode))
+            returncode = await proc.wait()
+            if returncode != 0:
+                raise TranscodeFailed(self._failure_reason(returncode))
             await self._hand_over()
             unfinished = [r.name for r in self.renditions if not self._ended(r.name)]
             if unfinished:

@@ -68,7 +68,11 @@ async def login(request: Request) -> Response:
 
 async def signup(request: Request) -> Response:
     if request.method == "GET":
-        context = {"values": {"role": "viewer"}, "error": None, "roles": SIGNUP_ROLES}
+        context: dict[str, Any] = {
+            "values": {"role": "viewer"},
+            "error": None,
+            "roles": SIGNUP_ROLES,
+        }
         return render(request, "signup.html", context)
     await check_rate_limit(request, "signup")
     form = await verify_csrf_form(request)

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import String, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.sql import ColumnElement
+from sqlalchemy.sql import ColumnElement, TextClause
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -87,7 +87,7 @@ class CatalogPage:
     sort: str
 
 
-def _search_filter(dialect: str, terms: list[str]) -> ColumnElement[bool]:
+def _search_filter(dialect: str, terms: list[str]) -> ColumnElement[bool] | TextClause:
     if dialect == "sqlite":
         matches = text("SELECT video_id FROM videos_fts WHERE videos_fts MATCH :fts").bindparams(
             fts=fts5_query(terms)
@@ -113,7 +113,7 @@ async def list_videos(
 ) -> CatalogPage:
     """One page of ready films, newest first or most watched first, optionally searched."""
     sort = sort if sort in SORTS else "newest"
-    filters: list[ColumnElement[bool]] = [videos.c.status == "ready"]
+    filters: list[ColumnElement[bool] | TextClause] = [videos.c.status == "ready"]
     if creator_id is not None:
         filters.append(videos.c.creator_id == creator_id)
     terms = search_terms(q)

@@ -79,10 +79,10 @@ async def count_view(
     """
     now = utcnow() if now is None else now
     insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-    statement = insert(views).values(viewer_key=viewer, video_id=video_id, counted_at=now)
-    statement = statement.on_conflict_do_update(
+    values = insert(views).values(viewer_key=viewer, video_id=video_id, counted_at=now)
+    statement = values.on_conflict_do_update(
         index_elements=[views.c.viewer_key, views.c.video_id],
-        set_={"counted_at": statement.excluded.counted_at},
+        set_={"counted_at": values.excluded.counted_at},
         where=views.c.counted_at <= now - VIEW_WINDOW,
     ).returning(views.c.video_id)
     async with engine.begin() as conn:

@@ -278,7 +278,9 @@ def seal_object(
     return sealer.header() + sealer.feed(plaintext) + sealer.finish()
 
 
-def open_object(data_key: bytes, owner: str, path: str, blob: bytes | memoryview) -> bytearray:
+def open_object(
+    data_key: bytes, owner: str, path: str, blob: bytes | memoryview
+) -> bytearray | memoryview:
     """Decrypt and verify a whole object held in memory."""
     header = Header.unpack(blob)
     cipher = ObjectCipher(data_key, header, owner, path)
