@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser.conftest import sign_up_creator
 from tests.portal.test_accounts import fast_settings
 
 pytestmark = pytest.mark.browser
@@ -46,14 +47,7 @@ def test_creator_uploads_and_a_viewer_watches_with_hls_js(live_server, browser, 
     shots = tmp_path / "screenshots"
     shots.mkdir()
 
-    # Sign up as a creator: the form lands on the upload page.
-    page.goto(f"{base}/signup")
-    page.fill('input[name="email"]', "journey@example.org")
-    page.fill('input[name="display_name"]', "Jo Journey")
-    page.fill('input[name="password"]', "a long enough password")
-    page.check('input[name="role"][value="creator"]')
-    page.click('button[type="submit"]')
-    page.wait_for_url(f"{base}/upload")
+    sign_up_creator(page, base, "journey@example.org", "Jo Journey")
 
     # Upload through tus-js-client.
     page.set_input_files("#file-input", str(film))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser.conftest import sign_up_creator
 from tests.portal.test_accounts import fast_settings
 
 pytestmark = pytest.mark.browser
@@ -84,13 +85,7 @@ def test_an_upload_interrupted_by_a_reload_resumes_from_the_server_offset(
         ),
     )
 
-    page.goto(f"{base}/signup")
-    page.fill('input[name="email"]', "resume@example.org")
-    page.fill('input[name="display_name"]', "Re Sume")
-    page.fill('input[name="password"]', "a long enough password")
-    page.check('input[name="role"][value="creator"]')
-    page.click('button[type="submit"]')
-    page.wait_for_url(f"{base}/upload")
+    sign_up_creator(page, base, "resume@example.org", "Re Sume")
 
     # Start slowly, and reload while the first PATCH is still sending.
     throttle(cdp, UPLOAD_BYTES_PER_SECOND)
