@@ -8,6 +8,7 @@ Times are timezone-aware UTC datetimes.
 from __future__ import annotations
 
 import secrets
+import string
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -33,8 +34,15 @@ from sqlalchemy.types import TypeDecorator
 metadata = MetaData()
 
 
-def new_id(nbytes: int = 12) -> str:
-    return secrets.token_urlsafe(nbytes)
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_id(length: int = 16) -> str:
+    """A random id of letters and digits (16 of them: about 95 bits).
+
+    No `-` or `_`: an id starting with `-` would be taken for an option by the command line
+    (`megamovie videos delete ID`) and by ffmpeg if it ever reached an argument list."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
 
 
 def utcnow() -> datetime:

@@ -68,7 +68,7 @@ class Worker:
             on_transcoded=metrics.count_transcode if metrics is not None else None,
         )
         self.poll_seconds = poll_seconds
-        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{new_id(4)}"
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{new_id(6)}"
         self.heartbeat_seconds = max(0.05, settings.job_lease_seconds / 3)
 
     async def run(self, *, stop: anyio.Event | None = None) -> None:

@@ -23,3 +23,11 @@ def test_live_server_serves_over_real_http(live_server):
 
     response = httpx.get(f"{live_server.url}/healthz")
     assert response.status_code == 200
+
+
+def test_ids_are_letters_and_digits_so_they_never_look_like_options():
+    from portal.db import new_id
+
+    ids = {new_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(len(i) == 16 and i.isalnum() and i.isascii() for i in ids)
