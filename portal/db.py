@@ -119,6 +119,8 @@ videos = Table(
     Column("created_at", UTCDateTime(), nullable=False, index=True),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("ready_at", UTCDateTime(), nullable=True),
+    # Paid films play their first `preview_seconds` for everyone; free films ignore it.
+    Column("preview_seconds", Integer, nullable=False, default=120, server_default="120"),
     # The catalog's newest-first page walks this instead of sorting every ready video.
     Index("ix_videos_catalog", "status", "ready_at"),
 )
@@ -220,6 +222,107 @@ views = Table(
     Column("video_id", String(32), ForeignKey("videos.id", ondelete="CASCADE"), primary_key=True),
     Column("counted_at", UTCDateTime(), nullable=False),
 )
+
+# -- licensing: what a film costs and who holds a licence ------------------------------------
+
+# A paid film's offers (no rows: the film is free). kind: buy | rent | channel | pass. buy and
+# rent carry a price; channel (the creator's subscription) and pass (the platform pass) are
+# priced by `channel_plans` and the pass setting.
+offers = Table(
+    "offers",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column(
+        "video_id",
+        String(32),
+        ForeignKey("videos.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("kind", String(16), nullable=False),
+    Column("amount", BigInteger, nullable=True),  # minor units; NULL for channel and pass
+    Column("currency", String(3), nullable=True),  # ISO 4217
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# The monthly price of a creator's channel subscription.
+channel_plans = Table(
+    "channel_plans",
+    metadata,
+    Column("creator_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# A bought or rented film. A rental must start within 30 days (`expires_at` until then) and
+# runs 48 h from `first_played_at` (then `expires_at` moves to its end). Refunded purchases
+# keep their row with `refunded_at` set and grant nothing.
+purchases = Table(
+    "purchases",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("video_id", String(32), ForeignKey("videos.id", ondelete="SET NULL"), nullable=True),
+    Column("creator_id", String(32), ForeignKey("users.id"), nullable=False),
+    Column("offer_id", String(32), nullable=True),  # offers may be changed after the sale
+    Column("kind", String(16), nullable=False),  # buy | rent
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("first_played_at", UTCDateTime(), nullable=True),
+    Column("expires_at", UTCDateTime(), nullable=True),  # NULL: forever (buy)
+    Column("refunded_at", UTCDateTime(), nullable=True),
+    Column("transaction_id", String(32), nullable=False),  # its ledger transaction
+    Index("ix_purchases_user_video", "user_id", "video_id"),
+)
+
+# A paid period of a subscription: plan "pass" (the platform pass, creator_id NULL) or
+# "channel" (one creator's films). Each month's charge is a row of its own.
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("plan", String(16), nullable=False),
+    Column("creator_id", String(32), ForeignKey("users.id"), nullable=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("starts_at", UTCDateTime(), nullable=False),
+    Column("ends_at", UTCDateTime(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("refunded_at", UTCDateTime(), nullable=True),
+    Column("allocated_at", UTCDateTime(), nullable=True),  # pass: fee split among creators
+    Column("transaction_id", String(32), nullable=False),
+    Index("ix_subscriptions_user", "user_id", "plan", "ends_at"),
+)
+
+# Streams a viewer has open: a grant starts one, renewals keep `seen_at` fresh; a stream not
+# seen for a while is over. Limits concurrent streams per viewer across processes.
+streams = Table(
+    "streams",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("viewer_key", String(80), nullable=False, index=True),
+    Column("video_id", String(32), ForeignKey("videos.id", ondelete="CASCADE"), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("seen_at", UTCDateTime(), nullable=False),
+)
+
+# Metering: one row per distinct moment of a film delivered under a grant (segment index of
+# any rendition), so replays, retries and renditions never count twice. Written in batches.
+watched_segments = Table(
+    "watched_segments",
+    metadata,
+    Column("grant_id", String(32), primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("user_id", String(32), nullable=True, index=True),  # NULL: anonymous
+    Column("video_id", String(32), nullable=False, index=True),
+    Column("creator_id", String(32), nullable=False, index=True),
+    Column("seconds", Float, nullable=False),
+    Column("watched_at", UTCDateTime(), nullable=False, index=True),
+)
+
 
 rate_limits = Table(
     "rate_limits",
