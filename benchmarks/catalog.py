@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
+from portal.catalog import PAGE_SIZE, fts5_query, list_videos, search_terms
 from portal.db import create_engine, create_schema, new_id, users, utcnow, videos
-from portal.routes.catalog import PAGE_SIZE, fts5_query, list_videos, search_terms
 
 WORDS = (
     "harbour night train summer river mountain city rain garden winter light storm desert "

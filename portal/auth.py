@@ -32,8 +32,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from portal.accounts import User
 from portal.db import api_tokens, sessions, users, utcnow
 from portal.errors import AuthenticationRequired, CsrfFailed, PermissionDenied
+from portal.http_errors import render_error
 from portal.settings import Settings
-from portal.signing import load_secret_key
+from portal.web import services_of
 
 SESSION_COOKIE = "mm_session"
 CSRF_COOKIE = "mm_csrf"
@@ -41,7 +42,7 @@ CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: Paths served without looking up the caller: `request.state.user` is always None there.
-ANONYMOUS_PREFIXES = ("/static/", "/stream/", "/media/")
+ANONYMOUS_PREFIXES = ("/static/", "/stream/")
 API_TOKEN_PREFIX = "mmt_"  # noqa: S105 - a label that makes leaked tokens greppable
 
 
@@ -57,8 +58,7 @@ class SessionCookie:
     csrf_signer: Signer
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> SessionCookie:
-        key = load_secret_key(settings)
+    def for_key(cls, key: bytes) -> SessionCookie:
         return cls(Signer(key, salt="mm.session"), Signer(key, salt="mm.csrf"))
 
     def read(self, signer: Signer, value: str | None) -> str | None:
@@ -75,7 +75,7 @@ def cookies_for(request: Request) -> SessionCookie:
     state = request.app.state
     signer = getattr(state, "session_cookie", None)
     if signer is None:
-        signer = SessionCookie.for_settings(state.settings)
+        signer = SessionCookie.for_key(services_of(request).secret_key)
         state.session_cookie = signer
     return signer
 
@@ -151,7 +151,7 @@ async def token_user(engine: AsyncEngine, token: str) -> User | None:
 
 
 def set_session_cookie(request: Request, response: Response, token: str) -> None:
-    settings: Settings = request.app.state.settings
+    settings: Settings = services_of(request).settings
     response.set_cookie(
         SESSION_COOKIE,
         cookies_for(request).session_signer.sign(token).decode(),
@@ -230,14 +230,15 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         if path.startswith(ANONYMOUS_PREFIXES):
-            # Static files and public posters need nobody, and streams are authorised by the
-            # playback token in their path: no session lookup on these hot paths.
+            # Static files need nobody, and streams are authorised by the playback token in
+            # their path: no session lookup on these hot paths. (Posters do look the caller
+            # up: an unfinished film's poster is its creator's alone.)
             scope.setdefault("state", {}).update(user=None, auth_via=None, csrf_token="")
             await self.app(scope, receive, send)
             return
         request = Request(scope)
         state = scope.setdefault("state", {})
-        engine: AsyncEngine = request.app.state.engine
+        engine: AsyncEngine = services_of(request).engine
         signer = cookies_for(request)
         user: User | None = None
         via: str | None = None
@@ -280,8 +281,6 @@ class AuthMiddleware:
         if via == "session" and scope["method"] in UNSAFE_METHODS and path.startswith("/api/"):
             sent = request.headers.get(CSRF_HEADER, "")
             if not csrf or not hmac.compare_digest(sent, csrf):
-                from portal.http_errors import render_error
-
                 response = render_error(
                     request,
                     403,

@@ -88,9 +88,8 @@ def users_create(email: str, role: str, display_name: str | None) -> None:
     import sys
 
     from portal.accounts import create_user
-    from portal.app import prepare_data_dir
-    from portal.db import create_engine, create_schema
     from portal.errors import PortalError
+    from portal.services import open_database
 
     if sys.stdin.isatty():
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
@@ -99,10 +98,7 @@ def users_create(email: str, role: str, display_name: str | None) -> None:
     settings = load_settings()
 
     async def run() -> str:
-        prepare_data_dir(settings)
-        engine = create_engine(settings.database_url)
-        try:
-            await create_schema(engine)
+        async with open_database(settings) as engine:
             user = await create_user(
                 engine,
                 settings,
@@ -111,8 +107,6 @@ def users_create(email: str, role: str, display_name: str | None) -> None:
                 role=role,
                 display_name=display_name,
             )
-        finally:
-            await engine.dispose()
         return f"created {user.role} {user.email} (id {user.id})"
 
     try:
@@ -129,22 +123,16 @@ def keys() -> None:
 def _run_keys(action: str) -> None:
     import asyncio
 
-    from portal.app import prepare_data_dir
-    from portal.db import create_engine, create_schema
     from portal.errors import PortalError
+    from portal.services import open_database
     from portal.vault.rotation import key_status_lines, rotate_keys
 
     settings = load_settings()
     command = {"rotate": rotate_keys, "status": key_status_lines}[action]
 
     async def run() -> list[str]:
-        prepare_data_dir(settings)
-        engine = create_engine(settings.database_url)
-        try:
-            await create_schema(engine)
+        async with open_database(settings) as engine:
             return await command(settings, engine)
-        finally:
-            await engine.dispose()
 
     try:
         lines = asyncio.run(run())
@@ -182,7 +170,7 @@ def _with_services(settings: Settings, action: Any, *args: Any) -> Any:
     import asyncio
 
     from portal.errors import PortalError
-    from portal.worker import open_services
+    from portal.services import open_services
 
     async def run() -> Any:
         async with open_services(settings) as services:
@@ -255,7 +243,7 @@ def videos() -> None:
 @click.argument("video_id")
 def videos_delete(video_id: str) -> None:
     """Delete a video for good: its data key is destroyed, then its objects and rows."""
-    from portal.worker import delete_video
+    from portal.worker import remove_video
 
-    _with_services(load_settings(), delete_video, video_id)
+    _with_services(load_settings(), remove_video, video_id)
     click.echo(f"deleted {video_id}")

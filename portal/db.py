@@ -333,7 +333,7 @@ rate_limits = Table(
 )
 
 
-# Full-text search over the catalog (queried in portal/routes/catalog.py). SQLite keeps an FTS5
+# Full-text search over the catalog (queried in portal/catalog.py). SQLite keeps an FTS5
 # table in step with triggers (video text plus the creator's name); PostgreSQL searches a GIN
 # expression index on the video text and the creator's name separately.
 _FTS_INSERT = (

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from portal.accounts import create_user, get_user_by_email
 from portal.db import videos
-from portal.worker import Services
+from portal.services import Services
 
 log = logging.getLogger("megamovie.demo")
 

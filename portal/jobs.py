@@ -226,7 +226,7 @@ class JobQueue:
         await conn.execute(
             update(videos)
             .where(videos.c.id == video_id)
-            .values(status="failed", error=reason, updated_at=now)
+            .values(status="failed", error=reason, playable=False, updated_at=now)
         )
 
     def _held(self, job: Job) -> ColumnElement[bool]:

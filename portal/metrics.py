@@ -66,7 +66,7 @@ class Metrics:
 
 
 class MetricsMiddleware:
-    """Counts every HTTP response by method and status into `app.state.metrics`."""
+    """Counts every HTTP response by method and status into the services' `Metrics`."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -75,7 +75,8 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
+        services = getattr(scope["app"].state, "services", None)
+        metrics: Metrics | None = services.metrics if services is not None else None
         if metrics is None:
             await self.app(scope, receive, send)
             return

@@ -30,7 +30,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from portal.db import renditions as renditions_table
 from portal.db import segments as segments_table
 from portal.db import utcnow, videos
+from portal.layout import (
+    HLS_PREFIX,
+    POSTER,
+    SOURCE_PREFIX,
+    STORYBOARD_IMAGE,
+    STORYBOARD_VTT,
+    segment_path,
+)
 from portal.settings import Settings
+from portal.vault import Vault
 from transcoder import images
 from transcoder.hls import HlsOptions, Progress, Segment, transcode
 from transcoder.ladder import Rendition, build_ladder
@@ -43,18 +52,6 @@ log = logging.getLogger("megamovie.processing")
 PROGRESS_STEP = 0.02
 PROGRESS_INTERVAL = 1.0
 _SCRATCH_NAME = re.compile(r"^job-(\d+)-")
-
-
-def source_part_path(number: int) -> str:
-    """Vault path of the `number`-th part of an upload (one per PATCH)."""
-    return f"source/part-{number:06d}"
-
-
-def segment_path(rendition: str, index: int) -> str:
-    """Vault path of a segment; index -1 is the rendition's init segment."""
-    if index < 0:
-        return f"hls/{rendition}/init.mp4"
-    return f"hls/{rendition}/{index:06d}.m4s"
 
 
 def clean_scratch(settings: Settings) -> int:
@@ -94,7 +91,7 @@ class Processor:
         self,
         settings: Settings,
         engine: AsyncEngine,
-        vault: Any,
+        vault: Vault,
         *,
         on_transcoded: Callable[[float], None] | None = None,
     ) -> None:
@@ -147,12 +144,12 @@ class Processor:
         await self._measure_bandwidth(video_id)
         await self._set(
             video_id, status="ready", progress=1.0, playable=True, stored_bytes=stored,
-            ready_at=utcnow(), error=None,
+            ready_at=func.coalesce(videos.c.ready_at, utcnow()), error=None,
         )  # fmt: skip
 
     async def _reset(self, video_id: str) -> None:
         """Forget what an earlier, interrupted attempt stored: it starts again from scratch."""
-        for path in await self.vault.list(video_id, "hls/"):
+        for path in await self.vault.list(video_id, HLS_PREFIX):
             await self.vault.delete(video_id, path)
         async with self.engine.begin() as conn:
             await conn.execute(delete(segments_table).where(segments_table.c.video_id == video_id))
@@ -167,7 +164,7 @@ class Processor:
             )  # fmt: skip
 
     async def _decrypt_source(self, video_id: str, dest: Path) -> int:
-        parts = sorted(p for p in await self.vault.list(video_id, "source/"))
+        parts = sorted(p for p in await self.vault.list(video_id, SOURCE_PREFIX))
         written = 0
         with dest.open("wb") as out:
             os.chmod(dest, 0o600)
@@ -234,9 +231,9 @@ class Processor:
         board = await anyio.to_thread.run_sync(
             lambda: images.storyboard(source, info, folder, ffmpeg=ffmpeg)
         )
-        stored = await self.vault.put_file(video_id, "poster.jpg", poster)
-        stored += await self.vault.put_file(video_id, "storyboard.jpg", board.sprite)
-        stored += await self.vault.put(video_id, "storyboard.vtt", board.vtt.encode())
+        stored = await self.vault.put_file(video_id, POSTER, poster)
+        stored += await self.vault.put_file(video_id, STORYBOARD_IMAGE, board.sprite)
+        stored += await self.vault.put(video_id, STORYBOARD_VTT, board.vtt.encode())
         await anyio.to_thread.run_sync(shutil.rmtree, folder)
         await self._set(video_id, has_poster=True, has_storyboard=True)
         return stored
@@ -267,7 +264,8 @@ class Processor:
             if segment.kind == "media" and segment.rendition not in started:
                 started.add(segment.rendition)
                 if started == names:
-                    await self._set(video_id, playable=True)
+                    # Public from now on (portal.videos): `ready_at` is when it was published.
+                    await self._set(video_id, playable=True, ready_at=utcnow())
 
         async def on_progress(progress: Progress) -> None:
             now = time.monotonic()

@@ -104,13 +104,3 @@ async def hit_rate_limit(
             f"Too many attempts from your address; wait {retry_after} seconds and try again.",
             retry_after=retry_after,
         )
-
-
-async def check_rate_limit(request: Request, action: str) -> None:
-    """Rate-limit `action` (login, signup, token) per client IP, per `rate_limit_per_minute`."""
-    settings = request.app.state.settings
-    await hit_rate_limit(
-        request.app.state.engine,
-        f"{action}:{client_ip(request)}",
-        settings.rate_limit_per_minute,
-    )

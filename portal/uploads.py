@@ -41,8 +41,10 @@ from portal.errors import (
     ValidationFailed,
 )
 from portal.jobs import JobQueue
-from portal.processing import source_part_path
+from portal.layout import source_part_path
 from portal.settings import Settings
+from portal.vault import Vault
+from portal.videos import delete_video
 
 log = logging.getLogger("megamovie.uploads")
 
@@ -132,7 +134,7 @@ class Uploads:
     """Upload resources of creators, stored in the vault and tracked in `uploads`."""
 
     def __init__(
-        self, settings: Settings, engine: AsyncEngine, vault: Any, queue: JobQueue
+        self, settings: Settings, engine: AsyncEngine, vault: Vault, queue: JobQueue
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -426,7 +428,4 @@ class Uploads:
         return len(rows)
 
     async def _discard(self, video_id: str) -> None:
-        # Key first: once it is gone the parts are noise, even if deleting them fails.
-        await self.vault.destroy(video_id)
-        async with self.engine.begin() as conn:
-            await conn.execute(delete(videos).where(videos.c.id == video_id))
+        await delete_video(self.engine, self.vault, video_id)

@@ -6,9 +6,9 @@ transcoder's reason; a failed conversion is retried with backoff. A worker asked
 hands its job back untried; a worker killed outright loses its lease and another one takes
 the job over.
 
-`media_pipeline` is what the app's lifespan enters: it builds the queue, uploads and token
-services on `app.state`, empties the scratch dir, and runs `settings.workers` workers and the
-upload-expiry sweep in-process until the app stops.
+`media_pipeline` is what the app's lifespan enters with the services `portal.services` built:
+it empties the scratch dir, and runs `settings.workers` workers and the upload-expiry sweep
+in-process until the app stops.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +27,17 @@ import anyio
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from portal.db import create_engine, create_schema, new_id, videos
+from portal.accounts import get_user_by_email
+from portal.db import new_id, videos
 from portal.errors import NotFound
 from portal.jobs import Job, JobQueue, LeaseLost
 from portal.metrics import Metrics
 from portal.processing import Processor, clean_scratch
+from portal.services import Services
 from portal.settings import Settings
-from portal.signing import load_secret_key
-from portal.tokens import PlaybackTokens
 from portal.uploads import Uploads
-from portal.vault import Vault, open_vault
+from portal.vault import Vault
+from portal.videos import delete_video
 from transcoder.errors import MediaError, MediaRejected
 
 log = logging.getLogger("megamovie.worker")
@@ -53,7 +53,7 @@ class Worker:
         self,
         settings: Settings,
         engine: AsyncEngine,
-        vault: Any,
+        vault: Vault,
         queue: JobQueue,
         *,
         metrics: Metrics | None = None,
@@ -144,59 +144,6 @@ class Worker:
             raise error
 
 
-@dataclass
-class Services:
-    """The media pipeline's long-lived parts, shared by the app, the CLI and workers."""
-
-    settings: Settings
-    engine: AsyncEngine
-    vault: Vault
-    jobs: JobQueue
-    uploads: Uploads
-    tokens: PlaybackTokens
-    metrics: Metrics
-
-    @classmethod
-    def build(cls, settings: Settings, engine: AsyncEngine, vault: Vault) -> Services:
-        jobs = JobQueue(
-            engine,
-            lease_seconds=settings.job_lease_seconds,
-            max_attempts=settings.job_max_attempts,
-        )
-        return cls(
-            settings=settings,
-            engine=engine,
-            vault=vault,
-            jobs=jobs,
-            uploads=Uploads(settings, engine, vault, jobs),
-            tokens=PlaybackTokens(load_secret_key(settings), settings.token_ttl_seconds),
-            metrics=Metrics(),
-        )
-
-    def worker(self, **options: Any) -> Worker:
-        return Worker(
-            self.settings, self.engine, self.vault, self.jobs, metrics=self.metrics, **options
-        )
-
-
-@asynccontextmanager
-async def open_services(settings: Settings) -> AsyncIterator[Services]:
-    """Engine, schema, vault and services outside a web app (CLI commands, `worker`)."""
-    from portal.app import prepare_data_dir
-
-    prepare_data_dir(settings)
-    engine = create_engine(settings.database_url)
-    try:
-        await create_schema(engine)
-        vault = await open_vault(settings, engine)
-        try:
-            yield Services.build(settings, engine, vault)
-        finally:
-            await vault.aclose()
-    finally:
-        await engine.dispose()
-
-
 async def run_workers(services: Services, count: int) -> None:
     """`megamovie worker`: run `count` workers until SIGINT or SIGTERM, then stop them the
     way the app does (ask, then cancel after a grace period; unfinished jobs are handed
@@ -207,7 +154,7 @@ async def run_workers(services: Services, count: int) -> None:
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         for _ in range(count):
-            tg.start_soon(functools.partial(services.worker().run, stop=stop))
+            tg.start_soon(functools.partial(worker_for(services).run, stop=stop))
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 log.info("%s: stopping the workers", signal.Signals(signum).name)
@@ -226,21 +173,28 @@ async def sweep_uploads(uploads: Uploads, stop: anyio.Event, every: float = SWEE
             await stop.wait()
 
 
+def worker_for(services: Services, **options: Any) -> Worker:
+    return Worker(
+        services.settings,
+        services.engine,
+        services.vault,
+        services.jobs,
+        metrics=services.metrics,
+        **options,
+    )
+
+
 @asynccontextmanager
-async def media_pipeline(app: Any, settings: Settings) -> AsyncIterator[None]:
-    """Services on `app.state`, plus in-process workers and the upload sweep while open."""
-    services = Services.build(settings, app.state.engine, app.state.vault)
-    app.state.jobs = services.jobs
-    app.state.uploads = services.uploads
-    app.state.tokens = services.tokens
-    app.state.metrics = services.metrics
+async def media_pipeline(services: Services) -> AsyncIterator[None]:
+    """In-process workers (`settings.workers` of them) and the upload sweep while open."""
+    settings = services.settings
     removed = clean_scratch(settings)
     if removed:
         log.info("removed %d temp dirs left by an earlier run", removed)
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         for _ in range(settings.workers):
-            tg.start_soon(functools.partial(services.worker().run, stop=stop))
+            tg.start_soon(functools.partial(worker_for(services).run, stop=stop))
         tg.start_soon(sweep_uploads, services.uploads, stop)
         try:
             yield
@@ -257,7 +211,6 @@ async def import_video(
     services: Services, path: Path, creator_email: str, metadata: dict[str, str]
 ) -> str:
     """`megamovie import`: a local file into the pipeline as a creator's upload."""
-    from portal.accounts import get_user_by_email
 
     creator = await get_user_by_email(services.engine, creator_email)
     if creator is None or not creator.is_creator:
@@ -273,7 +226,7 @@ async def wait_for_video(
 ) -> tuple[str, str | None]:
     """Run a worker here until `video_id` is ready or failed; returns (status, error)."""
     async with anyio.create_task_group() as tg:
-        tg.start_soon(services.worker(poll_seconds=0.2).run)
+        tg.start_soon(worker_for(services, poll_seconds=0.2).run)
         while True:
             async with services.engine.connect() as conn:
                 row = (
@@ -294,12 +247,10 @@ async def wait_for_video(
     raise AssertionError("unreachable")  # the loop only leaves by returning
 
 
-async def delete_video(services: Services, video_id: str) -> None:
+async def remove_video(services: Services, video_id: str) -> None:
     """`megamovie videos delete`: crypto-shred a video and forget it."""
-    from portal.routes.videos import delete_video_everywhere
-
     async with services.engine.connect() as conn:
         found = await conn.scalar(select(videos.c.id).where(videos.c.id == video_id))
     if found is None:
         raise NotFound(f"There is no video {video_id!r}.")
-    await delete_video_everywhere(services.engine, services.vault, video_id)
+    await delete_video(services.engine, services.vault, video_id)

@@ -20,8 +20,7 @@ from portal.auth import (
     verify_csrf_form,
 )
 from portal.errors import InvalidCredentials, PortalError, ValidationFailed
-from portal.routes.pages import render
-from portal.security import check_rate_limit
+from portal.web import check_rate_limit, render, services_of
 
 
 def safe_next(value: object, default: str = "/") -> str:
@@ -37,7 +36,7 @@ def _form_text(form: Any, name: str) -> str:
 
 
 async def _logged_in(request: Request, user: Any, target: str) -> Response:
-    token = await start_session(request.app.state.engine, request.app.state.settings, user)
+    token = await start_session(services_of(request).engine, services_of(request).settings, user)
     response = RedirectResponse(target, status_code=303)
     set_session_cookie(request, response, token)
     return response
@@ -55,8 +54,8 @@ async def login(request: Request) -> Response:
     next_url = safe_next(form.get("next"), next_url)
     try:
         user = await authenticate(
-            request.app.state.engine,
-            request.app.state.settings,
+            services_of(request).engine,
+            services_of(request).settings,
             email,
             _form_text(form, "password"),
         )
@@ -81,8 +80,8 @@ async def signup(request: Request) -> Response:
         if values["role"] not in SIGNUP_ROLES:
             raise ValidationFailed("Choose whether you will watch films or also upload them.")
         user = await create_user(
-            request.app.state.engine,
-            request.app.state.settings,
+            services_of(request).engine,
+            services_of(request).settings,
             email=values["email"],
             password=_form_text(form, "password"),
             role=values["role"],
@@ -98,7 +97,7 @@ async def logout(request: Request) -> Response:
     await verify_csrf_form(request)
     token = session_token(request)
     if token:
-        await end_session(request.app.state.engine, token)
+        await end_session(services_of(request).engine, token)
     response = RedirectResponse("/", status_code=303)
     clear_session_cookie(response)
     return response
@@ -116,10 +115,10 @@ async def create_token(request: Request) -> Response:
     ):
         raise ValidationFailed('Send JSON: {"email": "...", "password": "..."}.')
     user = await authenticate(
-        request.app.state.engine, request.app.state.settings, body["email"], body["password"]
+        services_of(request).engine, services_of(request).settings, body["email"], body["password"]
     )
     token, expires_at = await issue_api_token(
-        request.app.state.engine, request.app.state.settings, user
+        services_of(request).engine, services_of(request).settings, user
     )
     return JSONResponse(
         {"token": token, "expires_at": expires_at.isoformat()},

@@ -16,13 +16,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from portal.errors import BearerTokenRequired, PermissionDenied
-from portal.settings import Settings
+from portal.web import services_of, settings_of
 
 
 async def healthz(request: Request) -> JSONResponse:
     """Healthy when the database answers; a load balancer takes the node out otherwise."""
     try:
-        async with request.app.state.engine.connect() as conn:
+        async with services_of(request).engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
     except Exception:  # any database failure means "not healthy", whatever its type
         return JSONResponse({"status": "unhealthy", "database": "down"}, status_code=503)
@@ -42,7 +42,7 @@ def on_loopback(host: str | None) -> bool:
 
 def authorise_scrape(request: Request) -> None:
     """Let a scraper read /metrics, or raise BearerTokenRequired (401) / PermissionDenied."""
-    settings: Settings = request.app.state.settings
+    settings = settings_of(request)
     if settings.metrics_token:
         scheme, _, sent = request.headers.get("authorization", "").partition(" ")
         expected = settings.metrics_token.reveal().encode()
@@ -63,8 +63,8 @@ def authorise_scrape(request: Request) -> None:
 async def metrics(request: Request) -> Response:
     """Prometheus text format; counters are this process's, job counts the database's."""
     authorise_scrape(request)
-    job_counts = await request.app.state.jobs.counts()
-    text = request.app.state.metrics.render(job_counts)
+    job_counts = await services_of(request).jobs.counts()
+    text = services_of(request).metrics.render(job_counts)
     return Response(
         text,
         media_type="text/plain; version=0.0.4; charset=utf-8",

@@ -10,108 +10,49 @@ token (an HMAC, no database), asks the vault for the size, decrypts and sends.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import math
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from portal.accounts import User
-from portal.auth import current_user
-from portal.db import renditions, segments, utcnow, videos, views
-from portal.errors import Conflict, NotFound, ObjectNotFound
-from portal.processing import segment_path
-from portal.routes.videos import fetch_video, visible_video
-from portal.security import client_ip
-from portal.signing import load_secret_key
-from portal.tokens import PlaybackTokens
+from portal.db import renditions, segments
+from portal.errors import NotFound, ObjectNotFound
+from portal.layout import (
+    INIT_INDEX,
+    INIT_SEGMENT,
+    POSTER,
+    STORYBOARD_IMAGE,
+    STORYBOARD_VTT,
+    segment_index,
+    segment_name,
+    segment_path,
+    valid_rendition,
+)
+from portal.videos import Video, fetch_video, playable_video, visible_video
+from portal.views import count_view
+from portal.web import services_of, viewer_of
 from transcoder.ladder import Rendition
 from transcoder.playlists import master_playlist, media_playlist
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
-_RENDITION = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
-_MEDIA_FILE = re.compile(r"^(init\.mp4|[0-9]{6}\.m4s)$")
-#: A viewer's views of one video count at most once in this long (grant renewals, reloads).
-VIEW_WINDOW = timedelta(hours=24)
 #: Objects sent from their decrypted bytes whole: a failure is a clean 5xx, never garbage.
-_STORYBOARD = {"storyboard.vtt": "text/vtt; charset=utf-8", "storyboard.jpg": "image/jpeg"}
-
-
-def check_license(request: Request, viewer: User | None, video: RowMapping) -> None:
-    """May `viewer` (None: not logged in) watch `video`? Raises LicenseRequired if not.
-
-    Every ready or playable video is free for now; this one function is what the licensing
-    hooks will replace.
-    """
-
-
-def viewer_key(request: Request, viewer: User | None) -> str:
-    """Who a view is counted for: the user, or a keyed hash of an anonymous client's address.
-
-    The hash is keyed with the portal's secret, so the `views` table holds no raw IP and an
-    address cannot be recovered from it by hashing all 2**32 candidates.
-    """
-    if viewer is not None:
-        return f"u:{viewer.id}"
-    state = request.app.state
-    key = getattr(state, "view_key", None)
-    if key is None:
-        key = hmac.new(load_secret_key(state.settings), b"mm.views", hashlib.sha256).digest()
-        state.view_key = key
-    return "a:" + hmac.new(key, client_ip(request).encode(), hashlib.sha256).hexdigest()
-
-
-async def count_view(
-    engine: AsyncEngine, viewer: str, video_id: str, now: datetime | None = None
-) -> bool:
-    """Count a view of `video_id` by `viewer` unless one was counted in the last VIEW_WINDOW.
-
-    Returns whether it counted. One upsert decides, atomically on both databases: it inserts
-    the viewer's row, or moves its time forward only when the old one is a window old, and
-    returns a row only when it wrote one; then the video's counter goes up.
-    """
-    now = utcnow() if now is None else now
-    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-    values = insert(views).values(viewer_key=viewer, video_id=video_id, counted_at=now)
-    statement = values.on_conflict_do_update(
-        index_elements=[views.c.viewer_key, views.c.video_id],
-        set_={"counted_at": values.excluded.counted_at},
-        where=views.c.counted_at <= now - VIEW_WINDOW,
-    ).returning(views.c.video_id)
-    async with engine.begin() as conn:
-        if (await conn.execute(statement)).first() is None:
-            return False
-        await conn.execute(
-            update(videos).where(videos.c.id == video_id).values(views=videos.c.views + 1)
-        )
-    return True
-
-
-def _playable(video: RowMapping) -> bool:
-    return video["status"] == "ready" or (video["status"] == "processing" and video["playable"])
+_STORYBOARD = {STORYBOARD_VTT: "text/vtt; charset=utf-8", STORYBOARD_IMAGE: "image/jpeg"}
 
 
 async def grant(request: Request) -> Response:
-    video = await visible_video(request, request.path_params["video_id"])
-    if not _playable(video):
-        raise Conflict("This video is not ready to play yet; try again when processing is done.")
-    viewer = current_user(request)
-    check_license(request, viewer, video)
-    tokens: PlaybackTokens = request.app.state.tokens
-    token, expires_at = tokens.issue(viewer.id if viewer else None, video["id"])
-    await count_view(request.app.state.engine, viewer_key(request, viewer), video["id"])
-    base = f"/stream/{token}/{video['id']}"
+    services = services_of(request)
+    viewer = viewer_of(request)
+    video = await playable_video(services.engine, viewer, request.path_params["video_id"])
+    token, expires_at = services.tokens.issue(viewer.user_id, video.id)
+    await count_view(services.engine, viewer.key, video.id)
+    base = f"/stream/{token}/{video.id}"
     return JSONResponse(
         {
             "url": f"{base}/master.m3u8",
-            "storyboard_url": f"{base}/storyboard.vtt" if video["has_storyboard"] else None,
+            "storyboard_url": f"{base}/{STORYBOARD_VTT}" if video.has_storyboard else None,
             "expires_at": datetime.fromtimestamp(expires_at, UTC).isoformat(),
         },
         headers={"Cache-Control": "no-store"},
@@ -121,13 +62,15 @@ async def grant(request: Request) -> Response:
 def _authorise(request: Request) -> str:
     """The video id, once the token in the path is valid for it (TokenInvalid: 403)."""
     video_id: str = request.path_params["video_id"]
-    request.app.state.tokens.verify(request.path_params["token"], video_id)
+    services_of(request).tokens.verify(request.path_params["token"], video_id)
     return video_id
 
 
-async def _streaming_video(request: Request, video_id: str) -> RowMapping:
-    video = await fetch_video(request.app.state.engine, video_id)
-    if video is None or not _playable(video):
+async def _streaming_video(request: Request, video_id: str) -> Video:
+    """The token already proved the grant; the film must still be playable (not deleted,
+    not failed since)."""
+    video = await fetch_video(services_of(request).engine, video_id)
+    if video is None or not video.can_play:
         raise NotFound("This video is no longer available.")
     return video
 
@@ -141,7 +84,7 @@ def _playlist(text: str, *, ended: bool) -> Response:
 async def master(request: Request) -> Response:
     video_id = _authorise(request)
     video = await _streaming_video(request, video_id)
-    async with request.app.state.engine.connect() as conn:
+    async with services_of(request).engine.connect() as conn:
         rows = (
             await conn.execute(
                 select(renditions)
@@ -160,16 +103,16 @@ async def master(request: Request) -> Response:
             for r in rows
         ]  # fmt: skip
     text = master_playlist(ladder, lambda r: f"{r.name}/index.m3u8")
-    return _playlist(text, ended=video["status"] == "ready")
+    return _playlist(text, ended=video.status == "ready")
 
 
 async def media(request: Request) -> Response:
     video_id = _authorise(request)
     rendition = request.path_params["rendition"]
-    if not _RENDITION.match(rendition):
+    if not valid_rendition(rendition):
         raise NotFound("There is no such rendition.")
     video = await _streaming_video(request, video_id)
-    async with request.app.state.engine.connect() as conn:
+    async with services_of(request).engine.connect() as conn:
         rows = (
             await conn.execute(
                 select(segments.c.idx, segments.c.duration)
@@ -183,14 +126,14 @@ async def media(request: Request) -> Response:
         ).all()
     if not rows:
         raise NotFound("There is no such rendition, or none of it is ready yet.")
-    settings = request.app.state.settings
-    ended = video["status"] == "ready"
+    settings = services_of(request).settings
+    ended = video.status == "ready"
     # A growing playlist must keep one target duration; the spec rounds each EXTINF.
     target = max(math.ceil(settings.segment_seconds), *(math.floor(d + 0.5) for _, d in rows))
     text = media_playlist(
         [(idx, duration) for idx, duration in rows],
-        init_uri="init.mp4",
-        uri_for=lambda idx: f"{idx:06d}.m4s",
+        init_uri=INIT_SEGMENT,
+        uri_for=segment_name,
         target_duration=target,
         ended=ended,
     )
@@ -200,11 +143,11 @@ async def media(request: Request) -> Response:
 async def segment(request: Request) -> Response:
     video_id = _authorise(request)
     rendition, name = request.path_params["rendition"], request.path_params["name"]
-    if not _RENDITION.match(rendition) or not _MEDIA_FILE.match(name):
+    index = segment_index(name)
+    if not valid_rendition(rendition) or index is None:
         raise NotFound("There is no such segment.")
-    content_type = "video/mp4" if name == "init.mp4" else "video/iso.segment"
-    path = segment_path(rendition, -1 if name == "init.mp4" else int(name[:6]))
-    return await send_object(request, video_id, path, content_type)
+    content_type = "video/mp4" if index == INIT_INDEX else "video/iso.segment"
+    return await send_object(request, video_id, segment_path(rendition, index), content_type)
 
 
 async def storyboard(request: Request) -> Response:
@@ -216,14 +159,14 @@ async def storyboard(request: Request) -> Response:
 
 
 async def poster(request: Request) -> Response:
-    """Public for ready videos: the catalog shows posters to everyone."""
-    video_id = request.path_params["video_id"]
-    video = await fetch_video(request.app.state.engine, video_id)
-    if video is None or video["status"] != "ready" or not video["has_poster"]:
-        raise NotFound("There is no poster for this video.")
-    return await send_object(
-        request, video_id, "poster.jpg", "image/jpeg", cache="public, max-age=3600"
+    """Seen by whoever may see the film (portal.videos): public films' posters are public."""
+    video = await visible_video(
+        services_of(request).engine, viewer_of(request), request.path_params["video_id"]
     )
+    if not video.has_poster:
+        raise NotFound("There is no poster for this video.")
+    cache = "public, max-age=3600" if video.is_public else "private, no-cache"
+    return await send_object(request, video.id, POSTER, "image/jpeg", cache=cache)
 
 
 async def send_object(
@@ -235,7 +178,8 @@ async def send_object(
     a logged 5xx, never a 200 with garbage. Stored objects here are segments and images of a
     few MB, so holding one in memory is fine.
     """
-    vault = request.app.state.vault
+    services = services_of(request)
+    vault = services.vault
     conditional = "if-none-match" in request.headers or "range" in request.headers
     try:
         if conditional:
@@ -268,9 +212,8 @@ async def send_object(
     # `vault.read` authenticates every byte before we send the first one. The body is
     # `bytes`, not the vault's memoryview: granian sends memoryview bodies ~16x slower
     # (measured with benchmarks/stream.py); uvicorn is indifferent.
-    metrics = getattr(request.app.state, "metrics", None)
-    if metrics is not None and request.method == "GET":
-        metrics.count_segment(len(body))
+    if request.method == "GET":
+        services.metrics.count_segment(len(body))
     return Response(body, status_code=status, media_type=content_type, headers=headers)
 
 
@@ -325,5 +268,5 @@ routes = [
     Route(f"{STREAM}/{{name:str}}", storyboard, methods=["GET"], name="storyboard"),
     Route(f"{STREAM}/{{rendition}}/index.m3u8", media, methods=["GET"], name="media_playlist"),
     Route(f"{STREAM}/{{rendition}}/{{name}}", segment, methods=["GET"], name="segment"),
-    Route("/media/{video_id}/poster.jpg", poster, methods=["GET"], name="poster"),
+    Route(f"/media/{{video_id}}/{POSTER}", poster, methods=["GET"], name="poster"),
 ]

@@ -24,6 +24,7 @@ from portal.errors import (
 )
 from portal.http_errors import portal_error
 from portal.uploads import CHECKSUM_ALGORITHMS, Upload, Uploads, parse_checksum, parse_metadata
+from portal.web import services_of
 
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,termination,expiration,checksum"
@@ -57,7 +58,7 @@ def tus_endpoint(endpoint: Endpoint) -> Endpoint:
 
 
 def _service(request: Request) -> Uploads:
-    return request.app.state.uploads
+    return services_of(request).uploads
 
 
 def _int_header(request: Request, name: str) -> int:
@@ -82,7 +83,7 @@ def _state_headers(upload: Upload) -> dict[str, str]:
 
 @tus_endpoint
 async def options(request: Request) -> Response:
-    settings = request.app.state.settings
+    settings = services_of(request).settings
     return Response(
         status_code=204,
         headers={

@@ -16,8 +16,8 @@ import anyio
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from portal.app import prepare_data_dir
 from portal.db import create_engine, create_schema, new_id, users, utcnow, videos
+from portal.services import prepare_data_dir
 from portal.settings import Settings
 
 

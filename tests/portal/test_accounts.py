@@ -46,7 +46,7 @@ def add_user(client: TestClient, email: str, role: str = "viewer", name: str | N
     return client.portal.call(  # type: ignore[union-attr]
         functools.partial(
             create_user,
-            app.state.engine,  # type: ignore[attr-defined]
+            app.state.services.engine,  # type: ignore[attr-defined]
             app.state.settings,  # type: ignore[attr-defined]
             email=email,
             password=PASSWORD,
@@ -97,7 +97,7 @@ async def add_video(engine: AsyncEngine, creator_id: str, **fields: Any) -> str:
 def add_ready_video(client: TestClient, creator_id: str, **fields: Any) -> str:
     """`add_video` from a test that drives the app through a TestClient."""
     fields.setdefault("duration", 60.0)
-    engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = client.app.state.services.engine  # type: ignore[attr-defined]
     return client.portal.call(  # type: ignore[union-attr]
         functools.partial(add_video, engine, creator_id, **fields)
     )

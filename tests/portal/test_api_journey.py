@@ -89,7 +89,7 @@ def test_upload_process_watch_and_delete_through_the_api(settings, live_server, 
         token = grant["url"].split("/")[2]
         forged = grant["url"].replace(token, token[:-1] + ("A" if token[-1] != "A" else "B"))
         assert client.get(forged).status_code == 403
-        tokens = live_server.server.config.app.state.tokens
+        tokens = live_server.server.config.app.state.services.tokens
         stale, _ = tokens.issue(None, video_id, now=time.time() - settings.token_ttl_seconds - 1)
         assert client.get(grant["url"].replace(token, stale)).status_code == 403
         assert client.get(grant["url"]).status_code == 200

@@ -56,7 +56,7 @@ def test_api_token_is_refused_once_expired(settings):
         token = bearer_token(client, "c@example.org")
 
         async def expire() -> None:
-            async with client.app.state.engine.begin() as conn:  # type: ignore[attr-defined]
+            async with client.app.state.services.engine.begin() as conn:  # type: ignore[attr-defined]
                 await conn.execute(
                     update(api_tokens).values(expires_at=utcnow() - timedelta(seconds=1))
                 )

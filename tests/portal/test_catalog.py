@@ -11,9 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.testclient import TestClient
 
 from portal.app import create_app
+from portal.catalog import PAGE_SIZE, list_videos
 from portal.db import users, utcnow, videos
-from portal.routes.catalog import PAGE_SIZE, list_videos, page_links
-from portal.routes.pages import format_duration
+from portal.routes.catalog import page_links
+from portal.web import format_duration
 from tests.portal.conftest import insert_user
 from tests.portal.test_accounts import add_ready_video, add_user, add_video, fast_settings
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from portal.cli import main
 from portal.demo import DEMO_EMAIL, seed_demo
-from portal.worker import open_services
+from portal.services import open_services
 from tests.portal.conftest import create_account, pipeline_settings
 
 

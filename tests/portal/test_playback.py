@@ -72,7 +72,7 @@ def ready(settings, clip):
 
 def set_video(client: TestClient, video_id: str, **values: object) -> None:
     async def change() -> None:
-        async with client.app.state.engine.begin() as conn:
+        async with client.app.state.services.engine.begin() as conn:
             await conn.execute(update(videos).where(videos.c.id == video_id).values(**values))
 
     client.portal.call(change)
@@ -113,7 +113,7 @@ def test_playlists_are_rendered_per_request_with_tokenised_relative_urls(ready):
 def test_segments_are_decrypted_with_ranges_etags_and_private_caching(ready):
     client, _auth, video_id = ready
     base = client.get(f"/api/videos/{video_id}/playback").json()["url"].rsplit("/", 1)[0]
-    vault = client.app.state.vault
+    vault = client.app.state.services.vault
     plain = client.portal.call(vault.read, video_id, "hls/180p/000000.m4s")
 
     whole = client.get(f"{base}/180p/000000.m4s")
@@ -148,7 +148,7 @@ def test_forged_expired_and_foreign_tokens_are_refused(ready, settings):
     _, _, token, _, _ = url.split("/")
     payload, _, mac = token.partition(".")
     forged = f"{payload}.{mac[:-1]}{'A' if mac[-1] != 'A' else 'B'}"
-    tokens = client.app.state.tokens
+    tokens = client.app.state.services.tokens
     expired, _ = tokens.issue(None, video_id, now=time.time() - settings.token_ttl_seconds - 1)
     other, _ = tokens.issue(None, "some-other-video")
     for bad in (forged, expired, other):

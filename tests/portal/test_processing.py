@@ -9,7 +9,8 @@ from sqlalchemy import select
 
 from portal.db import jobs, segments, videos
 from portal.jobs import JobQueue
-from portal.processing import clean_scratch, segment_path
+from portal.layout import segment_path
+from portal.processing import clean_scratch
 from portal.vault import open_vault
 from portal.worker import Worker
 from tests.portal.conftest import insert_user, insert_video

@@ -7,10 +7,11 @@ import re
 import pytest
 from starlette.testclient import TestClient
 
-from portal.app import TEMPLATES_DIR, create_app
+from portal.app import create_app
 from portal.db import create_engine, create_schema
 from portal.errors import RateLimited
 from portal.security import CONTENT_SECURITY_POLICY, hit_rate_limit
+from portal.web import TEMPLATES_DIR
 from tests.portal.test_accounts import PASSWORD, add_user, csrf_from, fast_settings
 
 

@@ -32,7 +32,7 @@ def test_an_unexpected_error_on_an_upload_says_tus_resumable(tmp_path):
         auth = bearer(client, "maker@example.org")
 
         async def rename(old: str, new: str) -> None:
-            async with app.state.engine.begin() as conn:
+            async with app.state.services.engine.begin() as conn:
                 await conn.execute(text(f"ALTER TABLE {old} RENAME TO {new}"))
 
         # A database that fails under the endpoint: the kind of error no handler expects.

@@ -63,7 +63,7 @@ def patch(client, location, headers, offset: int, body: bytes, **extra: str):
 
 def count(client, table) -> int:
     async def query() -> int:
-        async with client.app.state.engine.connect() as conn:
+        async with client.app.state.services.engine.connect() as conn:
             return await conn.scalar(select(func.count()).select_from(table))
 
     return client.portal.call(query)
@@ -119,7 +119,8 @@ def test_an_upload_in_two_patches_queues_its_video(settings, creator):
         )
         assert video["tags"] == ["beach", "summer"]
         assert count(client, jobs) == 1
-        stored = client.portal.call(client.app.state.vault.read, video_id, "source/part-000002")
+        vault = client.app.state.services.vault
+        stored = client.portal.call(vault.read, video_id, "source/part-000002")
         assert stored == data[1000:]
     # Encrypted as it arrived: the canary is nowhere in the data dir.
     leaks = [p for p in settings.data_dir.rglob("*") if p.is_file() and PATTERN in p.read_bytes()]
@@ -194,7 +195,7 @@ def test_termination_deletes_the_upload_its_video_and_its_key(settings, creator)
         created = create(client, auth, 100)
         location, video_id = created.headers["location"], created.headers["video-id"]
         assert patch(client, location, auth, 0, b"x" * 50).status_code == 204
-        vault = client.app.state.vault
+        vault = client.app.state.services.vault
         assert client.portal.call(vault.has_key, video_id)
 
         gone = client.delete(location, headers={**TUS, **auth})
@@ -215,9 +216,9 @@ def test_an_expired_upload_is_gone_then_swept_away(tmp_path, creator, settings):
         assert client.head(location, headers={**TUS, **auth}).status_code == 410
         assert patch(client, location, auth, 0, b"late").status_code == 410
 
-        assert client.portal.call(client.app.state.uploads.sweep_expired) == 1
+        assert client.portal.call(client.app.state.services.uploads.sweep_expired) == 1
         assert client.head(location, headers={**TUS, **auth}).status_code == 404
-        assert not client.portal.call(client.app.state.vault.has_key, video_id)
+        assert not client.portal.call(client.app.state.services.vault.has_key, video_id)
         assert count(client, uploads) == 0
 
 

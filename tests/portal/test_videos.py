@@ -52,7 +52,7 @@ def test_a_ready_video_as_json_and_its_crypto_shredding_delete(settings, account
         assert refused.status_code == 403
         assert client.delete(f"/api/videos/{video_id}").status_code == 401
 
-        vault = client.app.state.vault
+        vault = client.app.state.services.vault
         assert client.portal.call(vault.list, video_id)
         assert client.delete(f"/api/videos/{video_id}", headers=maker).status_code == 204
         assert client.get(f"/api/videos/{video_id}").status_code == 404
@@ -74,7 +74,11 @@ def test_an_unfinished_video_is_seen_only_by_its_creator_and_admins(settings, ac
         assert client.delete(f"/api/videos/{video_id}", headers=viewer).status_code == 404
         mine = client.get(f"/api/videos/{video_id}", headers=maker).json()
         assert (mine["status"], mine["error"]) == ("failed", "This is not a video or audio file.")
-        assert mine["poster_url"] is None
+        # The poster follows the film's visibility: its creator sees it, nobody else does.
+        assert mine["poster_url"] == f"/media/{video_id}/poster.jpg"
+        assert client.get(mine["poster_url"], headers=maker).status_code == 200
+        assert client.get(mine["poster_url"], headers=viewer).status_code == 404
+        assert client.get(mine["poster_url"]).status_code == 404
 
         boss = bearer(client, "boss@example.org")
         assert client.get(f"/api/videos/{video_id}", headers=boss).status_code == 200

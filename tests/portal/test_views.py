@@ -6,12 +6,12 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
-from starlette.requests import Request
 from starlette.testclient import TestClient
 
 from portal.app import create_app
 from portal.db import utcnow, videos, views
-from portal.routes.playback import count_view, viewer_key
+from portal.videos import Viewer
+from portal.views import count_view
 from tests.portal.conftest import insert_user, insert_video
 from tests.portal.test_accounts import add_ready_video, add_user, fast_settings, log_in
 
@@ -53,21 +53,16 @@ async def test_a_viewers_views_of_two_videos_count_apart(engine):
     assert (await view_count(engine, first), await view_count(engine, second)) == (1, 1)
 
 
-def anonymous_request(app, address: str) -> Request:
-    return Request({"type": "http", "app": app, "client": (address, 50000), "headers": []})
+def test_anonymous_viewers_are_told_apart_by_a_keyed_hash_of_their_address():
+    key, other_key = b"k" * 32, b"o" * 32
+    home = Viewer.anonymous(key, "203.0.113.7").key
 
-
-def test_anonymous_viewers_are_told_apart_by_a_keyed_hash_of_their_address(tmp_path):
-    app = create_app(fast_settings(tmp_path))
-    other_portal = create_app(fast_settings(tmp_path / "other"))
-    home = viewer_key(anonymous_request(app, "203.0.113.7"), None)
-
-    assert home == viewer_key(anonymous_request(app, "203.0.113.7"), None)
-    assert home != viewer_key(anonymous_request(app, "203.0.113.8"), None)
+    assert home == Viewer.anonymous(key, "203.0.113.7").key
+    assert home != Viewer.anonymous(key, "203.0.113.8").key
     assert "203.0.113" not in home and home.startswith("a:")
     # Keyed with the portal's secret: another portal's key for the same address differs, so
     # nobody without the key can map the stored value back to an address.
-    assert home != viewer_key(anonymous_request(other_portal, "203.0.113.7"), None)
+    assert home != Viewer.anonymous(other_key, "203.0.113.7").key
 
 
 def test_renewing_the_grant_or_reloading_counts_one_view(tmp_path):
@@ -87,7 +82,7 @@ def test_renewing_the_grant_or_reloading_counts_one_view(tmp_path):
         after_login = client.get(f"/api/videos/{video_id}").json()["views"]
 
         async def rows() -> list[str]:
-            async with client.app.state.engine.connect() as conn:
+            async with client.app.state.services.engine.connect() as conn:
                 return list((await conn.execute(select(views.c.viewer_key))).scalars())
 
         keys = client.portal.call(rows)

@@ -1,0 +1,108 @@
+"""What every route module shares: the typed services, who is asking, and page rendering.
+
+Routes parse, call the domain, render: this module is the glue they use for it. Templates get
+`url_for(name, **params)`, which answers the route's *path* (never an absolute URL built from
+the request's Host header), and filters for durations and sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, cast
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.templating import Jinja2Templates
+
+from portal.security import client_ip, hit_rate_limit
+from portal.services import Services
+from portal.settings import Settings
+from portal.videos import Viewer, poster_path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = PROJECT_ROOT / "templates"
+STATIC_DIR = PROJECT_ROOT / "static"
+
+
+def services_of(request: Request) -> Services:
+    """The app's services (set by the lifespan in portal.app)."""
+    return cast(Services, request.app.state.services)
+
+
+def settings_of(request: Request) -> Settings:
+    """The app's settings (known from construction, before the lifespan has run)."""
+    return cast(Settings, request.app.state.settings)
+
+
+def viewer_of(request: Request) -> Viewer:
+    """The caller as a `Viewer`: the logged-in user, or a keyed hash of the address."""
+    user = getattr(request.state, "user", None)
+    if user is not None:
+        return Viewer(user)
+    return Viewer.anonymous(services_of(request).secret_key, client_ip(request))
+
+
+def format_duration(seconds: float | None) -> str:
+    """m:ss, or h:mm:ss from an hour up; empty when unknown."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return ""
+    total = int(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_size(size: int | None) -> str:
+    if not size:
+        return ""
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"  # pragma: no cover - loop returns at GB
+
+
+@jinja2.pass_context
+def _url_for(context: dict[str, Any], name: str, /, **params: Any) -> str:
+    request: Request = context["request"]
+    return str(request.app.url_path_for(name, **params))
+
+
+def make_templates() -> Jinja2Templates:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=jinja2.select_autoescape(("html", "xml")),
+    )
+    env.globals["url_for"] = _url_for
+    env.globals["poster_path"] = poster_path
+    env.filters["duration"] = format_duration
+    env.filters["filesize"] = format_size
+    return Jinja2Templates(env=env)
+
+
+def render(
+    request: Request, name: str, context: dict[str, Any] | None = None, status_code: int = 200
+) -> Response:
+    """A page from templates/: every page shows who is logged in and carries the CSRF token."""
+    templates: Jinja2Templates = request.app.state.templates
+    return templates.TemplateResponse(
+        request,
+        name,
+        context or {},
+        status_code=status_code,
+        # Pages hold a CSRF token and personal data: never keep them in a shared cache.
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def check_rate_limit(request: Request, action: str) -> None:
+    """Rate-limit `action` (login, signup, token) per client IP, per `rate_limit_per_minute`."""
+    services = services_of(request)
+    await hit_rate_limit(
+        services.engine,
+        f"{action}:{client_ip(request)}",
+        services.settings.rate_limit_per_minute,
+    )
