@@ -31,7 +31,7 @@ from portal.layout import (
     segment_path,
     valid_rendition,
 )
-from portal.videos import Video, fetch_video, playable_video, visible_video
+from portal.videos import POSTER_ROUTE, Video, fetch_video, playable_video, visible_video
 from portal.views import count_view
 from portal.web import services_of, viewer_of
 from transcoder.ladder import Rendition
@@ -268,5 +268,5 @@ routes = [
     Route(f"{STREAM}/{{name:str}}", storyboard, methods=["GET"], name="storyboard"),
     Route(f"{STREAM}/{{rendition}}/index.m3u8", media, methods=["GET"], name="media_playlist"),
     Route(f"{STREAM}/{{rendition}}/{{name}}", segment, methods=["GET"], name="segment"),
-    Route(f"/media/{{video_id}}/{POSTER}", poster, methods=["GET"], name="poster"),
+    Route(POSTER_ROUTE, poster, methods=["GET"], name="poster"),
 ]
