@@ -1,6 +1,7 @@
 """The database schema (SQLAlchemy Core) and the engine, for SQLite and PostgreSQL alike.
 
-The schema is defined once here; Alembic migrations in portal/migrations create it. Ids are
+The schema is defined once here (the vault's own tables in portal/vault/tables.py);
+Alembic migrations in portal/migrations create it (`portal.migrations.upgrade`). Ids are
 random URL-safe strings made by `new_id`, so they can be shown in URLs without leaking counts.
 Times are timezone-aware UTC datetimes.
 """
@@ -20,7 +21,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     String,
     Table,
@@ -182,25 +182,6 @@ jobs = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_jobs_claim", "state", "run_after"),
-)
-
-data_keys = Table(
-    "data_keys",
-    metadata,
-    Column("owner", String(64), primary_key=True),  # the video id
-    Column("key_id", String(32), nullable=False, index=True),  # the KEK that wraps it
-    Column("wrapped", LargeBinary, nullable=False),
-    Column("created_at", UTCDateTime(), nullable=False),
-)
-
-# One row per master key (KEK) ever used: a value sealed under that key, so a wrong key in the
-# keyring is caught at start-up instead of producing garbage later (see docs/vault-format.md).
-vault_keys = Table(
-    "vault_keys",
-    metadata,
-    Column("key_id", String(32), primary_key=True),
-    Column("check_value", LargeBinary, nullable=False),
-    Column("created_at", UTCDateTime(), nullable=False),
 )
 
 watch_progress = Table(
@@ -398,10 +379,3 @@ def create_engine(database_url: str) -> AsyncEngine:
 
         return engine
     return create_async_engine(database_url, pool_pre_ping=True)
-
-
-async def create_schema(engine: AsyncEngine) -> None:
-    """Bring the database to the newest schema by running the Alembic migrations."""
-    from portal.migrations import upgrade
-
-    await upgrade(engine)

@@ -14,7 +14,19 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from portal.errors import BearerTokenRequired, PortalError, RateLimited, VaultError
+from portal.errors import (
+    BearerTokenRequired,
+    DataKeyExists,
+    DataKeyMissing,
+    KeyringError,
+    ObjectNameInvalid,
+    ObjectNotFound,
+    PortalError,
+    RateLimited,
+    StorageError,
+    VaultError,
+    VaultTampered,
+)
 from transcoder.errors import MediaError
 
 log = logging.getLogger("megamovie.http")
@@ -53,12 +65,37 @@ def render_error(request: Request, status: int, code: str, message: str) -> Resp
     )
 
 
-async def portal_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, PortalError)
-    if isinstance(exc, VaultError) and exc.status_code >= 500:
+#: The vault's errors know nothing of HTTP (the vault is a leaf); their status and code are
+#: here. Most specific first: the first class the error is an instance of wins.
+VAULT_STATUSES: list[tuple[type[VaultError], int, str]] = [
+    (DataKeyMissing, 404, "data_key_missing"),
+    (DataKeyExists, 409, "conflict"),
+    (ObjectNotFound, 404, "object_not_found"),
+    (ObjectNameInvalid, 400, "object_name_invalid"),
+    (StorageError, 503, "storage_error"),
+    (KeyringError, 500, "keyring_error"),
+    (VaultTampered, 500, "vault_tampered"),
+    (VaultError, 500, "vault_error"),
+]
+
+
+def vault_status(exc: VaultError) -> tuple[int, str]:
+    """The HTTP status and error code for a vault error."""
+    return next((status, code) for kind, status, code in VAULT_STATUSES if isinstance(exc, kind))
+
+
+async def vault_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, VaultError)
+    status, code = vault_status(exc)
+    if status >= 500:
         # Tampering or a storage failure is an operator's problem: log it loudly, tell the
         # client only that it failed. Never send bytes that did not authenticate.
         log.error("vault failure on %s %s: %s", request.method, request.url.path, exc.message)
+    return render_error(request, status, code, exc.message)
+
+
+async def portal_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PortalError)
     response = render_error(request, exc.status_code, exc.code, exc.message)
     if isinstance(exc, RateLimited):
         response.headers["Retry-After"] = str(exc.retry_after)
@@ -93,6 +130,7 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
 def exception_handlers() -> dict[type[Exception] | int, object]:
     return {
         PortalError: portal_error,
+        VaultError: vault_error,
         MediaError: media_error,
         HTTPException: http_exception,
         Exception: unexpected_error,

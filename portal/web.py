@@ -15,7 +15,9 @@ import jinja2
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from portal.metrics import Metrics
 from portal.security import client_ip, hit_rate_limit
 from portal.services import Services
 from portal.settings import Settings
@@ -106,3 +108,27 @@ async def check_rate_limit(request: Request, action: str) -> None:
         f"{action}:{client_ip(request)}",
         services.settings.rate_limit_per_minute,
     )
+
+
+class MetricsMiddleware:
+    """Counts every HTTP response by method and status into the services' `Metrics`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        services = getattr(scope["app"].state, "services", None)
+        metrics: Metrics | None = services.metrics if services is not None else None
+        if metrics is None:
+            await self.app(scope, receive, send)
+            return
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                metrics.count_request(scope["method"], message["status"])
+            await send(message)
+
+        await self.app(scope, receive, counting_send)

@@ -16,7 +16,8 @@ import anyio
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from portal.db import create_engine, create_schema, new_id, users, utcnow, videos
+from portal.db import create_engine, new_id, users, utcnow, videos
+from portal.migrations import upgrade
 from portal.services import prepare_data_dir
 from portal.settings import Settings
 
@@ -48,7 +49,7 @@ async def engine(settings: Settings, database_url: str) -> AsyncIterator[AsyncEn
     """A real database (SQLite and PostgreSQL) with the whole schema."""
     prepare_data_dir(settings)
     engine = create_engine(database_url)
-    await create_schema(engine)
+    await upgrade(engine)
     yield engine
     await engine.dispose()
 
@@ -119,7 +120,7 @@ def create_account(settings: Settings, email: str, role: str = "creator") -> str
         prepare_data_dir(settings)
         engine = create_engine(settings.database_url)
         try:
-            await create_schema(engine)
+            await upgrade(engine)
             user = await create_user(engine, settings, email=email, password=PASSWORD, role=role)
             return user.id
         finally:

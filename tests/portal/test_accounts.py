@@ -15,8 +15,9 @@ from starlette.testclient import TestClient
 
 from portal.accounts import User, authenticate, create_user
 from portal.app import create_app
-from portal.db import create_engine, create_schema, new_id, users, utcnow, videos
+from portal.db import create_engine, new_id, users, utcnow, videos
 from portal.errors import Conflict, ValidationFailed
+from portal.migrations import upgrade
 from portal.settings import Settings
 
 PASSWORD = "correct horse battery"
@@ -178,7 +179,7 @@ async def test_unknown_email_is_checked_against_a_hash_of_the_same_cost(tmp_path
 
     settings = Settings.from_env({"MEGAMOVIE_DATA_DIR": str(tmp_path)})
     engine = create_engine(settings.database_url)
-    await create_schema(engine)
+    await upgrade(engine)
     await create_user(engine, settings, email="t@example.org", password=PASSWORD)
     async with engine.connect() as conn:
         stored = (await conn.execute(select(users.c.password_hash))).scalar_one()
@@ -209,7 +210,7 @@ def test_logout_kills_the_session_even_for_a_replayed_cookie(settings):
 async def test_create_user_checks_email_and_password(settings):
     engine = create_engine(settings.database_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    await create_schema(engine)
+    await upgrade(engine)
     with pytest.raises(ValidationFailed, match="not an email address"):
         await create_user(engine, settings, email="no-at-sign", password=PASSWORD)
     with pytest.raises(ValidationFailed, match="Role must be one of"):
@@ -225,7 +226,7 @@ async def test_create_user_checks_email_and_password(settings):
 async def test_password_is_rehashed_when_the_cost_changes(settings):
     engine = create_engine(settings.database_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    await create_schema(engine)
+    await upgrade(engine)
     await create_user(engine, settings, email="re@example.org", password=PASSWORD)
     stronger = settings.replace(argon2_time_cost=2, argon2_memory_kib=2048)
     user = await authenticate(engine, stronger, "re@example.org", PASSWORD)

@@ -11,6 +11,7 @@ from portal.db import jobs, segments, videos
 from portal.jobs import JobQueue
 from portal.layout import segment_path
 from portal.processing import clean_scratch
+from portal.services import vault_config
 from portal.vault import open_vault
 from portal.worker import Worker
 from tests.portal.conftest import insert_user, insert_video
@@ -27,7 +28,7 @@ def settings(settings):
 
 @pytest.fixture
 async def vault(settings, engine):
-    vault = await open_vault(settings, engine)
+    vault = await open_vault(vault_config(settings), engine)
     yield vault
     await vault.aclose()
 

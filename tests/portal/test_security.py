@@ -8,8 +8,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from portal.app import create_app
-from portal.db import create_engine, create_schema
+from portal.db import create_engine
 from portal.errors import RateLimited
+from portal.migrations import upgrade
 from portal.security import CONTENT_SECURITY_POLICY, hit_rate_limit
 from portal.web import TEMPLATES_DIR
 from tests.portal.test_accounts import PASSWORD, add_user, csrf_from, fast_settings
@@ -99,7 +100,7 @@ def test_rate_limit_counts_each_action_separately(settings):
 async def test_rate_limit_window_resets_after_a_minute(settings, database_url):
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = create_engine(database_url)
-    await create_schema(engine)
+    await upgrade(engine)
     start = 1_800_000_000.0  # the start of a minute
     for second in range(3):
         await hit_rate_limit(engine, "login:10.0.0.1", 3, now=start + second)
