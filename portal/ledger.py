@@ -39,6 +39,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import ColumnElement
 
 from portal.db import (
     begin_write,
@@ -232,18 +233,20 @@ def _short_message(account: str, held: Money, needed: int) -> str:
 
 
 async def find_transaction(conn: AsyncConnection, scope: str, key: str) -> Transaction | None:
-    row = (
-        (
-            await conn.execute(
-                select(ledger_transactions).where(
-                    ledger_transactions.c.idempotency_scope == scope,
-                    ledger_transactions.c.idempotency_key == key,
-                )
-            )
-        )
-        .mappings()
-        .first()
+    """The posting made under (scope, key), if any."""
+    return await _load(
+        conn,
+        (ledger_transactions.c.idempotency_scope == scope)
+        & (ledger_transactions.c.idempotency_key == key),
     )
+
+
+async def get_transaction(conn: AsyncConnection, transaction_id: str) -> Transaction | None:
+    return await _load(conn, ledger_transactions.c.id == transaction_id)
+
+
+async def _load(conn: AsyncConnection, where: ColumnElement[bool]) -> Transaction | None:
+    row = (await conn.execute(select(ledger_transactions).where(where))).mappings().first()
     if row is None:
         return None
     entries = (

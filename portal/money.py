@@ -8,6 +8,7 @@ exactly the inputs that lose a cent somewhere.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -168,3 +169,11 @@ def checked_split(
             "integers that add up to the amount"
         )
     return creator, platform
+
+
+def price_columns(record: Any) -> dict[str, Any]:
+    """A dataclass record's fields as table columns, its `price` as `amount` and `currency`
+    (the shape of the purchases and subscriptions tables)."""
+    values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    price: Money = values.pop("price")
+    return {**values, "amount": price.amount, "currency": price.currency}
