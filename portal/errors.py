@@ -59,6 +59,20 @@ class LicenseRequired(PortalError):
     code = "license_required"
 
 
+class InsufficientFunds(PortalError):
+    """The wallet holds less than the price; nothing was charged."""
+
+    status_code = 402
+    code = "insufficient_funds"
+
+
+class PaymentFailed(PortalError):
+    """The payment provider refused or failed the charge; nothing was credited."""
+
+    status_code = 402
+    code = "payment_failed"
+
+
 class RateLimited(PortalError):
     status_code = 429
     code = "rate_limited"
@@ -76,6 +90,18 @@ class Conflict(PortalError):
 class ValidationFailed(PortalError):
     status_code = 422
     code = "validation_failed"
+
+
+class BadRequest(ValidationFailed):
+    """A request field that is malformed (wrong type, unknown currency, missing header): 400,
+    naming the `field` so a client can point at it."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class UploadRejected(PortalError):
