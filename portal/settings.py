@@ -89,6 +89,10 @@ class Settings:
     argon2_memory_kib: int = _env("MEGAMOVIE_ARGON2_MEMORY_KIB", 19 * 1024)
     rate_limit_per_minute: int = _env("MEGAMOVIE_RATE_LIMIT_PER_MINUTE", 30)
     secure_cookies: bool = _env("MEGAMOVIE_SECURE_COOKIES", False)
+    plugins: str = _env("MEGAMOVIE_PLUGINS", "")
+    max_streams: int = _env("MEGAMOVIE_MAX_STREAMS", 2)
+    stream_idle_seconds: float = _env("MEGAMOVIE_STREAM_IDLE_SECONDS", 150.0)
+    metering_flush_seconds: float = _env("MEGAMOVIE_METERING_FLUSH_SECONDS", 5.0)
     creator_share_bps: int = _env("MEGAMOVIE_CREATOR_SHARE_BPS", 9000)
     pass_amount: int = _env("MEGAMOVIE_PASS_AMOUNT", 999)
     pass_currency: str = _env("MEGAMOVIE_PASS_CURRENCY", "EUR")
@@ -136,6 +140,10 @@ class Settings:
             values[f.name] = _parse(f, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @property
+    def plugin_modules(self) -> list[str]:
+        return [name.strip() for name in self.plugins.split(",") if name.strip()]
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

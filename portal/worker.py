@@ -33,7 +33,7 @@ from portal.errors import NotFound
 from portal.jobs import Job, JobQueue, LeaseLost
 from portal.metrics import Metrics
 from portal.processing import Processor, clean_scratch
-from portal.services import Services
+from portal.services import Services, run_metering
 from portal.settings import Settings
 from portal.uploads import Uploads
 from portal.vault import Vault
@@ -186,7 +186,8 @@ def worker_for(services: Services, **options: Any) -> Worker:
 
 @asynccontextmanager
 async def media_pipeline(services: Services) -> AsyncIterator[None]:
-    """In-process workers (`settings.workers` of them) and the upload sweep while open."""
+    """In-process workers (`settings.workers` of them), the upload sweep and the watch-time
+    meter's flushes, while open."""
     settings = services.settings
     removed = clean_scratch(settings)
     if removed:
@@ -196,6 +197,7 @@ async def media_pipeline(services: Services) -> AsyncIterator[None]:
         for _ in range(settings.workers):
             tg.start_soon(functools.partial(worker_for(services).run, stop=stop))
         tg.start_soon(sweep_uploads, services.uploads, stop)
+        tg.start_soon(run_metering, services, stop)
         try:
             yield
         finally:

@@ -33,6 +33,8 @@ async def get_video(request: Request) -> Response:
         services.engine, viewer_of(request), request.path_params["video_id"]
     )
     body = await describe(services.engine, video)
+    offers = await services.plugins.decide("video_offers", portal=services, video=video)
+    body.update(preview_seconds=offers.preview_seconds, offers=offers.as_json())
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
