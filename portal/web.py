@@ -7,6 +7,7 @@ the request's Host header), and filters for durations and sizes.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, cast
@@ -16,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
+from portal.money import CURRENCIES, format_amount
 from portal.security import client_ip, hit_rate_limit
 from portal.services import Services
 from portal.settings import Settings
@@ -71,6 +73,32 @@ def _url_for(context: dict[str, Any], name: str, /, **params: Any) -> str:
     return str(request.app.url_path_for(name, **params))
 
 
+def format_money(amount: int | None, currency: str | None) -> str:
+    """499, "EUR" -> "4.99 EUR" (integer arithmetic; the currency's own minor unit)."""
+    if amount is None or not currency:
+        return ""
+    try:
+        return f"{format_amount(int(amount), currency)} {currency}"
+    except KeyError:
+        return f"{amount} {currency}"
+
+
+def format_time_left(seconds: int | None) -> str:
+    """Time left in words, coarse: "2 d 3 h", "5 h 12 min", "8 min"; "ended" below zero."""
+    if seconds is None:
+        return ""
+    if seconds <= 0:
+        return "ended"
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{max(1, minutes)} min"
+
+
 def make_templates() -> Jinja2Templates:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
@@ -80,6 +108,11 @@ def make_templates() -> Jinja2Templates:
     env.globals["poster_path"] = poster_path
     env.filters["duration"] = format_duration
     env.filters["filesize"] = format_size
+    env.filters["time_left"] = format_time_left
+    env.globals["money"] = format_money
+    env.globals["currencies"] = list(CURRENCIES)
+    # For static/js/money.js: each currency's minor unit exponent (EUR 2, JPY 0).
+    env.globals["currency_exponents"] = json.dumps(CURRENCIES, separators=(",", ":"))
     return Jinja2Templates(env=env)
 
 

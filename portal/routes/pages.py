@@ -17,6 +17,7 @@ from starlette.routing import Route
 from portal.auth import current_user, require_role, require_user
 from portal.db import utcnow, videos, watch_progress
 from portal.errors import ValidationFailed
+from portal.licensing.offers import channel_plan
 from portal.videos import visible_video
 from portal.web import render, services_of, viewer_of
 
@@ -40,7 +41,17 @@ async def watch(request: Request) -> Response:
         # Starting a finished film from its last seconds helps nobody: start it over.
         if saved and not (video.duration and saved > video.duration - 5):
             position = float(saved)
-    return render(request, "watch.html", {"video": video, "resume": position})
+    settings = services_of(request).settings
+    return render(
+        request,
+        "watch.html",
+        {
+            "video": video,
+            "resume": position,
+            "pass_price": {"amount": settings.pass_amount, "currency": settings.pass_currency},
+            "channel_price": await channel_plan(engine, video.creator_id),
+        },
+    )
 
 
 async def upload(request: Request) -> Response:
