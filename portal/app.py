@@ -25,6 +25,7 @@ from portal.routes import (
     accounts,
     catalog,
     commerce,
+    creator,
     licensing,
     ops,
     pages,
@@ -53,6 +54,7 @@ ROUTE_MODULES = [
     playback,
     licensing,
     commerce,
+    creator,
 ]
 
 

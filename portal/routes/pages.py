@@ -15,9 +15,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from portal.auth import current_user, require_role, require_user
+from portal.creator_stats import creator_statements, film_stats
 from portal.db import utcnow, videos, watch_progress
 from portal.errors import ValidationFailed
-from portal.licensing.offers import channel_plan
+from portal.licensing.offers import channel_plan, load_offers
 from portal.videos import visible_video
 from portal.web import render, services_of, viewer_of
 
@@ -67,9 +68,24 @@ async def dashboard(request: Request) -> Response:
         .where(videos.c.creator_id == user.id)
         .order_by(videos.c.created_at.desc(), videos.c.id)
     )
-    async with services_of(request).engine.connect() as conn:
+    services = services_of(request)
+    engine = services.engine
+    async with engine.connect() as conn:
         rows = (await conn.execute(query)).all()
-    return render(request, "dashboard.html", {"videos": rows})
+    ids = [row.id for row in rows]
+    offers = {row.id: await load_offers(engine, row.id, row.preview_seconds) for row in rows}
+    return render(
+        request,
+        "dashboard.html",
+        {
+            "videos": rows,
+            "offers": offers,
+            "stats": await film_stats(engine, user.id, ids),
+            "statements": await creator_statements(engine, user.id),
+            "channel_price": await channel_plan(engine, user.id),
+            "currency": services.settings.pass_currency,
+        },
+    )
 
 
 async def save_position(request: Request) -> Response:
