@@ -146,6 +146,29 @@ def test_preview_paywall_top_up_purchase_and_play_on(live_server, paid_video, br
     page.goto(f"{base}/wallet")
     assert page.locator("#wallet-balance").inner_text() == "0.01 EUR"
     assert "no real money" in page.locator("#provider-label").inner_text()
-    print(f"screenshots in {shots}")
     context.close()
+
+    # The creator sees the sale on the dashboard (90% of 4.99), the chart, and edits offers.
+    creator = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = creator.new_page()
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    log_in(page, base, "maker@example.org", "/dashboard")
+    item = page.locator(f'.dash-item[data-video-id="{video_id}"]')
+    assert item.locator('[data-field="earned"]').inner_text() == "4.49 EUR"
+    page.wait_for_function("() => document.querySelector('#chart canvas') !== null")
+    assert page.locator("#dash-chart").get_attribute("data-series") == "1"
+    item.locator("summary", has_text="Offers").click()
+    form = item.locator(".offers-form")
+    assert form.locator('input[name="buy_amount"]').input_value() == "4.99"
+    form.locator('input[name="buy_amount"]').fill("5.99")
+    form.locator('input[name="rent"]').uncheck()
+    form.locator('button[type="submit"]').click()
+    summary = item.locator('[data-field="offers-summary"]')
+    page.wait_for_function(
+        "el => el.textContent.includes('5.99 EUR')", arg=summary.element_handle()
+    )
+    assert summary.inner_text() == "buy 5.99 EUR · pass; preview 1 s"
+    page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
+    creator.close()
+    print(f"screenshots in {shots}")
     assert not [e for e in console_errors if "Content Security Policy" in e], console_errors
