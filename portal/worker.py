@@ -256,3 +256,4 @@ async def remove_video(services: Services, video_id: str) -> None:
     if found is None:
         raise NotFound(f"There is no video {video_id!r}.")
     await delete_video(services.engine, services.vault, video_id)
+    await services.plugins.notify("video_deleted", portal=services, video_id=video_id)

@@ -46,6 +46,7 @@ async def remove_video(request: Request) -> Response:
         services.engine, viewer_of(request), request.path_params["video_id"]
     )
     await delete_video(services.engine, services.vault, video.id)
+    await services.plugins.notify("video_deleted", portal=services, video_id=video.id)
     return Response(status_code=204)
 
 
