@@ -75,7 +75,11 @@ def parse_offers(body: object, duration: float | None) -> tuple[int, list[OfferS
         raise BadRequest(f"offers may hold at most {MAX_OFFERS} offers.", "offers")
     if "preview_seconds" not in body:
         # The default preview, cut to the film when the film is shorter.
-        preview = DEFAULT_PREVIEW_SECONDS if duration is None else int(min(duration, DEFAULT_PREVIEW_SECONDS))
+        preview = (
+            DEFAULT_PREVIEW_SECONDS
+            if duration is None
+            else int(min(duration, DEFAULT_PREVIEW_SECONDS))
+        )
     else:
         preview = parse_amount(body["preview_seconds"], "preview_seconds", positive=False)
     if duration is not None and preview > duration:
