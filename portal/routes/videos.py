@@ -104,6 +104,6 @@ async def video_events(request: Request) -> Response:
 
 routes = [
     Route("/api/videos/{video_id}", get_video, methods=["GET"], name="video"),
-    Route("/api/videos/{video_id}", remove_video, methods=["DELETE"]),
+    Route("/api/videos/{video_id}", remove_video, methods=["DELETE"], name="delete_video"),
     Route("/api/events/videos", video_events, methods=["GET"], name="video_events"),
 ]
