@@ -301,3 +301,28 @@ def test_plugins_named_in_the_setting_are_loaded_and_a_bad_name_is_a_clear_error
     with pytest.raises(PortalError, match="cannot be imported"):
         Plugins(["no_such_plugin_module"], entry_points=False)
     assert "tests.plugins.press_pass" in sys.modules
+
+
+@pytest.mark.anyio
+async def test_a_stream_nobody_renews_frees_its_place_on_both_databases(engine):
+    from portal.errors import TooManyStreams
+    from portal.licensing.streams import close_idle_streams, open_stream
+    from tests.portal.conftest import insert_user, insert_video
+
+    video = await insert_video(engine, await insert_user(engine), status="ready")
+    start = utcnow() - timedelta(minutes=10)
+
+    async def open_at(moment, stream=None):
+        return await open_stream(engine, viewer_key="u:ann", video_id=video, stream_id=stream,
+                                 limit=2, idle_seconds=150, now=moment)  # fmt: skip
+
+    first = await open_at(start)
+    await open_at(start)
+    with pytest.raises(TooManyStreams):
+        await open_at(start + timedelta(seconds=10))
+    # Renewing within the idle time keeps the same stream.
+    assert await open_at(start + timedelta(seconds=100), first) == first
+    # The other one was not renewed: three minutes on it is over and its place is free.
+    later = start + timedelta(seconds=200)
+    assert await open_at(later) not in (None, first)
+    assert await close_idle_streams(engine, 150) >= 1
