@@ -4,9 +4,8 @@ The domain modules (payments, purchases, subscriptions, payouts) take everything
 arguments; this is the one place that answers those arguments from `Services`:
 
 - the revenue split is the `revenue_split` hook (the built-in answers
-  `MEGAMOVIE_CREATOR_SHARE_BPS`);
-- the payment provider is the `payment_provider` hook, and the development wallet when no
-  plugin answers;
+  `MEGAMOVIE_CREATOR_SHARE_BPS`; `checked_split` refuses an answer that makes or loses money);
+- the payment provider is the `payment_provider` hook (built in: the development wallet);
 - `purchase_completed`, `purchase_refunded` and `payout_closed` are announced through the
   hooks of the same names, after the money has moved.
 
@@ -17,10 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from portal.money import Money, ShareSplit
-from portal.payments import DevelopmentProvider, PaymentProvider, TopUp, top_up
+from portal.errors import PaymentFailed
+from portal.money import Money
+from portal.payments import PaymentProvider, TopUp, top_up
 from portal.payouts import PayoutRun, Statement, run_payouts
 from portal.purchases import Purchase, purchase, refund_purchase
 from portal.services import Services
@@ -41,17 +41,18 @@ class Commerce:
             kind=kind,
             creator_id=creator_id,
         )
-        if answer is None:  # no plugin at all, not even the built-in one
-            return ShareSplit(self.services.settings.creator_share_bps)(
-                money, creator_id=creator_id, kind=kind
-            )
         return answer
 
     async def provider(self, user_id: str, currency: str) -> PaymentProvider:
+        """The `payment_provider` hook's answer (built in: the development wallet)."""
         answer = await self.services.plugins.decide(
             "payment_provider", portal=self.services, user_id=user_id, currency=currency
         )
-        return answer if answer is not None else DevelopmentProvider()
+        if answer is None:
+            raise PaymentFailed(
+                f"No payment provider takes {currency} here; top up in another currency."
+            )
+        return cast(PaymentProvider, answer)
 
     @property
     def main_currency(self) -> str:
