@@ -24,9 +24,9 @@ from portal.playback import tune_allocator
 from portal.routes import (
     accounts,
     catalog,
-    commerce,
     creator,
     licensing,
+    money,
     ops,
     pages,
     playback,
@@ -53,7 +53,7 @@ ROUTE_MODULES = [
     videos,
     playback,
     licensing,
-    commerce,
+    money,
     creator,
 ]
 

@@ -1,5 +1,5 @@
 """What the creator dashboard shows per film: views, watch time and earnings, in total and per
-day, and the payout statements.
+day (the statements come from portal.payouts).
 
 Earnings per film are the creator's ledger entries (account `earnings:<creator>`) of the
 purchases of that film, refunds netted off. Channel subscriptions and Mega Movie Pass
@@ -22,8 +22,6 @@ from portal.db import (
     ledger_entries,
     ledger_transactions,
     purchases,
-    statement_lines,
-    statements,
     utcnow,
     views,
     watched_segments,
@@ -70,26 +68,6 @@ class Series:
             "earned": self.earned,
             "watch_minutes": self.watch_minutes,
             "views": self.views,
-        }
-
-
-@dataclass(frozen=True)
-class StatementRow:
-    id: str
-    period: str
-    amount: int
-    currency: str
-    created_at: datetime
-    lines: list[dict[str, Any]]
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "period": self.period,
-            "amount": self.amount,
-            "currency": self.currency,
-            "created_at": self.created_at.isoformat(),
-            "lines": self.lines,
         }
 
 
@@ -204,40 +182,3 @@ async def daily_series(
             key = row.video_id if row.video_id in ids else ""
             earned[key][n] += int(row.amount)
     return Series(labels, currency, dict(earned), dict(minutes), dict(viewed))
-
-
-async def creator_statements(engine: AsyncEngine, creator_id: str) -> list[StatementRow]:
-    """The creator's payout statements, newest first, with their lines."""
-    async with engine.connect() as conn:
-        heads = (
-            await conn.execute(
-                select(statements)
-                .where(statements.c.creator_id == creator_id)
-                .order_by(statements.c.period.desc(), statements.c.created_at.desc())
-            )
-        ).all()
-        ids = [row.id for row in heads]
-        lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        if ids:
-            for line in (
-                await conn.execute(
-                    select(statement_lines)
-                    .where(statement_lines.c.statement_id.in_(ids))
-                    .order_by(statement_lines.c.statement_id, statement_lines.c.line)
-                )
-            ).mappings():
-                lines[line["statement_id"]].append(
-                    {
-                        "kind": line["kind"],
-                        "video_id": line["video_id"],
-                        "title": line["title"],
-                        "count": int(line["count"]),
-                        "amount": int(line["amount"]),
-                    }
-                )
-    return [
-        StatementRow(
-            row.id, row.period, int(row.amount), row.currency, row.created_at, lines[row.id]
-        )
-        for row in heads
-    ]

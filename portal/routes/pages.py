@@ -15,10 +15,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from portal.auth import current_user, require_role, require_user
-from portal.creator_stats import creator_statements, film_stats
+from portal.creator_stats import film_stats
 from portal.db import utcnow, videos, watch_progress
 from portal.errors import ValidationFailed
 from portal.licensing.offers import channel_plan, load_offers
+from portal.payouts import creator_statements
 from portal.videos import visible_video
 from portal.web import render, services_of, viewer_of
 
@@ -119,7 +120,7 @@ async def save_position(request: Request) -> Response:
 
 routes = [
     Route("/watch/{video_id}", watch, methods=["GET"], name="watch"),
-    Route("/upload", upload, methods=["GET"], name="upload"),
+    Route("/upload", upload, methods=["GET"], name="upload_page"),
     Route("/dashboard", dashboard, methods=["GET"], name="dashboard"),
     Route("/api/videos/{video_id}/position", save_position, methods=["PUT"], name="position"),
 ]
