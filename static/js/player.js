@@ -41,6 +41,8 @@
     licence: null,
     storyboard: [],
     paywall: false, // the offers are showing
+    paywallReason: null, // "ended" (the preview playlist ended) or "402" (a segment refused)
+    blocked: null, // {at, offers}: a segment was refused at `at` seconds
     purchases: [], // what was bought here: {id, kind, offer_id}
     resumedAt: null, // where playback went on after a purchase
   };
@@ -324,8 +326,10 @@
         } catch (e) {
           offers = null;
         }
+        // Play what is buffered up to the refused segment, then show the offers there.
         hls.stopLoad();
-        previewEnded(offers);
+        state.blocked = { at: data.frag ? data.frag.start : video.currentTime, offers: offers };
+        checkBlocked();
         return;
       }
       if (!data.fatal) return;
@@ -679,14 +683,32 @@
   // The licence is full now: the new grant's playlist, from where the preview stopped.
   function playOn() {
     hidePaywall();
+    state.blocked = null;
     var position = stoppedAt || video.currentTime || 0;
     state.resumedAt = position;
     switchSource(state.url, position);
   }
 
   video.addEventListener("ended", function () {
-    if (isPreview()) previewEnded(null);
+    if (isPreview()) {
+      state.paywallReason = state.paywallReason || "ended";
+      previewEnded(null);
+    }
   });
+
+  // A segment was refused (402): the paywall once playback reaches it, or runs dry before.
+  function checkBlocked(event) {
+    var blocked = state.blocked;
+    if (!blocked || state.paywall) return;
+    var starved = event && event.type === "waiting";
+    if (starved || video.currentTime >= blocked.at - 0.25) {
+      state.blocked = null;
+      state.paywallReason = "402";
+      previewEnded(blocked.offers);
+    }
+  }
+  video.addEventListener("timeupdate", checkBlocked);
+  video.addEventListener("waiting", checkBlocked);
 
   // -- saving the position -------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ without a reload. An anonymous viewer is asked to log in to buy."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
@@ -64,6 +65,15 @@ def paid_video(settings, live_server, paid_film) -> str:
     return video_id
 
 
+def run_past_the_preview(route) -> None:
+    """Serve a media playlist with one more segment than the grant allows, before ENDLIST."""
+    response = route.fetch()
+    text = response.text()
+    last = re.findall(r"^(\d{6})\.m4s$", text, flags=re.MULTILINE)[-1]
+    extra = f"#EXTINF:1.000000,\n{int(last) + 1:06d}.m4s\n"
+    route.fulfill(response=response, body=text.replace("#EXT-X-ENDLIST", extra + "#EXT-X-ENDLIST"))
+
+
 def test_preview_paywall_top_up_purchase_and_play_on(live_server, paid_video, browser, tmp_path):
     base = live_server.url
     video_id = paid_video
@@ -71,11 +81,20 @@ def test_preview_paywall_top_up_purchase_and_play_on(live_server, paid_video, br
     shots = tmp_path / "screenshots"
     shots.mkdir()
 
-    # Anonymous: the preview, then "Log in to buy" pointing back here.
+    # Anonymous, with the preview's playlists made to run on past the preview (as a stale
+    # or foreign playlist might): the next segment is refused with 402, and the player shows
+    # the offers from that refusal where playback reaches it, then "Log in to buy".
     anonymous = browser.new_context(viewport={"width": 1280, "height": 800})
     page = anonymous.new_page()
+    page.route("**/stream/**/index.m3u8", run_past_the_preview)
     page.goto(f"{base}{watch}")
     page.locator("#paywall").wait_for(state="visible", timeout=30_000)
+    seen = page.evaluate(
+        "() => ({reason: window.mmPlayer.paywallReason, errors: window.mmPlayer.errors,"
+        " time: document.getElementById('video').currentTime})"
+    )
+    assert seen["reason"] == "402", seen
+    assert seen["time"] >= PREVIEW_SECONDS - 0.3, seen
     login = page.locator("#paywall-login a", has_text="Log in to buy")
     assert login.is_visible()
     assert login.get_attribute("href") == f"/login?next={watch}"
@@ -97,6 +116,7 @@ def test_preview_paywall_top_up_purchase_and_play_on(live_server, paid_video, br
     stopped = page.evaluate("() => document.getElementById('video').currentTime")
     assert stopped >= PREVIEW_SECONDS - 0.1, stopped
     assert page.evaluate("() => window.mmPlayer.licence.kind") == "preview"
+    assert page.evaluate("() => window.mmPlayer.paywallReason") == "ended"
     buy = page.locator('#paywall .offer-button[data-kind="buy"]')
     assert "4.99 EUR" in buy.inner_text()
     rent = page.locator('#paywall .offer-button[data-kind="rent"]')
@@ -146,6 +166,11 @@ def test_preview_paywall_top_up_purchase_and_play_on(live_server, paid_video, br
     page.goto(f"{base}/wallet")
     assert page.locator("#wallet-balance").inner_text() == "0.01 EUR"
     assert "no real money" in page.locator("#provider-label").inner_text()
+    page.fill('#top-up-form input[name="amount"]', "2.50")
+    page.click('#top-up-form button[type="submit"]')
+    page.wait_for_function(
+        "() => document.getElementById('wallet-balance').textContent === '2.51 EUR'"
+    )
     context.close()
 
     # The creator sees the sale on the dashboard (90% of 4.99), the chart, and edits offers.
