@@ -84,7 +84,8 @@ def test_preview_paywall_top_up_purchase_and_play_on(live_server, paid_video, br
     # Anonymous, with the preview's playlists made to run on past the preview (as a stale
     # or foreign playlist might): the next segment is refused with 402, and the player shows
     # the offers from that refusal where playback reaches it, then "Log in to buy".
-    anonymous = browser.new_context(viewport={"width": 1280, "height": 800})
+    # At phone width, so the offers must fit a small player too.
+    anonymous = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True)
     page = anonymous.new_page()
     page.route("**/stream/**/index.m3u8", run_past_the_preview)
     page.goto(f"{base}{watch}")
@@ -99,6 +100,9 @@ def test_preview_paywall_top_up_purchase_and_play_on(live_server, paid_video, br
     assert login.is_visible()
     assert login.get_attribute("href") == f"/login?next={watch}"
     assert page.locator("#paywall .offer-button[disabled]").count() == 3
+    page.screenshot(path=str(shots / "paywall-phone.png"), full_page=True)
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= 375, f"the paywall scrolls sideways on a phone ({width}px)"
     anonymous.close()
 
     context = browser.new_context(viewport={"width": 1280, "height": 800})
