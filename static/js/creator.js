@@ -76,6 +76,27 @@
     });
   });
 
+  var channelForm = document.getElementById("channel-form");
+  if (channelForm) {
+    channelForm.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var currency = channelForm.elements.currency.value;
+      var amount = money.parse(channelForm.elements.amount.value, currency);
+      if (amount === null) {
+        status(channelForm, "Give the monthly price, like 5.00.", true);
+        return;
+      }
+      money.call("PUT", channelForm.dataset.channelUrl, { amount: amount, currency: currency }).then(
+        function (answer) {
+          status(channelForm, "Saved: " + money.format(answer.amount, answer.currency) + " a month.");
+        },
+        function (error) {
+          status(channelForm, error.message, true);
+        }
+      );
+    });
+  }
+
   // -- the chart ----------------------------------------------------------------------------
 
   var section = document.getElementById("dash-chart");

@@ -197,6 +197,10 @@ def test_preview_paywall_top_up_purchase_and_play_on(live_server, paid_video, br
         "el => el.textContent.includes('5.99 EUR')", arg=summary.element_handle()
     )
     assert summary.inner_text() == "buy 5.99 EUR · pass; preview 1 s"
+    channel = page.locator("#channel-form")
+    channel.locator('input[name="amount"]').fill("5")
+    channel.locator('button[type="submit"]').click()
+    channel.locator(".form-status", has_text="Saved: 5.00 EUR a month.").wait_for()
     page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
     creator.close()
     print(f"screenshots in {shots}")

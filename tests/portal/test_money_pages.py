@@ -141,6 +141,7 @@ def test_dashboard_shows_offers_earnings_and_the_chart_figures(settings):
     assert 'name="buy_amount"' in page and 'value="4.99"' in page
     assert "/static/vendor/uPlot.iife.min.js" in page
     assert "No statements yet" in page
+    assert 'data-channel-url="/api/channel/offers"' in page
     assert stats.status_code == 200
     body = stats.json()
     film = body["films"][0]
