@@ -109,6 +109,8 @@ def test_preview_paywall_top_up_purchase_and_play_on(live_server, paid_video, br
     page = context.new_page()
     console_errors: list[str] = []
     page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    grants: list[str] = []
+    page.on("request", lambda r: grants.append(r.url) if "/playback" in r.url else None)
     log_in(page, base, "viewer@example.org", watch)
     assert page.locator('.site-nav a[href="/library"]').is_visible()
     assert page.locator('.site-nav a[href="/wallet"]').is_visible()
@@ -159,6 +161,10 @@ def test_preview_paywall_top_up_purchase_and_play_on(live_server, paid_video, br
     assert [p["kind"] for p in player["purchases"]] == ["buy"], player
     assert player["resumedAt"] >= PREVIEW_SECONDS - 0.1, player
     assert player["time"] > PREVIEW_SECONDS + 1, player
+    # The first grant opened a stream; every later one renewed that same stream.
+    stream = page.evaluate("() => window.mmPlayer.stream")
+    assert "stream=" not in grants[0] and len(grants) >= 2, grants
+    assert all(url.endswith(f"?stream={stream}") for url in grants[1:]), grants
     page.screenshot(path=str(shots / "played-on.png"))
 
     # The wallet paid 4.99 of the 5.00, and the film is in the library.
