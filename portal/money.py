@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from portal.errors import BadRequest
 
@@ -175,6 +175,21 @@ async def checked_split(
             "integers that add up to the amount"
         )
     return shares[0], shares[1]
+
+
+R = TypeVar("R")
+
+
+def from_price_row(record_type: type[R], row: Any) -> R:
+    """A dataclass record from a table row: its fields by name, `price` from the row's
+    `amount` and `currency` (the inverse of `price_columns`)."""
+    values: dict[str, Any] = {
+        f.name: getattr(row, f.name)
+        for f in dataclasses.fields(record_type)  # type: ignore[arg-type]
+        if f.name != "price"
+    }
+    values["price"] = Money(row.amount, row.currency)
+    return cast(Callable[..., R], record_type)(**values)
 
 
 def price_columns(record: Any) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from portal.ledger import (
     user_scope,
     wallet,
 )
-from portal.money import Money, RevenueSplit, checked_split, price_columns
+from portal.money import Money, RevenueSplit, checked_split, from_price_row, price_columns
 from portal.videos import public_filter
 
 log = logging.getLogger("megamovie.money")
@@ -85,20 +85,7 @@ class Purchase:
 
     @classmethod
     def from_row(cls, row: Any) -> Purchase:
-        return cls(
-            id=row.id,
-            user_id=row.user_id,
-            video_id=row.video_id,
-            creator_id=row.creator_id,
-            offer_id=row.offer_id,
-            kind=row.kind,
-            price=Money(row.amount, row.currency),
-            created_at=row.created_at,
-            first_played_at=row.first_played_at,
-            expires_at=row.expires_at,
-            refunded_at=row.refunded_at,
-            transaction_id=row.transaction_id,
-        )
+        return from_price_row(cls, row)
 
     def columns(self) -> dict[str, Any]:
         """The table row for this record."""

@@ -42,7 +42,7 @@ from portal.ledger import (
     user_scope,
     wallet,
 )
-from portal.money import Money, RevenueSplit, checked_split, price_columns
+from portal.money import Money, RevenueSplit, checked_split, from_price_row, price_columns
 from portal.purchases import notify, sale_entries
 
 SUBSCRIPTION = "subscription"
@@ -69,19 +69,7 @@ class Subscription:
 
     @classmethod
     def from_row(cls, row: Any) -> Subscription:
-        return cls(
-            id=row.id,
-            user_id=row.user_id,
-            plan=row.plan,
-            creator_id=row.creator_id,
-            price=Money(row.amount, row.currency),
-            starts_at=row.starts_at,
-            ends_at=row.ends_at,
-            created_at=row.created_at,
-            refunded_at=row.refunded_at,
-            allocated_at=row.allocated_at,
-            transaction_id=row.transaction_id,
-        )
+        return from_price_row(cls, row)
 
     def columns(self) -> dict[str, Any]:
         """The table row for this record."""

@@ -34,19 +34,7 @@ async def film_with_offer(
 ) -> tuple[str, str]:
     """A film of `creator_id` with one offer: (video id, offer id)."""
     video_id = await insert_video(engine, creator_id, status=status)
-    offer_id = new_id()
-    async with engine.begin() as conn:
-        await conn.execute(
-            offers.insert().values(
-                id=offer_id,
-                video_id=video_id,
-                kind=kind,
-                amount=amount,
-                currency=currency,
-                created_at=utcnow(),
-            )
-        )
-    return video_id, offer_id
+    return video_id, await add_offer(engine, video_id, kind, amount, currency)
 
 
 async def buy(
@@ -64,7 +52,13 @@ async def buy(
     )
 
 
-async def add_offer(engine: AsyncEngine, video_id: str, kind: str, amount: int) -> str:
+async def add_offer(
+    engine: AsyncEngine,
+    video_id: str,
+    kind: str,
+    amount: int | None,
+    currency: str | None = "EUR",
+) -> str:
     offer_id = new_id()
     async with engine.begin() as conn:
         await conn.execute(
@@ -73,7 +67,7 @@ async def add_offer(engine: AsyncEngine, video_id: str, kind: str, amount: int) 
                 video_id=video_id,
                 kind=kind,
                 amount=amount,
-                currency="EUR",
+                currency=currency,
                 created_at=utcnow(),
             )
         )
