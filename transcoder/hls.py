@@ -195,6 +195,9 @@ def build_command(
         args += ["-c:a", "aac", "-ac", "2", "-ar", "48000"]
     out = workdir.resolve()
     args += [
+        # Never more output than probe() accepted, whatever the timestamps do further on.
+        "-t",
+        f"{info.duration + 1:.3f}",
         # Phone videos carry GPS positions and device names in their metadata.
         "-map_metadata",
         "-1",

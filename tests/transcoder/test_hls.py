@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.transcoder.conftest import ffprobe_json
+from tests.transcoder.conftest import X264, ffprobe_json, run_ffmpeg
 from transcoder.errors import (
     HostileInput,
     TranscodeFailed,
@@ -445,4 +445,23 @@ async def test_an_error_in_the_progress_callback_stops_ffmpeg_and_propagates(
             Vault(tmp_path / "vault").take,
             broken_progress,
         )
+    assert_nothing_left(workdir)
+
+
+async def test_a_slideshow_below_one_fps_becomes_one_fps_not_thirty(tmp_path: Path) -> None:
+    # Five pictures, one every 2 s: 10 s at 0.5 fps. Sub-1-fps rates were once read as
+    # "unknown" and encoded at 30 fps: 300 frames for 5 pictures.
+    source = tmp_path / "slides.mp4"
+    run_ffmpeg(
+        "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=1/2", "-frames:v", "5", *X264,
+        str(source),
+    )  # fmt: skip
+    result, vault, workdir = await run(source, tmp_path)
+    [only] = result.renditions
+    assert only.fps == 1.0
+    packets = ffprobe_json(
+        vault.joined(only.name), "-select_streams", "v:0", "-show_entries", "packet=pts_time"
+    )["packets"]
+    assert len(packets) == pytest.approx(10, abs=1)
+    assert result.duration == pytest.approx(10.0, abs=1.0)
     assert_nothing_left(workdir)
