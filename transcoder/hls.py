@@ -12,6 +12,7 @@ rendered by `transcoder.playlists` from the durations returned here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import math
 import re
@@ -29,6 +30,7 @@ import anyio.lowlevel
 from transcoder.errors import TranscodeFailed, TranscodeTimeout
 from transcoder.guard import Guard
 from transcoder.ladder import Rendition
+from transcoder.mp4 import codecs_of
 from transcoder.playlists import parse_playlist
 from transcoder.probe import MediaInfo
 from transcoder.process import describe_failure, input_args, spawn
@@ -61,6 +63,9 @@ class Segment:
     duration: float
     path: Path
     kind: Literal["init", "media"]
+    #: For an init segment, the RFC 6381 codecs of what was encoded ("avc1.42c01e,mp4a.40.2"),
+    #: read from the segment itself; empty for media segments.
+    codecs: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class Progress:
 
 @dataclass(frozen=True)
 class HlsResult:
+    #: The renditions asked for, each with `codecs` replaced by what was really encoded.
     renditions: list[Rendition]
     #: Media segments of each rendition, in playlist order, with their durations.
     segments: dict[str, list[Segment]]
@@ -288,7 +294,10 @@ class _Job:
             # Runs after `spawn` has killed and reaped ffmpeg, so nothing writes any more.
             self._remove_leftovers()
         durations = [sum(s.duration for s in segs) for segs in self.segments.values()]
-        return HlsResult(self.renditions, self.segments, self.inits, max(durations, default=0.0))
+        encoded = [
+            dataclasses.replace(r, codecs=self.inits[r.name].codecs) for r in self.renditions
+        ]
+        return HlsResult(encoded, self.segments, self.inits, max(durations, default=0.0))
 
     async def _follow(self, proc: anyio.abc.Process) -> None:
         """Hand over segments while ffmpeg runs; return once it exited and its pipes drained."""
@@ -321,7 +330,8 @@ class _Job:
                 continue  # not written yet, or caught mid-rename: next poll will see it
             folder = playlist.parent
             if r.name not in self.inits and parsed.init_uri:
-                init = Segment(r.name, -1, 0.0, folder / parsed.init_uri, "init")
+                path = folder / parsed.init_uri
+                init = Segment(r.name, -1, 0.0, path, "init", _encoded_codecs(path))
                 await self.on_segment(init)
                 self.inits[r.name] = init
             done = self.segments.setdefault(r.name, [])
@@ -387,6 +397,14 @@ class _Job:
                     path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+def _encoded_codecs(init: Path) -> str:
+    try:
+        return codecs_of(init.read_bytes())
+    except ValueError as exc:
+        # ffmpeg wrote it moments ago; if we cannot read it, nothing downstream could.
+        raise TranscodeFailed(f"The conversion wrote an unreadable stream ({exc}).") from None
 
 
 class _LineSplitter:

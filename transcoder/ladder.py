@@ -63,6 +63,9 @@ class Rendition:
     #: Peak bits/s including audio and container, for EXT-X-STREAM-INF BANDWIDTH.
     bandwidth: int
     average_bandwidth: int
+    #: RFC 6381 codecs. Here, what we ask for (High profile at the rung's level); the
+    #: encoder may write less (x264's ultrafast writes Constrained Baseline), so transcode()
+    #: returns renditions carrying what its init segments really declare.
     codecs: str
     #: H.264 level as x264 wants it ("3.1"); empty for audio-only.
     level: str = ""
