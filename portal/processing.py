@@ -262,6 +262,15 @@ class Processor:
                         duration=segment.duration, size=size,
                     )
                 )  # fmt: skip
+                if segment.kind == "init":
+                    # CODECS as encoded (read from the init segment), stored before the first
+                    # media segment can make the film playable.
+                    await conn.execute(
+                        update(renditions_table)
+                        .where(renditions_table.c.video_id == video_id,
+                               renditions_table.c.name == segment.rendition)
+                        .values(codecs=segment.codecs)
+                    )  # fmt: skip
             if segment.kind == "media" and segment.rendition not in started:
                 started.add(segment.rendition)
                 if started == names:
