@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
 from portal.auth import AuthMiddleware
-from portal.http_errors import exception_handlers
+from portal.http_errors import UnexpectedErrorMiddleware, exception_handlers
 from portal.metrics import MetricsMiddleware
 from portal.playback import tune_allocator
 from portal.routes import accounts, catalog, ops, pages, playback, uploads, videos
@@ -43,10 +43,12 @@ def build_routes() -> list[BaseRoute]:
 
 
 def build_middleware(settings: Settings) -> list[Middleware]:
-    # Outermost first: even a CSRF refusal from AuthMiddleware gets the security headers.
+    # Outermost first: even a CSRF refusal from AuthMiddleware and the 500 for an unexpected
+    # exception get the security headers.
     return [
         Middleware(MetricsMiddleware),
         Middleware(SecurityHeadersMiddleware),
+        Middleware(UnexpectedErrorMiddleware),
         Middleware(AuthMiddleware, settings=settings),
     ]
 

@@ -78,6 +78,25 @@ class ValidationFailed(PortalError):
     code = "validation_failed"
 
 
+class BadRequest(ValidationFailed):
+    """A request field that is malformed (wrong type, unknown currency, missing header): 400,
+    naming the `field` so a client can point at it."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class PayloadTooLarge(PortalError):
+    """A request body over the endpoint's cap; refused before reading past the cap."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
 class UploadRejected(PortalError):
     status_code = 400
     code = "upload_rejected"
@@ -91,6 +110,13 @@ class QuotaExceeded(UploadRejected):
 class UploadTooLarge(UploadRejected):
     status_code = 413
     code = "upload_too_large"
+
+
+class TooManyUploads(UploadRejected):
+    """The creator already has as many unfinished uploads as one may keep open."""
+
+    status_code = 429
+    code = "too_many_uploads"
 
 
 class UploadGone(UploadRejected):

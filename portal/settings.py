@@ -71,6 +71,8 @@ class Settings:
     quota_bytes: int = _env("MEGAMOVIE_QUOTA_BYTES", 50 * GB)
     max_upload_bytes: int = _env("MEGAMOVIE_MAX_UPLOAD_BYTES", 50 * GB)
     upload_expiry_seconds: int = _env("MEGAMOVIE_UPLOAD_EXPIRY_SECONDS", 24 * 3600)
+    max_open_uploads: int = _env("MEGAMOVIE_MAX_OPEN_UPLOADS", 20)
+    max_upload_metadata_bytes: int = _env("MEGAMOVIE_MAX_UPLOAD_METADATA_BYTES", 32 * 1024)
     token_ttl_seconds: int = _env("MEGAMOVIE_TOKEN_TTL_SECONDS", 3600)
     session_ttl_seconds: int = _env("MEGAMOVIE_SESSION_TTL_SECONDS", 14 * 24 * 3600)
     max_duration_seconds: float = _env("MEGAMOVIE_MAX_DURATION_SECONDS", 4 * 3600.0)
