@@ -15,7 +15,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from portal.errors import BadRequest, BearerTokenRequired, PortalError, RateLimited, VaultError
+from portal.errors import (
+    BadRequest,
+    BearerTokenRequired,
+    PayloadTooLarge,
+    PortalError,
+    RateLimited,
+    VaultError,
+)
 from transcoder.errors import MediaError
 
 log = logging.getLogger("megamovie.http")
@@ -71,6 +78,9 @@ async def portal_error(request: Request, exc: Exception) -> Response:
         response.headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, BearerTokenRequired):
         response.headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, PayloadTooLarge):
+        # The rest of the body is still on its way: hang up instead of reading it.
+        response.headers["Connection"] = "close"
     return response
 
 

@@ -66,6 +66,8 @@ class Settings:
     s3_secret_access_key: Secret | None = _env("AWS_SECRET_ACCESS_KEY", None, secret=True)
     host: str = _env("MEGAMOVIE_HOST", "127.0.0.1")
     port: int = _env("MEGAMOVIE_PORT", 8000)
+    header_timeout_seconds: float = _env("MEGAMOVIE_HEADER_TIMEOUT_SECONDS", 10.0)
+    keepalive_timeout_seconds: int = _env("MEGAMOVIE_KEEPALIVE_TIMEOUT_SECONDS", 5)
     base_url: str = _env("MEGAMOVIE_BASE_URL", "")
     workers: int = _env("MEGAMOVIE_WORKERS", 1)
     quota_bytes: int = _env("MEGAMOVIE_QUOTA_BYTES", 50 * GB)
