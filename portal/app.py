@@ -22,7 +22,7 @@ from portal.http_errors import UnexpectedErrorMiddleware, exception_handlers
 from portal.metrics import MetricsMiddleware
 from portal.playback import tune_allocator
 from portal.routes import accounts, catalog, ops, pages, playback, uploads, videos
-from portal.security import SecurityHeadersMiddleware
+from portal.security import AllowedHostsMiddleware, SecurityHeadersMiddleware
 from portal.services import open_services
 from portal.settings import Settings
 from portal.web import STATIC_DIR, make_templates
@@ -49,6 +49,7 @@ def build_middleware(settings: Settings) -> list[Middleware]:
         Middleware(MetricsMiddleware),
         Middleware(SecurityHeadersMiddleware),
         Middleware(UnexpectedErrorMiddleware),
+        Middleware(AllowedHostsMiddleware, allowed=settings.host_names),
         Middleware(AuthMiddleware, settings=settings),
     ]
 

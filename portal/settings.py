@@ -69,6 +69,7 @@ class Settings:
     header_timeout_seconds: float = _env("MEGAMOVIE_HEADER_TIMEOUT_SECONDS", 10.0)
     keepalive_timeout_seconds: int = _env("MEGAMOVIE_KEEPALIVE_TIMEOUT_SECONDS", 5)
     base_url: str = _env("MEGAMOVIE_BASE_URL", "")
+    allowed_hosts: str = _env("MEGAMOVIE_ALLOWED_HOSTS", "*")
     workers: int = _env("MEGAMOVIE_WORKERS", 1)
     quota_bytes: int = _env("MEGAMOVIE_QUOTA_BYTES", 50 * GB)
     max_upload_bytes: int = _env("MEGAMOVIE_MAX_UPLOAD_BYTES", 50 * GB)
@@ -108,6 +109,14 @@ class Settings:
             raise SettingsError("MEGAMOVIE_WORKERS must be 0 or more")
         if self.token_ttl_seconds <= 0:
             raise SettingsError("MEGAMOVIE_TOKEN_TTL_SECONDS must be positive")
+        if self.base_url:
+            scheme, _, rest = self.base_url.partition("://")
+            if scheme not in ("http", "https") or not rest or any(c in rest for c in "?#"):
+                raise SettingsError(
+                    "MEGAMOVIE_BASE_URL must be like https://films.example.org (a scheme, a "
+                    f"host and optionally a path), not {self.base_url!r}"
+                )
+            object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -131,6 +140,12 @@ class Settings:
     @classmethod
     def documented_names(cls) -> list[str]:
         return [f.metadata["env"] for f in dataclasses.fields(cls)]
+
+    @property
+    def host_names(self) -> tuple[str, ...]:
+        """`MEGAMOVIE_ALLOWED_HOSTS` as lower-case names; `("*",)` allows any."""
+        names = tuple(n.strip().lower() for n in self.allowed_hosts.split(",") if n.strip())
+        return ("*",) if "*" in names or not names else names
 
     # Derived locations inside the data dir, one place for all of them.
     @property

@@ -25,7 +25,7 @@ from portal.errors import (
 from portal.http_errors import portal_error
 from portal.parsing import header_int, upload_checksum, upload_metadata
 from portal.uploads import CHECKSUM_ALGORITHMS, Upload, Uploads
-from portal.web import services_of
+from portal.web import public_url, services_of
 
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,termination,expiration,checksum"
@@ -101,7 +101,9 @@ async def create(request: Request) -> Response:
     )
     upload = await _service(request).create(user.id, length, metadata)
     headers = _state_headers(upload)
-    headers["Location"] = str(request.url_for("upload", upload_id=upload.id))
+    headers["Location"] = public_url(
+        request, request.app.url_path_for("upload", upload_id=upload.id)
+    )
     headers["Video-Id"] = upload.video_id
     return Response(status_code=201, headers=headers)
 
