@@ -21,7 +21,7 @@ from portal.auth import AuthMiddleware
 from portal.http_errors import UnexpectedErrorMiddleware, exception_handlers
 from portal.metrics import MetricsMiddleware
 from portal.playback import tune_allocator
-from portal.routes import accounts, catalog, ops, pages, playback, uploads, videos
+from portal.routes import accounts, catalog, licensing, ops, pages, playback, uploads, videos
 from portal.security import AllowedHostsMiddleware, SecurityHeadersMiddleware
 from portal.services import open_services
 from portal.settings import Settings
@@ -31,7 +31,7 @@ from portal.worker import media_pipeline
 log = logging.getLogger("megamovie")
 
 # Each feature module exposes `routes`; add a module here to mount it.
-ROUTE_MODULES = [ops, accounts, catalog, pages, uploads, videos, playback]
+ROUTE_MODULES = [ops, accounts, catalog, pages, uploads, videos, playback, licensing]
 
 
 def build_routes() -> list[BaseRoute]:

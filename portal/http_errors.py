@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Mapping
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -16,7 +18,6 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from portal.errors import (
-    BadRequest,
     BearerTokenRequired,
     PayloadTooLarge,
     PortalError,
@@ -41,7 +42,11 @@ def wants_json(request: Request) -> bool:
 
 
 def render_error(
-    request: Request, status: int, code: str, message: str, field: str | None = None
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    details: Mapping[str, Any] | None = None,
 ) -> Response:
     headers = {"Cache-Control": "no-store"}
     path = request.url.path
@@ -50,9 +55,7 @@ def render_error(
     if path == TUS_PREFIX or path.startswith(TUS_PREFIX + "/"):
         headers["Tus-Resumable"] = TUS_RESUMABLE
     if wants_json(request):
-        body = {"error": code, "message": message}
-        if field is not None:
-            body["field"] = field
+        body = {"error": code, "message": message, **(details or {})}
         return JSONResponse(body, status, headers=headers)
     templates = getattr(request.app.state, "templates", None)
     if templates is None:
@@ -72,8 +75,7 @@ async def portal_error(request: Request, exc: Exception) -> Response:
         # Tampering or a storage failure is an operator's problem: log it loudly, tell the
         # client only that it failed. Never send bytes that did not authenticate.
         log.error("vault failure on %s %s: %s", request.method, request.url.path, exc.message)
-    field = exc.field if isinstance(exc, BadRequest) else None
-    response = render_error(request, exc.status_code, exc.code, exc.message, field)
+    response = render_error(request, exc.status_code, exc.code, exc.message, exc.details())
     if isinstance(exc, RateLimited):
         response.headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, BearerTokenRequired):

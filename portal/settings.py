@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from portal.money import CURRENCIES
+
 
 class SettingsError(ValueError):
     """A setting in the environment cannot be used; the message names the variable."""
@@ -92,6 +94,13 @@ class Settings:
     argon2_memory_kib: int = _env("MEGAMOVIE_ARGON2_MEMORY_KIB", 19 * 1024)
     rate_limit_per_minute: int = _env("MEGAMOVIE_RATE_LIMIT_PER_MINUTE", 30)
     secure_cookies: bool = _env("MEGAMOVIE_SECURE_COOKIES", False)
+    plugins: str = _env("MEGAMOVIE_PLUGINS", "")
+    max_streams: int = _env("MEGAMOVIE_MAX_STREAMS", 2)
+    stream_idle_seconds: float = _env("MEGAMOVIE_STREAM_IDLE_SECONDS", 150.0)
+    metering_flush_seconds: float = _env("MEGAMOVIE_METERING_FLUSH_SECONDS", 5.0)
+    creator_share_bps: int = _env("MEGAMOVIE_CREATOR_SHARE_BPS", 9000)
+    pass_amount: int = _env("MEGAMOVIE_PASS_AMOUNT", 999)
+    pass_currency: str = _env("MEGAMOVIE_PASS_CURRENCY", "EUR")
     log_level: str = _env("MEGAMOVIE_LOG_LEVEL", "info")
 
     def __post_init__(self) -> None:
@@ -117,6 +126,17 @@ class Settings:
                     f"host and optionally a path), not {self.base_url!r}"
                 )
             object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        if not 0 <= self.creator_share_bps <= 10_000:
+            raise SettingsError(
+                "MEGAMOVIE_CREATOR_SHARE_BPS must be 0..10000 basis points (9000 is 90%)"
+            )
+        if self.pass_amount <= 0:
+            raise SettingsError("MEGAMOVIE_PASS_AMOUNT must be a positive number of minor units")
+        if self.pass_currency not in CURRENCIES:
+            raise SettingsError(
+                f"MEGAMOVIE_PASS_CURRENCY must be an ISO 4217 code we handle, not "
+                f"{self.pass_currency!r}"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -133,6 +153,10 @@ class Settings:
             values[f.name] = _parse(f, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @property
+    def plugin_modules(self) -> list[str]:
+        return [name.strip() for name in self.plugins.split(",") if name.strip()]
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
