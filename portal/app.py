@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
 from portal.auth import AuthMiddleware
-from portal.http_errors import exception_handlers
+from portal.http_errors import UnexpectedErrorMiddleware, exception_handlers
 from portal.metrics import MetricsMiddleware
 from portal.playback import tune_allocator
 from portal.routes import (
@@ -34,7 +34,7 @@ from portal.routes import (
     videos,
     viewer_pages,
 )
-from portal.security import SecurityHeadersMiddleware
+from portal.security import AllowedHostsMiddleware, SecurityHeadersMiddleware
 from portal.services import open_services
 from portal.settings import Settings
 from portal.web import STATIC_DIR, make_templates
@@ -67,10 +67,13 @@ def build_routes() -> list[BaseRoute]:
 
 
 def build_middleware(settings: Settings) -> list[Middleware]:
-    # Outermost first: even a CSRF refusal from AuthMiddleware gets the security headers.
+    # Outermost first: even a CSRF refusal from AuthMiddleware and the 500 for an unexpected
+    # exception get the security headers.
     return [
         Middleware(MetricsMiddleware),
         Middleware(SecurityHeadersMiddleware),
+        Middleware(UnexpectedErrorMiddleware),
+        Middleware(AllowedHostsMiddleware, allowed=settings.host_names),
         Middleware(AuthMiddleware, settings=settings),
     ]
 

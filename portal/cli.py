@@ -44,6 +44,7 @@ def serve(host: str | None, port: int | None, demo: bool) -> None:
     import uvicorn
 
     from portal.app import create_app
+    from portal.server import server_config
 
     settings = load_settings(host=host, port=port)
     configure_logging(settings)
@@ -57,14 +58,8 @@ def serve(host: str | None, port: int | None, demo: bool) -> None:
     click.echo(
         f"Mega Movie on http://{settings.host}:{settings.port}/ (data in {settings.data_dir})"
     )
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        proxy_headers=False,
-        server_header=False,
-    )
+    # Header and keep-alive time limits, and a bound on request heads: see portal/server.py.
+    uvicorn.Server(server_config(app, settings)).run()
 
 
 @main.group()

@@ -48,6 +48,12 @@ def new_id(length: int = 16) -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
 
 
+def is_id(value: str) -> bool:
+    """Could `value` be an id `new_id` made (or an older, longer one)? Ids arrive in URLs:
+    anything else is not found without asking the database."""
+    return 0 < len(value) <= 32 and value.isascii() and value.isalnum()
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

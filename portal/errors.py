@@ -129,6 +129,13 @@ class BadRequest(ValidationFailed):
         return {"field": self.field}
 
 
+class PayloadTooLarge(PortalError):
+    """A request body over the endpoint's cap; refused before reading past the cap."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
 class UploadRejected(PortalError):
     status_code = 400
     code = "upload_rejected"
@@ -142,6 +149,13 @@ class QuotaExceeded(UploadRejected):
 class UploadTooLarge(UploadRejected):
     status_code = 413
     code = "upload_too_large"
+
+
+class TooManyUploads(UploadRejected):
+    """The creator already has as many unfinished uploads as one may keep open."""
+
+    status_code = 429
+    code = "too_many_uploads"
 
 
 class UploadGone(UploadRejected):

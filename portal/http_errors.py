@@ -15,8 +15,15 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from portal.errors import BearerTokenRequired, PortalError, RateLimited, VaultError
+from portal.errors import (
+    BearerTokenRequired,
+    PayloadTooLarge,
+    PortalError,
+    RateLimited,
+    VaultError,
+)
 from transcoder.errors import MediaError
 
 log = logging.getLogger("megamovie.http")
@@ -73,6 +80,9 @@ async def portal_error(request: Request, exc: Exception) -> Response:
         response.headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, BearerTokenRequired):
         response.headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, PayloadTooLarge):
+        # The rest of the body is still on its way: hang up instead of reading it.
+        response.headers["Connection"] = "close"
     return response
 
 
@@ -97,6 +107,38 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     return render_error(
         request, 500, "internal_error", f"Something went wrong on our side (reference {ref})."
     )
+
+
+class UnexpectedErrorMiddleware:
+    """Answers an unexpected exception with the generic 500 *inside* the middleware that adds
+    the security headers (and counts responses). Starlette's own ServerErrorMiddleware sits
+    outside every user middleware, so its 500 went out without CSP, nosniff or frame options.
+
+    The exception is raised again once the answer is sent, as Starlette does, so servers and
+    test clients still see it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception as exc:
+            if not started:
+                response = await unexpected_error(Request(scope), exc)
+                await response(scope, receive, send)
+            raise
 
 
 def exception_handlers() -> dict[type[Exception] | int, object]:

@@ -68,11 +68,16 @@ class Settings:
     s3_secret_access_key: Secret | None = _env("AWS_SECRET_ACCESS_KEY", None, secret=True)
     host: str = _env("MEGAMOVIE_HOST", "127.0.0.1")
     port: int = _env("MEGAMOVIE_PORT", 8000)
+    header_timeout_seconds: float = _env("MEGAMOVIE_HEADER_TIMEOUT_SECONDS", 10.0)
+    keepalive_timeout_seconds: int = _env("MEGAMOVIE_KEEPALIVE_TIMEOUT_SECONDS", 5)
     base_url: str = _env("MEGAMOVIE_BASE_URL", "")
+    allowed_hosts: str = _env("MEGAMOVIE_ALLOWED_HOSTS", "*")
     workers: int = _env("MEGAMOVIE_WORKERS", 1)
     quota_bytes: int = _env("MEGAMOVIE_QUOTA_BYTES", 50 * GB)
     max_upload_bytes: int = _env("MEGAMOVIE_MAX_UPLOAD_BYTES", 50 * GB)
     upload_expiry_seconds: int = _env("MEGAMOVIE_UPLOAD_EXPIRY_SECONDS", 24 * 3600)
+    max_open_uploads: int = _env("MEGAMOVIE_MAX_OPEN_UPLOADS", 20)
+    max_upload_metadata_bytes: int = _env("MEGAMOVIE_MAX_UPLOAD_METADATA_BYTES", 32 * 1024)
     token_ttl_seconds: int = _env("MEGAMOVIE_TOKEN_TTL_SECONDS", 3600)
     session_ttl_seconds: int = _env("MEGAMOVIE_SESSION_TTL_SECONDS", 14 * 24 * 3600)
     max_duration_seconds: float = _env("MEGAMOVIE_MAX_DURATION_SECONDS", 4 * 3600.0)
@@ -113,6 +118,14 @@ class Settings:
             raise SettingsError("MEGAMOVIE_WORKERS must be 0 or more")
         if self.token_ttl_seconds <= 0:
             raise SettingsError("MEGAMOVIE_TOKEN_TTL_SECONDS must be positive")
+        if self.base_url:
+            scheme, _, rest = self.base_url.partition("://")
+            if scheme not in ("http", "https") or not rest or any(c in rest for c in "?#"):
+                raise SettingsError(
+                    "MEGAMOVIE_BASE_URL must be like https://films.example.org (a scheme, a "
+                    f"host and optionally a path), not {self.base_url!r}"
+                )
+            object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
         if not 0 <= self.creator_share_bps <= 10_000:
             raise SettingsError(
                 "MEGAMOVIE_CREATOR_SHARE_BPS must be 0..10000 basis points (9000 is 90%)"
@@ -151,6 +164,12 @@ class Settings:
     @classmethod
     def documented_names(cls) -> list[str]:
         return [f.metadata["env"] for f in dataclasses.fields(cls)]
+
+    @property
+    def host_names(self) -> tuple[str, ...]:
+        """`MEGAMOVIE_ALLOWED_HOSTS` as lower-case names; `("*",)` allows any."""
+        names = tuple(n.strip().lower() for n in self.allowed_hosts.split(",") if n.strip())
+        return ("*",) if "*" in names or not names else names
 
     # Derived locations inside the data dir, one place for all of them.
     @property

@@ -17,6 +17,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import time
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from portal.errors import TokenInvalid
 _PURPOSE = b"megamovie playback token v1"
 _VERSION = "v2"
 ANONYMOUS = "-"
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,13 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    if not text or len(text) > 1024:
-        raise ValueError("bad length")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict base64url, the way `_b64` writes it: the URL-safe alphabet only, no padding,
+    spare bits zero. Python's decoder drops characters outside the alphabet and ignores the
+    spare bits, so junk around a real token would still verify; here only the one encoding
+    of each byte string does."""
+    if not 0 < len(text) <= 1024 or len(text) % 4 == 1 or not _BASE64URL.fullmatch(text):
+        raise ValueError("not base64url")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not the canonical encoding")
+    return data

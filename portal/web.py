@@ -47,6 +47,14 @@ def viewer_of(request: Request) -> Viewer:
     return Viewer.anonymous(services_of(request).secret_key, client_ip(request))
 
 
+def public_url(request: Request, path: str) -> str:
+    """The URL clients should use for `path`: under `MEGAMOVIE_BASE_URL` when it is set, or
+    the path alone (relative to wherever the client reached us). Never built from the Host
+    header, which the client chose."""
+    base = settings_of(request).base_url
+    return base + path if base else path
+
+
 def format_duration(seconds: float | None) -> str:
     """m:ss, or h:mm:ss from an hour up; empty when unknown."""
     if seconds is None or not math.isfinite(seconds) or seconds < 0:

@@ -20,8 +20,12 @@ from portal.db import utcnow, videos, watch_progress
 from portal.errors import ValidationFailed
 from portal.licensing.offers import channel_plan, load_offers
 from portal.payouts import creator_statements
+from portal.parsing import json_object, read_json
 from portal.videos import visible_video
 from portal.web import render, services_of, viewer_of
+
+#: Bytes of `PUT /api/videos/{id}/position`: `{"position": 93.5}` and some room.
+POSITION_BODY_LIMIT = 1024
 
 
 async def watch(request: Request) -> Response:
@@ -93,11 +97,12 @@ async def save_position(request: Request) -> Response:
     """`PUT {"position": seconds}`: where this viewer stopped, to resume from next time."""
     user = require_user(request)
     video_id = request.path_params["video_id"]
-    try:
-        body = await request.json()
-        position = float(body["position"])
-    except (ValueError, TypeError, KeyError):
-        raise ValidationFailed('Send JSON: {"position": seconds}.') from None
+    body = json_object(
+        await read_json(request, POSITION_BODY_LIMIT),
+        {"position": (int, float)},
+        '{"position": seconds}',
+    )
+    position = float(body["position"])
     if not math.isfinite(position) or position < 0:
         raise ValidationFailed("The position must be a number of seconds, 0 or more.")
     engine = services_of(request).engine

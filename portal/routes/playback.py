@@ -31,6 +31,7 @@ from portal.layout import (
     valid_rendition,
 )
 from portal.licensing.grants import grant_playback
+from portal.parsing import digits
 from portal.tokens import PlaybackClaims
 from portal.videos import POSTER_ROUTE, Video, fetch_video, visible_video
 from portal.web import services_of, viewer_of
@@ -209,7 +210,8 @@ async def send_object(
     """
     services = services_of(request)
     vault = services.vault
-    conditional = "if-none-match" in request.headers or "range" in request.headers
+    headers_in = request.headers
+    conditional = any(h in headers_in for h in ("if-match", "if-none-match", "range"))
     try:
         if conditional:
             size = await vault.size(video_id, path)
@@ -224,18 +226,24 @@ async def send_object(
     headers = {"ETag": etag, "Cache-Control": cache, "Accept-Ranges": "bytes"}
     status = 200
     if conditional:
-        if etag in _etags(request.headers.get("if-none-match")):
+        # RFC 9110 13.2.2: If-Match, then If-None-Match, then Range (with If-Range).
+        if_match = headers_in.get("if-match")
+        if if_match is not None and not _matches(if_match, etag, weak=False):
+            return Response(status_code=412, headers=headers)
+        if_none_match = headers_in.get("if-none-match")
+        if if_none_match is not None and _matches(if_none_match, etag, weak=True):
             return Response(status_code=304, headers=headers)
         start, end = 0, size
-        byte_range = request.headers.get("range")
+        byte_range = headers_in.get("range")
         if byte_range and _if_range_ok(request, etag):
             parsed = _parse_range(byte_range, size)
-            if parsed is None:
+            if parsed == UNSATISFIABLE:
                 headers["Content-Range"] = f"bytes */{size}"
                 return Response(status_code=416, headers=headers)
-            start, end = parsed
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+            if isinstance(parsed, tuple):
+                start, end = parsed
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
         # Only the chunks covering the range are read and opened.
         body = await vault.read(video_id, path, start, end) if end > start else b""
     # `vault.read` authenticates every byte before we send the first one. The body is
@@ -253,10 +261,20 @@ def _etag(video_id: str, path: str, size: int) -> str:
     return f'"{tag}"'
 
 
-def _etags(header: str | None) -> set[str]:
-    if not header:
-        return set()
-    return {tag.strip().removeprefix("W/") for tag in header.split(",")}
+def _matches(header: str, etag: str, *, weak: bool) -> bool:
+    """Does an If-Match (strong comparison) or If-None-Match (weak) list name `etag`? `*`
+    names any current representation, and the object exists by now."""
+    for tag in header.split(","):
+        tag = tag.strip()
+        if tag == "*":
+            return True
+        if tag.startswith("W/"):
+            if not weak:
+                continue  # a weak tag never matches strongly
+            tag = tag[2:]
+        if tag == etag:
+            return True
+    return False
 
 
 def _if_range_ok(request: Request, etag: str) -> bool:
@@ -264,29 +282,36 @@ def _if_range_ok(request: Request, etag: str) -> bool:
     return condition is None or condition.strip() == etag
 
 
-def _parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """One `bytes=` range -> (start, end exclusive); None when unsatisfiable. Several
-    ranges are answered with the first one, which RFC 9110 allows."""
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes":
+#: `_parse_range`'s answer for a well-formed range no byte of the object satisfies (416).
+UNSATISFIABLE = "unsatisfiable"
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | str | None:
+    """One `bytes=` range -> (start, end exclusive); UNSATISFIABLE (416); or None when the
+    header is to be ignored and the whole object sent: an unknown unit or a malformed range
+    (RFC 9110 14.2: a server MAY ignore Range). Several ranges are answered with the first
+    one, which RFC 9110 allows."""
+    unit, equals, spec = header.partition("=")
+    if not equals or unit.strip().lower() != "bytes":
         return None
     first = spec.split(",")[0].strip()
     start_text, dash, end_text = first.partition("-")
-    try:
-        if not dash:
+    if not dash:
+        return None
+    if start_text == "":
+        suffix = digits(end_text)
+        if suffix is None:
             return None
-        if start_text == "":
-            suffix = int(end_text)
-            if suffix <= 0 or size == 0:
-                return None
-            return max(0, size - suffix), size
-        start = int(start_text)
-        end = int(end_text) + 1 if end_text else size
-    except ValueError:
+        if suffix == 0 or size == 0:
+            return UNSATISFIABLE
+        return max(0, size - suffix), size
+    start = digits(start_text)
+    last = digits(end_text) if end_text else None
+    if start is None or (end_text and (last is None or last < start)):
         return None
-    if start < 0 or start >= size or end <= start:
-        return None
-    return start, min(end, size)
+    if start >= size:
+        return UNSATISFIABLE
+    return start, size if last is None else min(last + 1, size)
 
 
 STREAM = "/stream/{token}/{video_id}"
