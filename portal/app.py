@@ -21,7 +21,17 @@ from portal.auth import AuthMiddleware
 from portal.http_errors import exception_handlers
 from portal.metrics import MetricsMiddleware
 from portal.playback import tune_allocator
-from portal.routes import accounts, catalog, licensing, ops, pages, playback, uploads, videos
+from portal.routes import (
+    accounts,
+    catalog,
+    licensing,
+    ops,
+    pages,
+    playback,
+    uploads,
+    videos,
+    wallet,
+)
 from portal.security import SecurityHeadersMiddleware
 from portal.services import open_services
 from portal.settings import Settings
@@ -31,7 +41,7 @@ from portal.worker import media_pipeline
 log = logging.getLogger("megamovie")
 
 # Each feature module exposes `routes`; add a module here to mount it.
-ROUTE_MODULES = [ops, accounts, catalog, pages, uploads, videos, playback, licensing]
+ROUTE_MODULES = [ops, accounts, catalog, pages, uploads, videos, playback, licensing, wallet]
 
 
 def build_routes() -> list[BaseRoute]:

@@ -138,9 +138,7 @@ class Settings:
                 "without it no Stripe webhook can be verified (copy the endpoint's signing "
                 "secret, whsec_..., from the Stripe dashboard)"
             )
-        if self.stripe_api_base and not self.stripe_api_base.startswith(
-            ("https://", "http://")
-        ):
+        if self.stripe_api_base and not self.stripe_api_base.startswith(("https://", "http://")):
             raise SettingsError(
                 "MEGAMOVIE_STRIPE_API_BASE must be an http(s) URL such as http://127.0.0.1:8420"
             )

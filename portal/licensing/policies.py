@@ -24,6 +24,7 @@ from portal.licensing.hookspecs import hookimpl
 from portal.licensing.licences import PREVIEW, Licence
 from portal.licensing.offers import VideoOffers, load_offers
 from portal.money import split
+from portal.payments import DevelopmentProvider
 
 RENTAL_PERIOD = timedelta(hours=48)
 
@@ -55,6 +56,15 @@ class BuiltinPolicies:
         self, portal: Any, amount: int, currency: str, kind: str, creator_id: str
     ) -> tuple[int, int]:
         return split(amount, portal.settings.creator_share_bps)
+
+    @hookimpl(trylast=True)
+    def payment_provider(self, portal: Any, user_id: str, currency: str) -> Any:
+        if portal.settings.development_payments:
+            return DEVELOPMENT_PROVIDER
+        return None
+
+
+DEVELOPMENT_PROVIDER = DevelopmentProvider()
 
 
 async def _held(
