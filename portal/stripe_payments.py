@@ -88,7 +88,8 @@ class StripeProvider:
         if not settings.stripe_secret_key or not settings.stripe_webhook_secret:
             raise ValueError("the Stripe provider needs the secret key and the webhook secret")
         base = {"api": settings.stripe_api_base.rstrip("/")} if settings.stripe_api_base else {}
-        self._http = stripe.HTTPXClient()
+        # aiohttp, not httpx: stripe hands httpx raw bytes as `data=`, which it deprecates.
+        self._http = stripe.AIOHTTPClient()
         self._client = stripe.StripeClient(
             settings.stripe_secret_key.reveal(),
             base_addresses=base,  # type: ignore[arg-type]
@@ -132,6 +133,8 @@ class StripeProvider:
 
     def state_of(self, intent: Any) -> PaymentState:
         """The portal's view of a PaymentIntent (from the API or from a verified event)."""
+        if isinstance(intent, stripe.StripeObject):
+            intent = intent.to_dict()
         status = _status(str(intent["status"]))
         error = intent.get("last_payment_error") or {}
         client: dict[str, str] = {}

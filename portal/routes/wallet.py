@@ -270,7 +270,7 @@ async def stripe_webhook(request: Request) -> Response:
 
     if event.type not in PAYMENT_INTENT_EVENTS:
         return JSONResponse({"received": True, "handled": False})
-    intent = event.data.object
+    intent = event.data.object.to_dict()
     payment = await payment_by_reference(services.engine, provider.name, str(intent["id"]))
     if payment is None:
         # Another integration on the same Stripe account, or a test event: not ours.
