@@ -121,8 +121,13 @@ class StripeProvider:
             return await request
         except (stripe.CardError, stripe.InvalidRequestError) as exc:
             log.warning("Stripe refused a request: %s", exc)
+            # Card errors carry a message for the payer; invalid requests (an amount below
+            # Stripe's minimum, a currency the account cannot take) a plain explanation.
+            reason = exc.user_message or (exc.error.message if exc.error else None)
             raise PaymentFailed(
-                exc.user_message or "The payment was refused; nothing was charged."
+                f"Stripe refused the payment: {reason}"
+                if reason
+                else "Stripe refused the payment; nothing was charged."
             ) from None
         except stripe.StripeError as exc:
             log.error("Stripe is unavailable: %s", exc)

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from portal.db import new_id, provider_payments, utcnow
-from portal.errors import NotFound, PortalError
+from portal.errors import NotFound, PaymentFailed, PortalError
 from portal.ledger import Transaction, funding, key_reused, post, run_once, transfer, wallet
 from portal.money import Money
 from portal.payments import (
@@ -165,7 +165,13 @@ async def begin_top_up(
         # A crash (or a refused call) after the row was written and before the provider
         # answered leaves no reference: ask again with the same id, which the provider is
         # given as its own idempotency key, so this never makes a second payment.
-        state = await provider.start(user_id, money, found.id)
+        try:
+            state = await provider.start(user_id, money, found.id)
+        except PaymentFailed as exc:
+            # Refused outright (not unreachable): the top-up is over, and a retry with the
+            # same key answers that rather than asking again.
+            await _record(engine, found, CANCELED, exc.message)
+            raise
         async with engine.begin() as conn:
             await conn.execute(
                 update(provider_payments)
@@ -173,6 +179,18 @@ async def begin_top_up(
                 .values(reference=state.reference, updated_at=utcnow())
             )
         found = await find_payment(engine, user_id, found.id)
+        if found.reference != state.reference:
+            # A racing retry stored its payment first (a provider that ignores idempotency
+            # keys makes a second one, which nobody is shown): answer the stored one.
+            assert found.reference is not None
+            log.warning(
+                "%s made a second payment %s for top-up %s; %s is kept",
+                provider.name,
+                state.reference,
+                found.id,
+                found.reference,
+            )
+            state = await provider.lookup(found.reference)
     else:
         state = await provider.lookup(found.reference)
     return await settle(engine, found, state), state, created
@@ -212,13 +230,18 @@ async def settle(
         return await _fulfil(engine, payment)
     status = CANCELED if state.status == CANCELED else PENDING
     if status != payment.status or state.message != payment.message:
-        async with engine.begin() as conn:
-            await conn.execute(
-                update(provider_payments)
-                .where(provider_payments.c.id == payment.id, provider_payments.c.status == PENDING)
-                .values(status=status, message=state.message, updated_at=utcnow())
-            )
+        await _record(engine, payment, status, state.message)
     return await find_payment(engine, payment.user_id, payment.id)
+
+
+async def _record(engine: AsyncEngine, payment: ProviderPayment, status: str, message: str) -> None:
+    """Record a pending top-up's new status and message (a settled one is never changed)."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(provider_payments)
+            .where(provider_payments.c.id == payment.id, provider_payments.c.status == PENDING)
+            .values(status=status, message=message, updated_at=utcnow())
+        )
 
 
 async def _fulfil(engine: AsyncEngine, payment: ProviderPayment) -> ProviderPayment:

@@ -41,7 +41,7 @@ from portal.stripe_payments import (
     to_stripe_amount,
 )
 from tests.conftest import LiveServer
-from tests.portal.conftest import bearer, create_account, pipeline_settings
+from tests.portal.conftest import bearer, create_account, insert_user, pipeline_settings
 
 SECRET_KEY = "sk_test_megamovie"
 WEBHOOK_SECRET = "whsec_megamovie_test"
@@ -518,3 +518,41 @@ def test_development_top_ups_through_the_api(tmp_path):
             assert client.post(WEBHOOK_PATH, content=b"{}").status_code == 404
     finally:
         server.stop()
+
+
+@pytest.mark.anyio
+async def test_a_top_up_survives_stripe_being_down_and_racing_retries(
+    engine, tmp_path, localstripe
+):
+    from portal.top_ups import PaymentsUnavailable, begin_top_up
+
+    user = await insert_user(engine, "viewer")
+    down = StripeProvider(stripe_settings(tmp_path, f"http://127.0.0.1:{free_port()}"))
+    with pytest.raises(PaymentsUnavailable):
+        await begin_top_up(engine, down, user_id=user, money=Money(900, "EUR"), idempotency_key="k")
+    await down.aclose()
+
+    # The retry (Stripe is back) makes the PaymentIntent for the top-up recorded the first time.
+    up = StripeProvider(stripe_settings(tmp_path, localstripe))
+    try:
+        async with anyio.create_task_group() as tasks:
+            answers: list[Any] = []
+
+            async def retry() -> None:
+                answers.append(
+                    await begin_top_up(
+                        engine, up, user_id=user, money=Money(900, "EUR"), idempotency_key="k"
+                    )
+                )
+
+            for _ in range(3):
+                tasks.start_soon(retry)
+        payments = {payment.id for payment, _, _ in answers}
+        references = {payment.reference for payment, _, _ in answers}
+        states = {state.reference for _, state, _ in answers}
+        assert len(payments) == 1
+        assert len(references) == 1
+        assert states == references  # each answer shows the one kept
+        assert [created for _, _, created in answers] == [False, False, False]
+    finally:
+        await up.aclose()
