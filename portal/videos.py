@@ -129,8 +129,14 @@ class Video:
         return poster_path(self.id) if self.has_poster else None
 
 
+#: The poster route's path (portal.routes.playback mounts it): ids are letters and digits, so
+#: formatting it needs no quoting.
+POSTER_ROUTE = f"/media/{{video_id}}/{POSTER}"
+
+
 def poster_path(video_id: str) -> str:
-    return f"/media/{video_id}/{POSTER}"
+    """A video's poster URL path: pages, the API and the dashboard script all get it here."""
+    return POSTER_ROUTE.format(video_id=video_id)
 
 
 def public_filter() -> ColumnElement[bool]:

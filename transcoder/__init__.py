@@ -15,11 +15,11 @@ from transcoder.errors import (
     TooLarge,
     TooLong,
     TooManyStreams,
-    TranscodeCancelled,
     TranscodeFailed,
     TranscodeTimeout,
     UnsupportedFormat,
 )
+from transcoder.guard import Guard
 from transcoder.hls import HlsOptions, HlsResult, Progress, Segment, transcode
 from transcoder.ladder import Rendition, build_ladder
 from transcoder.limits import MediaLimits
@@ -29,6 +29,7 @@ from transcoder.probe import MediaInfo, probe
 __all__ = [
     "CorruptMedia",
     "EmptyFile",
+    "Guard",
     "HlsOptions",
     "HlsResult",
     "HostileInput",
@@ -45,7 +46,6 @@ __all__ = [
     "TooLarge",
     "TooLong",
     "TooManyStreams",
-    "TranscodeCancelled",
     "TranscodeFailed",
     "TranscodeTimeout",
     "UnsupportedFormat",

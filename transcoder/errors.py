@@ -78,7 +78,3 @@ class TranscodeFailed(MediaError):
 
 class TranscodeTimeout(TranscodeFailed):
     default_reason = "The conversion took longer than allowed and was stopped."
-
-
-class TranscodeCancelled(MediaError):
-    default_reason = "The conversion was cancelled."

@@ -11,11 +11,10 @@ rendered by `transcoder.playlists` from the durations returned here.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
+import math
 import re
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,11 +22,16 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
-from transcoder.errors import TranscodeCancelled, TranscodeFailed, TranscodeTimeout
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from transcoder.errors import TranscodeFailed, TranscodeTimeout
+from transcoder.guard import Guard
 from transcoder.ladder import Rendition
 from transcoder.playlists import parse_playlist
 from transcoder.probe import MediaInfo
-from transcoder.process import describe_failure, input_args, kill_group
+from transcoder.process import describe_failure, input_args, spawn
 
 _PLAYLIST = "index.m3u8"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -92,17 +96,21 @@ async def transcode(
     options: HlsOptions,
     on_segment: OnSegment,
     on_progress: OnProgress | None = None,
-    cancel: asyncio.Event | None = None,
+    *,
+    guard: Guard | None = None,
 ) -> HlsResult:
     """Encode `source` into `renditions` under `workdir`, handing each segment to `on_segment`.
 
     Each segment (the init segment of a rendition first) is handed over exactly once, fully
     written; after `on_segment` returns the caller owns the file and may delete it. Whatever
-    else ffmpeg wrote is removed on every exit path. Raises `TranscodeFailed`,
-    `TranscodeTimeout` or `TranscodeCancelled`; the ffmpeg process group is killed on any exit.
+    else ffmpeg wrote is removed on every exit path. Raises `TranscodeFailed` or
+    `TranscodeTimeout`, or whatever a callback raised. To stop a transcode, cancel the
+    enclosing cancel scope: ffmpeg's process group is killed and reaped and every file not
+    handed over is removed before the cancellation propagates. `guard`, if given, is told
+    about ffmpeg's process group while it runs.
     """
-    job = _Job(source, info, renditions, workdir, options, on_segment, on_progress)
-    return await job.run(cancel)
+    job = _Job(source, info, renditions, workdir, options, on_segment, on_progress, guard)
+    return await job.run()
 
 
 def build_command(
@@ -250,50 +258,23 @@ class _Job:
     options: HlsOptions
     on_segment: OnSegment
     on_progress: OnProgress | None
+    guard: Guard | None
     segments: dict[str, list[Segment]] = field(default_factory=dict)
     inits: dict[str, Segment] = field(default_factory=dict)
     stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
 
-    async def run(self, cancel: asyncio.Event | None) -> HlsResult:
+    async def run(self) -> HlsResult:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._remove_leftovers()
         args = build_command(self.source, self.info, self.renditions, self.workdir, self.options)
-        deadline = (
-            time.monotonic() + self.options.timeout if self.options.timeout is not None else None
-        )
-        proc = await asyncio.create_subprocess_exec(
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-        readers = [
-            asyncio.create_task(self._read_progress(proc.stdout)),
-            asyncio.create_task(self._read_stderr(proc.stderr)),
-        ]
-        exited = asyncio.create_task(proc.wait())
-        cancelled = asyncio.create_task(cancel.wait()) if cancel is not None else None
+        timeout = math.inf if self.options.timeout is None else self.options.timeout
         try:
-            while not exited.done():
-                waiting = {exited} if cancelled is None else {exited, cancelled}
-                timeout = POLL_SECONDS
-                if deadline is not None:
-                    timeout = max(0.0, min(timeout, deadline - time.monotonic()))
-                await asyncio.wait(waiting, timeout=timeout)
-                for reader in readers:
-                    # A failing on_progress must stop us now: nobody would drain the pipe
-                    # and ffmpeg would block on it until the wall-time limit.
-                    if reader.done() and reader.exception() is not None:
-                        await reader
-                if cancel is not None and cancel.is_set():
-                    raise TranscodeCancelled()
-                if deadline is not None and time.monotonic() >= deadline:
+            async with spawn(args, guard=self.guard) as proc:
+                with anyio.move_on_after(timeout) as deadline:
+                    await self._follow(proc)
+                if deadline.cancelled_caught:
                     raise TranscodeTimeout()
-                await self._hand_over()
-            # Drain the pipes so the last stderr lines and progress are in.
-            await asyncio.gather(*readers)
-            returncode = await proc.wait()
+                returncode = await proc.wait()
             if returncode != 0:
                 raise TranscodeFailed(self._failure_reason(returncode))
             await self._hand_over()
@@ -301,18 +282,35 @@ class _Job:
             if unfinished:
                 raise TranscodeFailed("The conversion stopped before the end of the video.")
         finally:
-            kill_group(proc.pid)
-            for task in (*readers, exited, *([cancelled] if cancelled else [])):
-                task.cancel()
-            with contextlib.suppress(ProcessLookupError):
-                await asyncio.shield(proc.wait())
+            # Runs after `spawn` has killed and reaped ffmpeg, so nothing writes any more.
             self._remove_leftovers()
         durations = [sum(s.duration for s in segs) for segs in self.segments.values()]
         return HlsResult(self.renditions, self.segments, self.inits, max(durations, default=0.0))
 
+    async def _follow(self, proc: anyio.abc.Process) -> None:
+        """Hand over segments while ffmpeg runs; return once it exited and its pipes drained."""
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            async with anyio.create_task_group() as tg:
+                # Both pipes are drained all the time, or ffmpeg would block writing to one.
+                tg.start_soon(self._read_progress, proc.stdout)
+                tg.start_soon(self._read_stderr, proc.stderr)
+                while True:
+                    with anyio.move_on_after(POLL_SECONDS):
+                        await proc.wait()
+                    if proc.returncode is not None:
+                        break
+                    await self._hand_over()
+        except BaseExceptionGroup as group:
+            # One failure (a callback's, usually) is the story; the task group's wrapping is
+            # not something callers should have to unpack.
+            raise _first(group) from None
+
     async def _hand_over(self) -> None:
         """Give the caller every segment that ffmpeg has listed and we have not yet given."""
         for r in self.renditions:
+            # A cancelled caller gets nothing more, even from a callback that never yields.
+            await anyio.lowlevel.checkpoint_if_cancelled()
             playlist = self.workdir / r.name / _PLAYLIST
             try:
                 parsed = parse_playlist(playlist.read_text())
@@ -327,6 +325,7 @@ class _Job:
             for index in range(len(done), len(parsed.segments)):
                 uri, duration = parsed.segments[index]
                 segment = Segment(r.name, index, duration, folder / uri, "media")
+                await anyio.lowlevel.checkpoint_if_cancelled()
                 await self.on_segment(segment)
                 done.append(segment)
 
@@ -336,26 +335,28 @@ class _Job:
         except (FileNotFoundError, ValueError):
             return False
 
-    async def _read_progress(self, stream: asyncio.StreamReader | None) -> None:
-        assert stream is not None
+    async def _read_progress(self, stream: anyio.abc.ByteReceiveStream) -> None:
         values: dict[str, str] = {}
-        async for raw in stream:
-            key, _, value = raw.decode("utf-8", "replace").strip().partition("=")
-            values[key] = value
-            if key != "progress" or self.on_progress is None:
-                continue
-            out_time = max(0.0, _number(values.get("out_time_us")) / 1e6)
-            speed = _number(values.get("speed", "").rstrip("x")) or None
-            duration = self.info.duration or 1.0
-            fraction = 1.0 if value == "end" else min(out_time / duration, 1.0)
-            result = self.on_progress(Progress(fraction, speed, out_time))
-            if inspect.isawaitable(result):
-                await result
+        lines = _LineSplitter()
+        async for chunk in stream:
+            for line in lines.feed(chunk):
+                key, _, value = line.strip().partition("=")
+                values[key] = value
+                if key != "progress" or self.on_progress is None:
+                    continue
+                out_time = max(0.0, _number(values.get("out_time_us")) / 1e6)
+                speed = _number(values.get("speed", "").rstrip("x")) or None
+                duration = self.info.duration or 1.0
+                fraction = 1.0 if value == "end" else min(out_time / duration, 1.0)
+                result = self.on_progress(Progress(fraction, speed, out_time))
+                if inspect.isawaitable(result):
+                    await result
 
-    async def _read_stderr(self, stream: asyncio.StreamReader | None) -> None:
-        assert stream is not None
-        async for raw in stream:
-            self.stderr_tail.append(raw.decode("utf-8", "replace"))
+    async def _read_stderr(self, stream: anyio.abc.ByteReceiveStream) -> None:
+        lines = _LineSplitter()
+        async for chunk in stream:
+            self.stderr_tail.extend(lines.feed(chunk))
+        self.stderr_tail.extend(lines.feed(b"\n"))
 
     def _failure_reason(self, returncode: int) -> str:
         hide = [
@@ -383,6 +384,25 @@ class _Job:
                     path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+class _LineSplitter:
+    """Bytes in, complete lines out; a line that never ends is cut, not hoarded."""
+
+    MAX_LINE = 1 << 16
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        *lines, self._pending = (self._pending + chunk).split(b"\n")
+        self._pending = self._pending[-self.MAX_LINE :]
+        return [line.decode("utf-8", "replace") for line in lines]
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _number(value: str | None) -> float:

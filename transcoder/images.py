@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transcoder.errors import NoDecodableStream, TranscodeFailed
+from transcoder.guard import Guard
 from transcoder.probe import MediaInfo
 from transcoder.process import describe_failure, input_args, run
 from transcoder.subtitles import vtt_timestamp
@@ -34,7 +35,14 @@ class Storyboard:
     tile_height: int
 
 
-def poster(source: Path, info: MediaInfo, out: Path, *, ffmpeg: str = "ffmpeg") -> Path:
+async def poster(
+    source: Path,
+    info: MediaInfo,
+    out: Path,
+    *,
+    ffmpeg: str = "ffmpeg",
+    guard: Guard | None = None,
+) -> Path:
     """Write a representative frame to `out` (JPEG, or WebP if `out` ends in .webp).
 
     Films often open on black or a fade, and the middle of a frame-accurate "thumbnail" pick
@@ -74,7 +82,7 @@ def poster(source: Path, info: MediaInfo, out: Path, *, ffmpeg: str = "ffmpeg") 
                 *_image_codec(out),
                 str(folder / f"{i}{out.suffix}"),
             ]
-        result = run(args, timeout=_IMAGE_TIMEOUT, max_stdout=1 << 16)
+        result = await run(args, time_limit=_IMAGE_TIMEOUT, max_stdout=1 << 16, guard=guard)
         scores = {i: _variance(folder / f"{i}.gray") for i in range(len(times))}
         scored = {i: v for i, v in scores.items() if v is not None}
         if not scored:
@@ -88,7 +96,7 @@ def poster(source: Path, info: MediaInfo, out: Path, *, ffmpeg: str = "ffmpeg") 
     return out
 
 
-def storyboard(
+async def storyboard(
     source: Path,
     info: MediaInfo,
     outdir: Path,
@@ -97,6 +105,7 @@ def storyboard(
     tile_width: int = 160,
     sprite_uri: str = "storyboard.jpg",
     ffmpeg: str = "ffmpeg",
+    guard: Guard | None = None,
 ) -> Storyboard:
     """One sprite sheet of thumbnails every `interval` seconds, and the WebVTT that maps
     each stretch of time to its tile (`#xywh=`), as players show on the seek bar."""
@@ -137,7 +146,7 @@ def storyboard(
             *_image_codec(sprite),
             str(sprite),
         ]
-        result = run(args, timeout=_IMAGE_TIMEOUT, max_stdout=1 << 16)
+        result = await run(args, time_limit=_IMAGE_TIMEOUT, max_stdout=1 << 16, guard=guard)
         if result.returncode == 0 and sprite.is_file():
             break
         sprite.unlink(missing_ok=True)

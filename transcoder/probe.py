@@ -14,6 +14,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from transcoder.errors import (
     CorruptMedia,
     EmptyFile,
@@ -23,6 +25,7 @@ from transcoder.errors import (
     TooManyStreams,
 )
 from transcoder.formats import sniff_format
+from transcoder.guard import Guard
 from transcoder.limits import MediaLimits
 from transcoder.process import input_args, run
 
@@ -66,15 +69,20 @@ class MediaInfo:
         return f"0:{self.audio_index}" if self.audio_index is not None else "0:a:0"
 
 
-def probe(path: Path, limits: MediaLimits, *, ffprobe: str = "ffprobe") -> MediaInfo:
-    """Inspect `path` or raise a `MediaRejected` subclass saying what is wrong with it."""
-    size = path.stat().st_size
+async def probe(
+    path: Path, limits: MediaLimits, *, ffprobe: str = "ffprobe", guard: Guard | None = None
+) -> MediaInfo:
+    """Inspect `path` or raise a `MediaRejected` subclass saying what is wrong with it.
+
+    `guard`, if given, is told about every ffprobe process group while it runs.
+    """
+    size = (await anyio.Path(path).stat()).st_size
     if size == 0:
         raise EmptyFile()
     if limits.max_file_bytes is not None and size > limits.max_file_bytes:
         raise TooLarge("The file is larger than the maximum upload size.")
     demuxer = sniff_format(path)
-    data = _ffprobe_json(
+    data = await _ffprobe_json(
         [
             ffprobe,
             "-v",
@@ -87,14 +95,17 @@ def probe(path: Path, limits: MediaLimits, *, ffprobe: str = "ffprobe") -> Media
             *input_args(path, demuxer),
         ],
         limits,
+        guard,
     )
     info, main_end = _media_info(data, demuxer, size, limits)
-    _check_decodes(path, info, main_end, limits, ffprobe)
+    await _check_decodes(path, info, main_end, limits, ffprobe, guard)
     return info
 
 
-def _ffprobe_json(args: list[str], limits: MediaLimits) -> dict[str, Any]:
-    result = run(args, timeout=limits.probe_timeout, max_stdout=4 << 20)
+async def _ffprobe_json(
+    args: list[str], limits: MediaLimits, guard: Guard | None
+) -> dict[str, Any]:
+    result = await run(args, time_limit=limits.probe_timeout, max_stdout=4 << 20, guard=guard)
     if result.timed_out:
         raise CorruptMedia("The file could not be read in a reasonable time; it may be damaged.")
     if result.overflowed:
@@ -190,8 +201,13 @@ def _media_info(
     ), main_end
 
 
-def _check_decodes(
-    path: Path, info: MediaInfo, main_end: float, limits: MediaLimits, ffprobe: str
+async def _check_decodes(
+    path: Path,
+    info: MediaInfo,
+    main_end: float,
+    limits: MediaLimits,
+    ffprobe: str,
+    guard: Guard | None,
 ) -> None:
     """Decode the first frames, and read the packets of the last seconds, of the main stream.
 
@@ -204,8 +220,8 @@ def _check_decodes(
     tail_start = max(main_end - 1.5, info.start_time)
     # Two runs: frames (decoding) only at the start; at the end packets alone, which costs
     # no decoding at all and stays cheap for a 4K film with 10-second GOPs.
-    head, tail = (
-        _ffprobe_json(
+    head, tail = [
+        await _ffprobe_json(
             [
                 ffprobe,
                 "-v",
@@ -222,12 +238,13 @@ def _check_decodes(
                 *input_args(path, info.format),
             ],
             limits,
+            guard,
         )
         for interval, entries in (
             ("%+#2", "frame=best_effort_timestamp_time"),
             (f"{tail_start:.3f}%", "packet=pts_time"),
         )
-    )
+    ]
     frames = head.get("frames") or []
     packet_times = [
         t for t in (_float(p.get("pts_time")) for p in tail.get("packets") or []) if t is not None

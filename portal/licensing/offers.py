@@ -73,8 +73,15 @@ def parse_offers(body: object, duration: float | None) -> tuple[int, list[OfferS
         raise BadRequest("offers must be a list ([] makes the film free).", "offers")
     if len(raw_offers) > MAX_OFFERS:
         raise BadRequest(f"offers may hold at most {MAX_OFFERS} offers.", "offers")
-    preview = body.get("preview_seconds", DEFAULT_PREVIEW_SECONDS)
-    preview = parse_amount(preview, "preview_seconds", positive=False)
+    if "preview_seconds" not in body:
+        # The default preview, cut to the film when the film is shorter.
+        preview = (
+            DEFAULT_PREVIEW_SECONDS
+            if duration is None
+            else int(min(duration, DEFAULT_PREVIEW_SECONDS))
+        )
+    else:
+        preview = parse_amount(body["preview_seconds"], "preview_seconds", positive=False)
     if duration is not None and preview > duration:
         raise BadRequest(
             f"preview_seconds ({preview}) is longer than the film ({int(duration)} s).",

@@ -9,7 +9,7 @@ share one address.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -67,3 +67,11 @@ async def open_stream(
             )
         )
     return new
+
+
+async def close_idle_streams(engine: AsyncEngine, idle_seconds: float) -> int:
+    """Forget every stream not renewed for `idle_seconds` (the sweep calls this)."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=idle_seconds)
+    async with engine.begin() as conn:
+        result = await conn.execute(delete(streams).where(streams.c.seen_at <= cutoff))
+    return result.rowcount or 0

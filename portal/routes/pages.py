@@ -92,7 +92,7 @@ async def save_position(request: Request) -> Response:
 
 routes = [
     Route("/watch/{video_id}", watch, methods=["GET"], name="watch"),
-    Route("/upload", upload, methods=["GET"], name="upload"),
+    Route("/upload", upload, methods=["GET"], name="upload_page"),
     Route("/dashboard", dashboard, methods=["GET"], name="dashboard"),
     Route("/api/videos/{video_id}/position", save_position, methods=["PUT"], name="position"),
 ]

@@ -32,7 +32,7 @@ from portal.layout import (
 )
 from portal.licensing.grants import grant_playback
 from portal.tokens import PlaybackClaims
-from portal.videos import Video, fetch_video, visible_video
+from portal.videos import POSTER_ROUTE, Video, fetch_video, visible_video
 from portal.web import services_of, viewer_of
 from transcoder.ladder import Rendition
 from transcoder.playlists import master_playlist, media_playlist
@@ -297,5 +297,5 @@ routes = [
     Route(f"{STREAM}/{{name:str}}", storyboard, methods=["GET"], name="storyboard"),
     Route(f"{STREAM}/{{rendition}}/index.m3u8", media, methods=["GET"], name="media_playlist"),
     Route(f"{STREAM}/{{rendition}}/{{name}}", segment, methods=["GET"], name="segment"),
-    Route(f"/media/{{video_id}}/{POSTER}", poster, methods=["GET"], name="poster"),
+    Route(POSTER_ROUTE, poster, methods=["GET"], name="poster"),
 ]

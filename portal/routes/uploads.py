@@ -142,7 +142,7 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
 
 
 routes = [
-    Route("/api/uploads", options, methods=["OPTIONS"]),
+    Route("/api/uploads", options, methods=["OPTIONS"], name="uploads_options"),
     Route("/api/uploads", create, methods=["POST"], name="uploads"),
     Route(
         "/api/uploads/{upload_id}",

@@ -312,7 +312,7 @@
         state.fatalError = "grant " + (error.status || "network");
         if (error.status === 401) {
           showMessage(error.message || "Log in to watch this film.", {
-            href: "/login?next=" + encodeURIComponent(location.pathname),
+            href: root.dataset.loginUrl + "?next=" + encodeURIComponent(location.pathname),
             label: "Log in",
           });
         } else {

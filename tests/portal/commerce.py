@@ -7,6 +7,7 @@ only through the domain functions under test.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -15,6 +16,7 @@ from portal.db import channel_plans, new_id, offers, utcnow, videos, watched_seg
 from portal.ledger import balance, verify
 from portal.money import Money, ShareSplit
 from portal.payments import DevelopmentProvider, top_up
+from portal.purchases import Purchase, purchase
 from tests.portal.conftest import insert_user, insert_video
 
 SPLIT = ShareSplit(9000)
@@ -45,6 +47,21 @@ async def film_with_offer(
             )
         )
     return video_id, offer_id
+
+
+async def buy(
+    engine: AsyncEngine,
+    viewer: str,
+    offer_id: str,
+    key: str,
+    now: datetime | None = None,
+    **options: Any,
+) -> tuple[Purchase, bool]:
+    """`purchase` with the default 90/10 split."""
+    options.setdefault("revenue_split", SPLIT)
+    return await purchase(
+        engine, user_id=viewer, offer_id=offer_id, idempotency_key=key, now=now, **options
+    )
 
 
 async def add_offer(engine: AsyncEngine, video_id: str, kind: str, amount: int) -> str:

@@ -126,7 +126,7 @@ async def test_a_wallet_never_goes_below_zero(engine):
         "try again."
     )
     # A wallet that never held this currency is empty too.
-    with pytest.raises(InsufficientFunds, match="0.00 USD"):
+    with pytest.raises(InsufficientFunds, match=r"0\.00 USD"):
         await post_once(
             engine,
             kind="purchase",

@@ -1,17 +1,16 @@
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
 
+import anyio
 import pytest
 
 from tests.transcoder.conftest import ffprobe_json
 from transcoder.errors import (
     HostileInput,
-    TranscodeCancelled,
     TranscodeFailed,
     TranscodeTimeout,
 )
@@ -106,7 +105,7 @@ async def run(
     options: HlsOptions = FAST,
     renditions: list[Rendition] | None = None,
 ) -> tuple[HlsResult, Vault, Path]:
-    info = probe(source, MediaLimits())
+    info = await probe(source, MediaLimits())
     workdir = tmp_path / "work"
     vault = Vault(tmp_path / "vault")
     result = await transcode(
@@ -121,8 +120,8 @@ async def run(
     return result, vault, workdir
 
 
-def assert_nothing_left(workdir: Path) -> None:
-    assert not workdir.exists() or list(workdir.rglob("*")) == []
+def ffmpeg_processes_using(workdir: Path) -> list[str]:
+    """Pids of live processes whose command line names `workdir` (zombies have none)."""
     running = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
@@ -130,7 +129,12 @@ def assert_nothing_left(workdir: Path) -> None:
                 running.append(cmdline.parent.name)
         except OSError:
             continue
-    assert running == [], "ffmpeg still running"
+    return running
+
+
+def assert_nothing_left(workdir: Path) -> None:
+    assert not workdir.exists() or list(workdir.rglob("*")) == []
+    assert ffmpeg_processes_using(workdir) == [], "ffmpeg still running"
 
 
 def play(master: Path) -> subprocess.CompletedProcess[bytes]:
@@ -334,24 +338,30 @@ async def test_common_containers_transcode_and_play(
     assert_nothing_left(workdir)
 
 
-async def test_cancelling_stops_ffmpeg_and_cleans_up(
+async def test_cancelling_the_callers_scope_kills_ffmpeg_and_leaves_no_segments(
     clips: dict[str, Path], tmp_path: Path
 ) -> None:
-    source = clips["hd.mp4"]
-    info = probe(source, MediaLimits())
-    workdir, cancel = tmp_path / "work", asyncio.Event()
+    source = clips["segmented.mp4"]
+    info = await probe(source, MediaLimits())
+    workdir = tmp_path / "work"
     vault = Vault(tmp_path / "vault")
-    with pytest.raises(TranscodeCancelled):
-        await transcode(
-            source,
-            info,
-            build_ladder(info),
-            workdir,
-            HlsOptions(preset="veryslow"),
-            vault.take,
-            lambda progress: cancel.set(),
-            cancel,
-        )
+    running_at_cancel: list[str] = []
+
+    with anyio.move_on_after(60) as scope:
+
+        async def take_then_cancel(segment: Segment) -> None:
+            await vault.take(segment)
+            if segment.kind == "media":
+                # Mid-way for certain: ffmpeg is still encoding the rest.
+                running_at_cancel.extend(ffmpeg_processes_using(workdir))
+                scope.cancel()
+
+        slow = HlsOptions(preset="veryslow", threads=1, segment_seconds=1.0, keyframe_seconds=1.0)
+        await transcode(source, info, build_ladder(info), workdir, slow, take_then_cancel)
+
+    assert scope.cancelled_caught
+    assert running_at_cancel, "ffmpeg had already finished: nothing was cancelled"
+    assert len([s for s in vault.received if s.kind == "media"]) == 1
     assert_nothing_left(workdir)
 
 
@@ -370,7 +380,7 @@ async def test_ffmpeg_failure_is_reported_without_leaking_paths(
     source = tmp_path / "secret-name" / "film.mp4"
     source.parent.mkdir()
     shutil.copyfile(clips["landscape.mp4"], source)
-    info = probe(source, MediaLimits())
+    info = await probe(source, MediaLimits())
     # The file changes between probe and encode: a damaged disk, or a race in a worker.
     source.write_bytes(source.read_bytes()[:4000])
     workdir = tmp_path / "work"
@@ -388,7 +398,7 @@ async def test_an_error_in_the_callback_stops_ffmpeg_and_propagates(
     clips: dict[str, Path], tmp_path: Path
 ) -> None:
     source = clips["segmented.mp4"]
-    info = probe(source, MediaLimits())
+    info = await probe(source, MediaLimits())
     workdir = tmp_path / "work"
 
     async def broken_store(segment: Segment) -> None:
@@ -402,7 +412,7 @@ async def test_an_error_in_the_callback_stops_ffmpeg_and_propagates(
 async def test_a_hand_made_media_info_cannot_select_the_hls_demuxer(
     clips: dict[str, Path], tmp_path: Path
 ) -> None:
-    info = probe(clips["landscape.mp4"], MediaLimits())
+    info = await probe(clips["landscape.mp4"], MediaLimits())
     hostile: MediaInfo = dataclasses.replace(info, format="hls")
     with pytest.raises(HostileInput):
         await transcode(
@@ -419,7 +429,7 @@ async def test_an_error_in_the_progress_callback_stops_ffmpeg_and_propagates(
     clips: dict[str, Path], tmp_path: Path
 ) -> None:
     source = clips["hd.mp4"]
-    info = probe(source, MediaLimits())
+    info = await probe(source, MediaLimits())
     workdir = tmp_path / "work"
 
     def broken_progress(progress: Progress) -> None:

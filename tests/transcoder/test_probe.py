@@ -23,6 +23,8 @@ from transcoder.errors import (
 from transcoder.limits import MediaLimits
 from transcoder.probe import probe
 
+pytestmark = pytest.mark.anyio
+
 LIMITS = MediaLimits()
 
 
@@ -40,10 +42,10 @@ LIMITS = MediaLimits()
         ("hd.mp4", "mov", (1920, 1080), True),
     ],
 )
-def test_probe_reports_what_is_in_the_file(
+async def test_probe_reports_what_is_in_the_file(
     clips: dict[str, Path], name: str, fmt: str, size: tuple[int, int], has_audio: bool
 ) -> None:
-    info = probe(clips[name], LIMITS)
+    info = await probe(clips[name], LIMITS)
     assert info.format == fmt
     assert info.has_video
     assert (info.width, info.height) == size
@@ -54,94 +56,94 @@ def test_probe_reports_what_is_in_the_file(
     assert info.size_bytes == clips[name].stat().st_size
 
 
-def test_rotated_video_reports_display_dimensions(clips: dict[str, Path]) -> None:
-    info = probe(clips["rotated.mp4"], LIMITS)
+async def test_rotated_video_reports_display_dimensions(clips: dict[str, Path]) -> None:
+    info = await probe(clips["rotated.mp4"], LIMITS)
     assert info.rotation in (90, 270)
     assert (info.width, info.height) == (180, 320)
 
 
-def test_interlaced_video_is_flagged(clips: dict[str, Path]) -> None:
-    assert probe(clips["interlaced.mp4"], LIMITS).interlaced
-    assert not probe(clips["landscape.mp4"], LIMITS).interlaced
+async def test_interlaced_video_is_flagged(clips: dict[str, Path]) -> None:
+    assert (await probe(clips["interlaced.mp4"], LIMITS)).interlaced
+    assert not (await probe(clips["landscape.mp4"], LIMITS)).interlaced
 
 
-def test_the_default_soundtrack_is_chosen(clips: dict[str, Path]) -> None:
-    info = probe(clips["two_soundtracks.mkv"], LIMITS)
+async def test_the_default_soundtrack_is_chosen(clips: dict[str, Path]) -> None:
+    info = await probe(clips["two_soundtracks.mkv"], LIMITS)
     assert (info.video_index, info.audio_index) == (0, 2)
     assert info.audio_map == "0:2"
 
 
-def test_audio_only_file_has_no_video(clips: dict[str, Path]) -> None:
-    info = probe(clips["audio_only.mp3"], LIMITS)
+async def test_audio_only_file_has_no_video(clips: dict[str, Path]) -> None:
+    info = await probe(clips["audio_only.mp3"], LIMITS)
     assert (info.format, info.has_video, info.has_audio) == ("mp3", False, True)
     assert info.audio_codec == "mp3"
     assert (info.width, info.height) == (0, 0)
 
 
-def test_file_with_only_subtitles_has_no_decodable_stream(clips: dict[str, Path]) -> None:
+async def test_file_with_only_subtitles_has_no_decodable_stream(clips: dict[str, Path]) -> None:
     with pytest.raises(NoDecodableStream):
-        probe(clips["subtitles_only.mkv"], LIMITS)
+        await probe(clips["subtitles_only.mkv"], LIMITS)
 
 
-def test_empty_file_is_refused(tmp_path: Path) -> None:
+async def test_empty_file_is_refused(tmp_path: Path) -> None:
     upload = tmp_path / "film.mp4"
     upload.touch()
     with pytest.raises(EmptyFile):
-        probe(upload, LIMITS)
+        await probe(upload, LIMITS)
 
 
-def test_text_file_is_not_media(tmp_path: Path) -> None:
+async def test_text_file_is_not_media(tmp_path: Path) -> None:
     upload = tmp_path / "film.mp4"
     upload.write_text("This is my film script, not my film.\n")
     with pytest.raises(NotMedia) as caught:
-        probe(upload, LIMITS)
+        await probe(upload, LIMITS)
     assert caught.value.reason == "This is not a video or audio file."
 
 
 @pytest.mark.parametrize("name", ["landscape.mp4", "moov_at_end.mp4", "webm.webm"])
-def test_truncated_upload_is_corrupt(clip: Callable[[str], Path], name: str) -> None:
+async def test_truncated_upload_is_corrupt(clip: Callable[[str], Path], name: str) -> None:
     upload = clip(name)
     data = upload.read_bytes()
     upload.write_bytes(data[: len(data) // 3])
     with pytest.raises(CorruptMedia) as caught:
-        probe(upload, LIMITS)
+        await probe(upload, LIMITS)
     assert str(upload.parent) not in caught.value.reason
 
 
-def test_container_header_followed_by_garbage_is_corrupt(tmp_path: Path) -> None:
+async def test_container_header_followed_by_garbage_is_corrupt(tmp_path: Path) -> None:
     upload = tmp_path / "film.mp4"
     upload.write_bytes(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + os.urandom(4096))
     with pytest.raises(CorruptMedia):
-        probe(upload, LIMITS)
+        await probe(upload, LIMITS)
 
 
-def test_longer_than_allowed_is_refused(clips: dict[str, Path]) -> None:
+async def test_longer_than_allowed_is_refused(clips: dict[str, Path]) -> None:
     with pytest.raises(TooLong) as caught:
-        probe(clips["landscape.mp4"], MediaLimits(max_duration=1.0))
+        await probe(clips["landscape.mp4"], MediaLimits(max_duration=1.0))
     assert "0:00:02" in caught.value.reason
 
 
-def test_more_pixels_than_allowed_is_refused(clips: dict[str, Path]) -> None:
+async def test_more_pixels_than_allowed_is_refused(clips: dict[str, Path]) -> None:
     with pytest.raises(TooLarge) as caught:
-        probe(clips["hd.mp4"], MediaLimits(max_pixels=1280 * 720))
+        await probe(clips["hd.mp4"], MediaLimits(max_pixels=1280 * 720))
     assert "1920x1080" in caught.value.reason
 
 
-def test_bigger_file_than_allowed_is_refused(clips: dict[str, Path]) -> None:
+async def test_bigger_file_than_allowed_is_refused(clips: dict[str, Path]) -> None:
     with pytest.raises(TooLarge):
-        probe(clips["landscape.mp4"], MediaLimits(max_file_bytes=1000))
+        await probe(clips["landscape.mp4"], MediaLimits(max_file_bytes=1000))
 
 
-def test_too_many_streams_is_refused(clips: dict[str, Path]) -> None:
+async def test_too_many_streams_is_refused(clips: dict[str, Path]) -> None:
     with pytest.raises(TooManyStreams):
-        probe(clips["landscape.mp4"], MediaLimits(max_streams=1))
+        await probe(clips["landscape.mp4"], MediaLimits(max_streams=1))
 
 
-def test_every_refusal_is_a_media_rejected_with_a_sentence(tmp_path: Path) -> None:
+async def test_every_refusal_is_a_media_rejected_with_a_sentence(tmp_path: Path) -> None:
     upload = tmp_path / "film.mp4"
     upload.write_bytes(b"#EXTM3U\n")
     with pytest.raises(MediaRejected) as caught:
-        probe(upload, LIMITS)
+        await probe(upload, LIMITS)
     assert caught.value.reason.endswith(".")
     assert str(tmp_path) not in caught.value.reason
 
@@ -194,13 +196,13 @@ def _hls_playlist_pointing_at(target: Path) -> bytes:
     ).encode()
 
 
-def test_hls_playlist_disguised_as_mp4_is_refused_without_opening_what_it_names(
+async def test_hls_playlist_disguised_as_mp4_is_refused_without_opening_what_it_names(
     tmp_path: Path, secret_fifo: FifoWatch
 ) -> None:
     upload = tmp_path / "holiday.mp4"
     upload.write_bytes(_hls_playlist_pointing_at(secret_fifo.path))
     with pytest.raises(HostileInput):
-        probe(upload, MediaLimits(probe_timeout=5))
+        await probe(upload, MediaLimits(probe_timeout=5))
     assert not secret_fifo.opened.wait(0.5), "the file named by the playlist was opened"
 
 
