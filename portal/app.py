@@ -25,12 +25,13 @@ from portal.routes import (
     accounts,
     catalog,
     licensing,
+    money,
     ops,
     pages,
+    payments,
     playback,
     uploads,
     videos,
-    wallet,
 )
 from portal.security import SecurityHeadersMiddleware
 from portal.services import open_services
@@ -41,7 +42,18 @@ from portal.worker import media_pipeline
 log = logging.getLogger("megamovie")
 
 # Each feature module exposes `routes`; add a module here to mount it.
-ROUTE_MODULES = [ops, accounts, catalog, pages, uploads, videos, playback, licensing, wallet]
+ROUTE_MODULES = [
+    ops,
+    accounts,
+    catalog,
+    pages,
+    uploads,
+    videos,
+    playback,
+    licensing,
+    money,
+    payments,
+]
 
 
 def build_routes() -> list[BaseRoute]:

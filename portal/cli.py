@@ -247,3 +247,77 @@ def videos_delete(video_id: str) -> None:
 
     _with_services(load_settings(), remove_video, video_id)
     click.echo(f"deleted {video_id}")
+
+
+# -- money ------------------------------------------------------------------------------------
+
+
+@main.group()
+def ledger() -> None:
+    """The books: every movement of money, in balanced double-entry postings."""
+
+
+@ledger.command("verify")
+def ledger_verify() -> None:
+    """Check that every posting balances and every balance is the sum of its entries.
+
+    Exits 1 and prints what does not add up, with the entries of each unbalanced posting."""
+    from portal.ledger import verify
+
+    async def check(services: Any) -> Any:
+        return await verify(services.engine)
+
+    problems = _with_services(load_settings(), check)
+    if not problems:
+        click.echo("The books balance: every posting sums to zero and every balance matches.")
+        return
+    for problem in problems:
+        click.echo(problem.message)
+        for entry in problem.entries:
+            click.echo(f"    {entry.account:<40} {entry.amount:>16} {entry.currency}")
+    raise SystemExit(1)
+
+
+@main.group()
+def payouts() -> None:
+    """Pay creators what they earned, month by month."""
+
+
+@payouts.command("run")
+@click.option("--period", required=True, metavar="YYYY-MM", help="The month to close (UTC).")
+def payouts_run(period: str) -> None:
+    """Close PERIOD: share pass fees by watch time, pay every creator what they are owed and
+    write their statements. Running it again for a closed period changes nothing. The
+    current month may be closed early: it settles everything up to now."""
+    from portal.commerce import Commerce
+
+    async def run(services: Any) -> list[str]:
+        done = await Commerce(services).run_payouts(period)
+        return done.report()
+
+    for line in _with_services(load_settings(), run):
+        click.echo(line)
+
+
+@main.group()
+def purchases() -> None:
+    """Purchases and rentals."""
+
+
+@purchases.command("refund")
+@click.argument("purchase_id")
+def purchases_refund(purchase_id: str) -> None:
+    """Refund a purchase or rental: its postings are reversed exactly, the film leaves the
+    buyer's library. Refunding twice changes nothing."""
+    from portal.commerce import Commerce
+
+    async def refund(services: Any) -> tuple[Any, bool]:
+        return await Commerce(services).refund(purchase_id)
+
+    refunded, done = _with_services(load_settings(), refund)
+    if done:
+        click.echo(f"refunded {refunded.price} to the wallet of user {refunded.user_id}")
+    else:
+        click.echo(
+            f"{purchase_id} was already refunded on {refunded.refunded_at:%Y-%m-%d %H:%M} UTC"
+        )

@@ -381,6 +381,7 @@ class Problem:
     transaction_id: str | None = None
     account: str | None = None
     currency: str | None = None
+    entries: tuple[Entry, ...] = ()  # of an unbalanced posting
 
 
 async def verify(engine: AsyncEngine) -> list[Problem]:
@@ -395,12 +396,14 @@ async def verify(engine: AsyncEngine) -> list[Problem]:
             .having(total != 0)
             .order_by(ledger_entries.c.transaction_id)
         )
-        for tx_id, currency, off in unbalanced:
+        for tx_id, currency, off in unbalanced.all():
+            posting = await get_transaction(conn, tx_id)
             problems.append(
                 Problem(
                     f"posting {tx_id} does not balance: its {currency} entries sum to {off}",
                     transaction_id=tx_id,
                     currency=currency,
+                    entries=posting.entries if posting is not None else (),
                 )
             )
         sums = {

@@ -20,7 +20,7 @@ remainders (ties: the creator id), so the parts always add up to the fee exactly
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -43,7 +43,7 @@ from portal.ledger import (
     wallet,
 )
 from portal.money import Money, RevenueSplit, checked_split, price_columns
-from portal.purchases import sale_entries
+from portal.purchases import notify, sale_entries
 
 SUBSCRIPTION = "subscription"
 ALLOCATION = "pass_allocation"
@@ -98,8 +98,10 @@ async def subscribe(
     revenue_split: RevenueSplit,
     creator_id: str | None = None,
     now: datetime | None = None,
+    purchase_completed: Callable[[Subscription], Awaitable[None]] | None = None,
 ) -> tuple[Subscription, bool]:
-    """Pay one period of `plan` from the wallet: (subscription, created).
+    """Pay one period of `plan` from the wallet: (subscription, created). A new one is
+    announced to `purchase_completed` (not a retry).
 
     Raises ValidationFailed (unknown plan, or a channel without creator), NotFound (the
     creator has no channel plan), InsufficientFunds, Conflict (key reused)."""
@@ -123,7 +125,7 @@ async def subscribe(
             if offered is None:
                 raise NotFound("This creator offers no channel subscription.")
             price = Money(offered.amount, offered.currency)
-            entries = sale_entries(user_id, creator_id, price, "channel", revenue_split)
+            entries = await sale_entries(user_id, creator_id, price, "channel", revenue_split)
         else:
             price = pass_price
             entries = [
@@ -187,7 +189,10 @@ async def subscribe(
             raise key_reused(idempotency_key, found.kind)
         return Subscription.from_row(row)
 
-    return await run_once(engine, scope, idempotency_key, work, replay)
+    subscription, created = await run_once(engine, scope, idempotency_key, work, replay)
+    if created:
+        await notify(purchase_completed, subscription)
+    return subscription, created
 
 
 # -- the pass: sharing each fee by what its subscriber watched ------------------------------
@@ -299,7 +304,7 @@ async def _allocate_one(
         entries = []
         for creator_id, part in sorted(parts.items()):
             share = Money(part, fee.currency)
-            creator, platform = checked_split(
+            creator, platform = await checked_split(
                 revenue_split, share, creator_id=creator_id, kind="pass"
             )
             entries += [

@@ -167,10 +167,16 @@ async def begin_top_up(
         # given as its own idempotency key, so this never makes a second payment.
         try:
             state = await provider.start(user_id, money, found.id)
-        except PaymentFailed as exc:
-            # Refused outright (not unreachable): the top-up is over, and a retry with the
-            # same key answers that rather than asking again.
-            await _record(engine, found, CANCELED, exc.message)
+        except PaymentFailed:
+            # Refused outright (not unreachable): nothing was made, so the key is not used
+            # up (as for every refused payment request); a retry may try again.
+            async with engine.begin() as conn:
+                await conn.execute(
+                    provider_payments.delete().where(
+                        provider_payments.c.id == found.id,
+                        provider_payments.c.reference.is_(None),
+                    )
+                )
             raise
         async with engine.begin() as conn:
             await conn.execute(

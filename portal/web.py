@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
+from portal.errors import BadRequest
 from portal.security import client_ip, hit_rate_limit
 from portal.services import Services
 from portal.settings import Settings
@@ -96,6 +97,17 @@ def render(
         # Pages hold a CSRF token and personal data: never keep them in a shared cache.
         headers={"Cache-Control": "no-store"},
     )
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """The request's JSON body, which must be an object; BadRequest (400) otherwise."""
+    try:
+        body = await request.json()
+    except (ValueError, RecursionError):
+        body = None
+    if not isinstance(body, dict):
+        raise BadRequest("Send a JSON object as the request body.", "body")
+    return body
 
 
 async def check_rate_limit(request: Request, action: str) -> None:

@@ -1,15 +1,14 @@
-"""The wallet: its balance, top-ups through the payment provider, and Stripe's webhook.
+"""Top-ups through a deferred provider (Stripe): the pending answer, the poll, the webhook.
 
-Which provider takes a top-up is the `payment_provider` licensing hook's answer: the
-development provider credits at once (201); a deferred one (Stripe) answers 202 pending with
-what the browser needs to pay, and the wallet is credited on fulfilment, by the provider's
-webhook or by `GET /api/wallet/top-ups/{id}`, which asks the provider.
+`POST /api/wallet/top-ups` (portal.routes.money) asks the `payment_provider` hook; when the
+answer is a `DeferredPaymentProvider` it hands over to `deferred_top_up` here, which answers
+202 pending with what the browser needs to pay. The wallet is credited on fulfilment: by
+Stripe's webhook, or by `GET /api/wallet/top-ups/{id}`, which asks the provider.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -17,21 +16,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from portal.auth import require_user
-from portal.errors import BadRequest, NotFound, PortalError
+from portal.errors import NotFound, PortalError
 from portal.ledger import balance, get_transaction, wallet
-from portal.money import Money, parse_money
+from portal.money import Money
 from portal.payments import (
     PENDING,
     SUCCEEDED,
     TOP_UP,
     DeferredPaymentProvider,
     PaymentState,
-    top_up,
-    wallet_balances,
 )
 from portal.services import Services
 from portal.top_ups import (
-    PaymentsUnavailable,
     ProviderPayment,
     begin_top_up,
     find_payment,
@@ -46,52 +42,11 @@ log = logging.getLogger("megamovie.payments")
 NO_STORE = {"Cache-Control": "no-store"}
 #: Stripe's events are a few kilobytes; anything much larger is not one.
 MAX_WEBHOOK_BYTES = 512 * 1024
-MAX_KEY_LENGTH = 255
 
 
 class PayloadTooLarge(PortalError):
     status_code = 413
     code = "payload_too_large"
-
-
-def idempotency_key(request: Request) -> str:
-    """The request's `Idempotency-Key`: required, printable ASCII, at most 255 characters."""
-    key = request.headers.get("idempotency-key", "").strip()
-    if not key:
-        raise BadRequest(
-            "A top-up needs an Idempotency-Key header: a new random value for each top-up, "
-            "the same one when retrying it.",
-            field="Idempotency-Key",
-        )
-    if len(key) > MAX_KEY_LENGTH or not key.isascii() or not key.isprintable():
-        raise BadRequest(
-            f"The Idempotency-Key must be printable ASCII of at most {MAX_KEY_LENGTH} "
-            "characters (a UUID is a good one).",
-            field="Idempotency-Key",
-        )
-    return key
-
-
-async def _json_object(request: Request) -> Mapping[str, Any]:
-    try:
-        body = await request.json()
-    except (ValueError, RecursionError):
-        raise BadRequest("The body must be JSON.", "") from None
-    if not isinstance(body, dict):
-        raise BadRequest('The body must be a JSON object: {"amount": 1000, "currency": "EUR"}.', "")
-    return body
-
-
-async def payment_provider(services: Services, user_id: str, currency: str) -> Any:
-    """The hook's provider for this charge, or 503 when none takes payments."""
-    provider = await services.plugins.decide(
-        "payment_provider", portal=services, user_id=user_id, currency=currency
-    )
-    if provider is None:
-        raise PaymentsUnavailable(
-            "Top-ups are not available here: no payment provider is configured."
-        )
-    return provider
 
 
 def stripe_provider(services: Services) -> Any:
@@ -151,65 +106,25 @@ async def _payment_body(
     return body
 
 
-def _provider_json(provider: Any) -> dict[str, str]:
-    return {"name": provider.name, "label": provider.label}
-
-
-async def get_wallet(request: Request) -> Response:
-    """`{"balance": {...}, "balances": [...], "provider": {"name", "label"}}`."""
-    user = require_user(request)
-    services = services_of(request)
-    main = services.settings.pass_currency
-    held = await wallet_balances(services.engine, user.id)
-    shown = next((m for m in held if m.currency == main), Money(0, main))
-    others = [m for m in held if m.currency != main]
-    provider = await services.plugins.decide(
-        "payment_provider", portal=services, user_id=user.id, currency=main
+async def deferred_top_up(
+    services: Services,
+    provider: DeferredPaymentProvider,
+    *,
+    user_id: str,
+    money: Money,
+    idempotency_key: str,
+) -> Response:
+    """`202` pending with the provider's payment (or, for a retry after it succeeded, `200`
+    and the balance); a retry says `Idempotent-Replayed: true`."""
+    payment, state, created = await begin_top_up(
+        services.engine, provider, user_id=user_id, money=money, idempotency_key=idempotency_key
     )
-    return JSONResponse(
-        {
-            "balance": shown.as_json(),
-            "balances": [m.as_json() for m in [shown, *others]],
-            "provider": _provider_json(provider) if provider is not None else None,
-        },
-        headers=NO_STORE,
-    )
-
-
-async def post_top_up(request: Request) -> Response:
-    """`POST {"amount": 1000, "currency": "EUR"}` with `Idempotency-Key`."""
-    user = require_user(request)
-    key = idempotency_key(request)
-    money = parse_money(await _json_object(request))
-    services = services_of(request)
-    provider = await payment_provider(services, user.id, money.currency)
-    if isinstance(provider, DeferredPaymentProvider):
-        payment, state, created = await begin_top_up(
-            services.engine, provider, user_id=user.id, money=money, idempotency_key=key
-        )
-        body = await _payment_body(services, payment, state, provider)
-        status = 202 if payment.status == PENDING else 200
-        headers = dict(NO_STORE)
-        if not created:
-            headers["Idempotent-Replayed"] = "true"
-        return JSONResponse(body, status_code=status, headers=headers)
-    done, created = await top_up(
-        services.engine, provider, user_id=user.id, money=money, idempotency_key=key
-    )
+    body = await _payment_body(services, payment, state, provider)
     headers = dict(NO_STORE)
     if not created:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(
-        {
-            "id": done.id,
-            "status": SUCCEEDED,
-            **done.money.as_json(),
-            "provider": _provider_json(provider),
-            "balance": done.balance.as_json(),
-            "created_at": done.created_at.isoformat(),
-        },
-        status_code=201,
-        headers=headers,
+        body, status_code=202 if payment.status == PENDING else 200, headers=headers
     )
 
 
@@ -284,9 +199,7 @@ async def stripe_webhook(request: Request) -> Response:
 
 
 routes = [
-    Route("/api/wallet", get_wallet, methods=["GET"], name="wallet"),
-    Route("/api/wallet/top-ups", post_top_up, methods=["POST"], name="wallet_top_ups"),
-    Route("/api/wallet/top-ups/{top_up_id}", get_top_up, methods=["GET"], name="wallet_top_up"),
+    Route("/api/wallet/top-ups/{top_up_id}", get_top_up, methods=["GET"], name="top_up_status"),
     Route(
         "/api/payments/stripe/webhook",
         stripe_webhook,
