@@ -28,11 +28,18 @@ import pytest
 from sqlalchemy import func, select
 
 from portal.db import create_engine, ledger_transactions
-from portal.ledger import verify
+from portal.errors import PaymentFailed
+from portal.ledger import balance, verify, wallet
 from portal.licensing.hookspecs import hookimpl
 from portal.licensing.plugins import Plugins
 from portal.money import Money
-from portal.payments import DevelopmentProvider
+from portal.payments import (
+    PENDING,
+    SUCCEEDED,
+    DeferredPaymentProvider,
+    DevelopmentProvider,
+    PaymentState,
+)
 from portal.settings import Secret, Settings
 from portal.stripe_payments import (
     StripeProvider,
@@ -555,3 +562,66 @@ async def test_a_top_up_survives_stripe_being_down_and_racing_retries(
         assert [created for _, _, created in answers] == [False, False, False]
     finally:
         await up.aclose()
+
+
+class RefusingThenAccepting:
+    """A deferred provider that refuses the first payment outright, then takes the next."""
+
+    name = "stub"
+    label = "Stub provider"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def start(self, user_id: str, money: Money, payment_id: str) -> PaymentState:
+        self.calls += 1
+        if self.calls == 1:
+            raise PaymentFailed("Stripe refused the payment: Amount must be at least 0.50 EUR")
+        return PaymentState(f"stub_{payment_id}", PENDING, money, "requires_payment_method")
+
+    async def lookup(self, reference: str) -> PaymentState:
+        return PaymentState(reference, SUCCEEDED, Money(900, "EUR"), "succeeded")
+
+
+@pytest.mark.anyio
+async def test_a_payment_the_provider_refuses_to_create_leaves_the_key_unused(engine):
+    from portal.top_ups import begin_top_up, refresh_top_up
+
+    user = await insert_user(engine, "viewer")
+    provider = RefusingThenAccepting()
+    assert isinstance(provider, DeferredPaymentProvider)
+    money = Money(900, "EUR")
+    with pytest.raises(PaymentFailed):
+        await begin_top_up(engine, provider, user_id=user, money=money, idempotency_key="k")
+    payment, state, created = await begin_top_up(
+        engine, provider, user_id=user, money=money, idempotency_key="k"
+    )
+    assert created and state is not None and state.status == PENDING
+    done, _ = await refresh_top_up(engine, provider, payment)
+    again, _ = await refresh_top_up(engine, provider, done)
+    assert done.status == again.status == SUCCEEDED
+    assert done.transaction_id == again.transaction_id is not None
+    async with engine.connect() as conn:
+        assert await balance(conn, wallet(user), "EUR") == 900
+    assert await verify(engine) == []
+
+
+def test_with_the_development_provider_off_and_no_stripe_nobody_takes_top_ups(tmp_path):
+    settings = pipeline_settings(tmp_path, development_payments=False)
+    create_account(settings, "nobody@example.test", role="viewer")
+    server = LiveServer(settings)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            auth = bearer(client, "nobody@example.test")
+            assert client.get("/api/wallet", headers=auth).json()["provider"] is None
+            refused = client.post(
+                "/api/wallet/top-ups",
+                json={"amount": 1000, "currency": "EUR"},
+                headers={**auth, "Idempotency-Key": "n1"},
+            )
+            assert refused.status_code == 402
+            assert refused.json()["error"] == "payment_failed"
+            assert client.get("/api/wallet", headers=auth).json()["balance"]["amount"] == 0
+    finally:
+        server.stop()
