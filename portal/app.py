@@ -29,6 +29,7 @@ from portal.routes import (
     money,
     ops,
     pages,
+    payments,
     playback,
     uploads,
     videos,
@@ -55,6 +56,7 @@ ROUTE_MODULES = [
     licensing,
     money,
     creator,
+    payments,
 ]
 
 

@@ -378,6 +378,30 @@ ledger_balances = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
 )
 
+# A top-up paid through a provider the payer finishes with elsewhere (Stripe's PaymentIntent,
+# confirmed by the browser): pending until the provider says it succeeded, then credited once
+# (`transaction_id`, the ledger posting keyed by the provider's reference). (user_id,
+# idempotency_key) makes a retried request answer the first top-up; (provider, reference) finds
+# it again from a webhook.
+provider_payments = Table(
+    "provider_payments",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(32), nullable=False),
+    Column("idempotency_key", String(255), nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("reference", String(64), nullable=True),  # pi_... once the provider made it
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | succeeded | canceled
+    Column("message", Text, nullable=False, default=""),  # the provider's last refusal
+    Column("transaction_id", String(32), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("user_id", "idempotency_key", name="uq_provider_payments_key"),
+    UniqueConstraint("provider", "reference", name="uq_provider_payments_reference"),
+)
+
 # A creator's payout for a period in one currency: what was paid and what it was for.
 statements = Table(
     "statements",

@@ -72,7 +72,7 @@ class Services:
             max_attempts=settings.job_max_attempts,
         )
         secret_key = load_secret_key(settings)
-        plugins = Plugins(settings.plugin_modules)
+        plugins = Plugins(settings.plugin_modules, extra=optional_plugins(settings))
         services: Services | None = None
 
         async def watch_time_recorded(records: list[WatchRecord]) -> None:
@@ -93,13 +93,27 @@ class Services:
         return services
 
 
+def optional_plugins(settings: Settings) -> list[tuple[str, object]]:
+    """The portal's own plugins that settings turn on: Stripe when its key is set (imported
+    only then: the stripe package is large)."""
+    if not settings.stripe_enabled:
+        return []
+    from portal.stripe_payments import payment_plugins
+
+    return payment_plugins(settings)
+
+
 @asynccontextmanager
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     """Open everything `Services` holds; closes the vault and the engine on exit."""
     async with open_database(settings) as engine:
         vault = await open_vault(settings, engine)
         try:
-            yield Services.build(settings, engine, vault)
+            services = Services.build(settings, engine, vault)
+            try:
+                yield services
+            finally:
+                await services.plugins.aclose()
         finally:
             await vault.aclose()
 

@@ -8,8 +8,9 @@ answers a decision hook replaces the built-in answer.
   Everyone else gets the preview.
 - The split is `MEGAMOVIE_CREATOR_SHARE_BPS` (90%) to the creator, rounded down; the rest to
   the platform.
-- Payments go through the development wallet (`portal.payments.DevelopmentProvider`); a
-  real provider (Stripe) answers `payment_provider` before it.
+- Payments go through the development wallet (`portal.payments.DevelopmentProvider`) unless
+  `MEGAMOVIE_DEVELOPMENT_PAYMENTS=0`; a real provider (the `stripe` plugin, when configured)
+  answers `payment_provider` before it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from portal.money import split
 from portal.payments import DevelopmentProvider, PaymentProvider
 
 RENTAL_PERIOD = timedelta(hours=48)
+DEVELOPMENT_PROVIDER = DevelopmentProvider()
 
 
 class BuiltinPolicies:
@@ -53,8 +55,10 @@ class BuiltinPolicies:
         return Licence(PREVIEW, "preview", preview_seconds=preview, offers=offers.offers)
 
     @hookimpl(trylast=True)
-    def payment_provider(self, portal: Any, user_id: str, currency: str) -> PaymentProvider:
-        return DevelopmentProvider()
+    def payment_provider(self, portal: Any, user_id: str, currency: str) -> PaymentProvider | None:
+        if not portal.settings.development_payments:
+            return None
+        return DEVELOPMENT_PROVIDER
 
     @hookimpl(trylast=True)
     def revenue_split(

@@ -16,10 +16,10 @@ from starlette.routing import Route
 
 from portal.auth import require_role, require_user
 from portal.commerce import Commerce
-from portal.errors import BadRequest, NotFound
+from portal.errors import BadRequest, NotFound, PaymentFailed
 from portal.library import library
 from portal.money import Money, parse_money
-from portal.payments import wallet_balances
+from portal.payments import DeferredPaymentProvider, wallet_balances
 from portal.payouts import (
     Statement,
     StatementLine,
@@ -28,6 +28,7 @@ from portal.payouts import (
     statement_csv,
 )
 from portal.purchases import Purchase
+from portal.routes.payments import deferred_top_up
 from portal.subscriptions import Subscription
 from portal.web import json_object, services_of
 
@@ -111,12 +112,15 @@ async def get_wallet(request: Request) -> Response:
     commerce = Commerce(services)
     held = await wallet_balances(services.engine, user.id)
     main = next((m for m in held if m.currency == commerce.main_currency), None)
-    provider = await commerce.provider(user.id, commerce.main_currency)
+    try:
+        provider = await commerce.provider(user.id, commerce.main_currency)
+    except PaymentFailed:
+        provider = None  # no provider takes top-ups (the development one turned off)
     return JSONResponse(
         {
             "balance": (main or Money(0, commerce.main_currency)).as_json(),
             "balances": [money.as_json() for money in held],
-            "provider": {"name": provider.name, "label": provider.label},
+            "provider": {"name": provider.name, "label": provider.label} if provider else None,
         },
         headers=NO_STORE,
     )
@@ -127,7 +131,15 @@ async def post_top_up(request: Request) -> Response:
     user = require_user(request)
     key = idempotency_key(request)
     money = parse_money(await json_object(request))
-    done, created = await Commerce(services_of(request)).top_up(user.id, money, key)
+    services = services_of(request)
+    commerce = Commerce(services)
+    provider = await commerce.provider(user.id, money.currency)
+    if isinstance(provider, DeferredPaymentProvider):
+        # Stripe: 202 pending with a PaymentIntent; credited on fulfilment (routes.payments).
+        return await deferred_top_up(
+            services, provider, user_id=user.id, money=money, idempotency_key=key
+        )
+    done, created = await commerce.top_up(user.id, money, key)
     body = {"id": done.id, **done.money.as_json(), "balance": done.balance.as_json()}
     return _answer(body, created)
 

@@ -19,8 +19,8 @@ from portal.creator_stats import film_stats
 from portal.db import utcnow, videos, watch_progress
 from portal.errors import ValidationFailed
 from portal.licensing.offers import channel_plan, load_offers
-from portal.payouts import creator_statements
 from portal.parsing import json_object, read_json
+from portal.payouts import creator_statements
 from portal.videos import visible_video
 from portal.web import render, services_of, viewer_of
 
