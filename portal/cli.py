@@ -316,3 +316,38 @@ def purchases_refund(purchase_id: str) -> None:
         click.echo(
             f"{purchase_id} was already refunded on {refunded.refunded_at:%Y-%m-%d %H:%M} UTC"
         )
+
+
+@main.group()
+def payments() -> None:
+    """Top-ups taken through a payment provider that answers later (Stripe)."""
+
+
+@payments.command("reconcile")
+@click.option(
+    "--older-than",
+    type=click.IntRange(min=0),
+    default=300,
+    show_default=True,
+    help="Only top-ups pending for at least this many seconds.",
+)
+def payments_reconcile(older_than: int) -> None:
+    """Ask Stripe about every top-up still pending and credit the ones that were paid (their
+    webhook lost, the payer's page closed). Safe to run at any time, e.g. from cron every
+    few minutes: each payment is credited once."""
+    from datetime import timedelta
+
+    from portal.routes.payments import stripe_provider
+    from portal.top_ups import reconcile
+
+    async def run(services: Any) -> tuple[int, int] | None:
+        provider = stripe_provider(services)
+        if provider is None:
+            return None
+        return await reconcile(services.engine, provider, older_than=timedelta(seconds=older_than))
+
+    answer = _with_services(load_settings(), run)
+    if answer is None:
+        raise click.ClickException("Stripe is not configured (MEGAMOVIE_STRIPE_SECRET_KEY).")
+    checked, credited = answer
+    click.echo(f"{checked} pending top-ups checked with Stripe, {credited} paid and credited.")

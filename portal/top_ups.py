@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -286,3 +286,32 @@ async def _fulfil(engine: AsyncEngine, payment: ProviderPayment) -> ProviderPaym
             payment.reference,
         )
     return await find_payment(engine, payment.user_id, payment.id)
+
+
+async def reconcile(
+    engine: AsyncEngine, provider: DeferredPaymentProvider, *, older_than: timedelta
+) -> tuple[int, int]:
+    """Ask `provider` about every top-up of its still pending after `older_than` and credit
+    those that were paid: (checked, credited). For when both the webhook and the payer's
+    browser went away. Safe at any time and as often as wanted: each payment is credited
+    once, whoever settles it first."""
+    cutoff = utcnow() - older_than
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(provider_payments)
+                .where(
+                    provider_payments.c.provider == provider.name,
+                    provider_payments.c.status == PENDING,
+                    provider_payments.c.reference.is_not(None),
+                    provider_payments.c.created_at <= cutoff,
+                )
+                .order_by(provider_payments.c.created_at)
+            )
+        ).all()
+    credited = 0
+    for row in rows:
+        payment, _ = await refresh_top_up(engine, provider, ProviderPayment.from_row(row))
+        if payment.status == SUCCEEDED and row.status != SUCCEEDED:
+            credited += 1
+    return len(rows), credited

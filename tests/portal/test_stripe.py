@@ -625,3 +625,41 @@ def test_with_the_development_provider_off_and_no_stripe_nobody_takes_top_ups(tm
             assert client.get("/api/wallet", headers=auth).json()["balance"]["amount"] == 0
     finally:
         server.stop()
+
+
+def test_payments_reconcile_credits_what_was_paid_when_no_webhook_came(portal, localstripe):
+    from click.testing import CliRunner
+
+    from portal.cli import main
+
+    paid = portal.top_up(1200, "paid").json()
+    unpaid = portal.top_up(300, "unpaid").json()
+    assert portal.pay(paid["reference"]).status_code == 200
+    assert portal.balance() == 0  # no webhook, nobody polled
+
+    settings = portal.server.settings
+    env = {
+        "MEGAMOVIE_DATA_DIR": str(settings.data_dir),
+        "MEGAMOVIE_STRIPE_SECRET_KEY": SECRET_KEY,
+        "MEGAMOVIE_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "MEGAMOVIE_STRIPE_API_BASE": localstripe,
+    }
+    runner = CliRunner()
+    first = runner.invoke(main, ["payments", "reconcile", "--older-than", "0"], env=env)
+    assert first.exit_code == 0, first.output
+    assert "2 pending top-ups checked with Stripe, 1 paid and credited." in first.output
+    assert portal.balance() == 1200
+    again = runner.invoke(main, ["payments", "reconcile", "--older-than", "0"], env=env)
+    assert "1 pending top-ups checked with Stripe, 0 paid and credited." in again.output
+    recent = runner.invoke(main, ["payments", "reconcile"], env=env)
+    assert "0 pending top-ups checked" in recent.output  # younger than five minutes
+    assert portal.balance() == 1200
+    assert portal.postings() == 1
+    still = portal.client.get(f"/api/wallet/top-ups/{unpaid['id']}", headers=portal.auth)
+    assert still.json()["status"] == "pending"
+
+    no_stripe = runner.invoke(
+        main, ["payments", "reconcile"], env={"MEGAMOVIE_DATA_DIR": str(settings.data_dir)}
+    )
+    assert no_stripe.exit_code != 0
+    assert "Stripe is not configured" in no_stripe.output
