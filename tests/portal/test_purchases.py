@@ -130,7 +130,7 @@ async def test_a_film_held_is_not_sold_twice(engine):
     await books_balance(engine)
 
 
-async def test_only_ready_films_with_a_price_are_sold_here(engine):
+async def test_only_public_films_with_a_price_are_sold_here(engine):
     creator = await insert_user(engine, "creator")
     viewer = await funded_viewer(engine, 1000)
     _, unready = await film_with_offer(engine, creator, status="processing")
