@@ -299,9 +299,17 @@ def user_scope(user_id: str) -> str:
     return f"user:{user_id}"
 
 
+_REQUESTS = {
+    "top_up": "a wallet top-up",
+    "purchase": "a purchase",
+    "subscription": "a subscription",
+}
+
+
 def key_reused(key: str, kind: str) -> Conflict:
+    earlier = _REQUESTS.get(kind, f"a {kind}")
     return Conflict(
-        f"The Idempotency-Key {key!r} was already used for a different request (a {kind}); "
+        f"The Idempotency-Key {key!r} was already used for a different request ({earlier}); "
         "use a new key for each new request."
     )
 

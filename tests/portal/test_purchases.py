@@ -77,7 +77,7 @@ async def test_a_retry_with_the_same_key_returns_the_first_purchase_and_charges_
     with pytest.raises(Conflict, match="already used for a different request"):
         await buy(engine, viewer, other_offer, "k")
     # The key of the wallet top-up cannot be replayed as a purchase either.
-    with pytest.raises(Conflict, match="top_up"):
+    with pytest.raises(Conflict, match="a wallet top-up"):
         await buy(engine, viewer, other_offer, "fund")
     assert len(await purchase_rows(engine, viewer)) == 1
 
@@ -130,7 +130,7 @@ async def test_a_film_held_is_not_sold_twice(engine):
     await books_balance(engine)
 
 
-async def test_only_ready_films_with_a_price_are_sold_here(engine):
+async def test_only_public_films_with_a_price_are_sold_here(engine):
     creator = await insert_user(engine, "creator")
     viewer = await funded_viewer(engine, 1000)
     _, unready = await film_with_offer(engine, creator, status="processing")
