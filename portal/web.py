@@ -19,6 +19,7 @@ from starlette.templating import Jinja2Templates
 
 from portal.errors import BadRequest
 from portal.money import CURRENCIES, format_amount
+from portal.parsing import read_json
 from portal.security import client_ip, hit_rate_limit
 from portal.services import Services
 from portal.settings import Settings
@@ -27,6 +28,10 @@ from portal.videos import Viewer, poster_path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = PROJECT_ROOT / "templates"
 STATIC_DIR = PROJECT_ROOT / "static"
+
+
+#: JSON bodies of the money and licensing endpoints are small objects.
+API_BODY_LIMIT = 16 * 1024
 
 
 def services_of(request: Request) -> Services:
@@ -140,12 +145,10 @@ def render(
     )
 
 
-async def json_object(request: Request) -> dict[str, Any]:
-    """The request's JSON body, which must be an object; BadRequest (400) otherwise."""
-    try:
-        body = await request.json()
-    except (ValueError, RecursionError):
-        body = None
+async def json_object(request: Request, limit: int = API_BODY_LIMIT) -> dict[str, Any]:
+    """The request's JSON body, which must be an object: bounded in size and depth by
+    `portal.parsing.read_json` (413, 400), BadRequest (400) when it is not an object."""
+    body = await read_json(request, limit)
     if not isinstance(body, dict):
         raise BadRequest("Send a JSON object as the request body.", "body")
     return body
