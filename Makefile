@@ -50,7 +50,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml | $(BIN)/python
 
 python-deps: $(VENV)/.installed
 
-# hls.js and tus-js-client come from npm with package-lock.json; never committed.
+# hls.js, tus-js-client and uPlot come from npm with package-lock.json; never committed.
 static/vendor/.installed: package.json package-lock.json scripts/vendor.mjs
 	npm ci --no-audit --no-fund
 	node scripts/vendor.mjs

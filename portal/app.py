@@ -18,10 +18,23 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
 from portal.auth import AuthMiddleware
-from portal.http_errors import exception_handlers
+from portal.http_errors import UnexpectedErrorMiddleware, exception_handlers
 from portal.playback import tune_allocator
-from portal.routes import accounts, catalog, ops, pages, playback, uploads, videos
-from portal.security import SecurityHeadersMiddleware
+from portal.routes import (
+    accounts,
+    catalog,
+    creator,
+    licensing,
+    money,
+    ops,
+    pages,
+    payments,
+    playback,
+    uploads,
+    videos,
+    viewer_pages,
+)
+from portal.security import AllowedHostsMiddleware, SecurityHeadersMiddleware
 from portal.services import open_services
 from portal.settings import Settings
 from portal.web import STATIC_DIR, MetricsMiddleware, make_templates
@@ -30,7 +43,20 @@ from portal.worker import media_pipeline
 log = logging.getLogger("megamovie")
 
 # Each feature module exposes `routes`; add a module here to mount it.
-ROUTE_MODULES = [ops, accounts, catalog, pages, uploads, videos, playback]
+ROUTE_MODULES = [
+    ops,
+    accounts,
+    catalog,
+    pages,
+    viewer_pages,
+    uploads,
+    videos,
+    playback,
+    licensing,
+    money,
+    creator,
+    payments,
+]
 
 
 def build_routes() -> list[BaseRoute]:
@@ -42,10 +68,13 @@ def build_routes() -> list[BaseRoute]:
 
 
 def build_middleware(settings: Settings) -> list[Middleware]:
-    # Outermost first: even a CSRF refusal from AuthMiddleware gets the security headers.
+    # Outermost first: even a CSRF refusal from AuthMiddleware and the 500 for an unexpected
+    # exception get the security headers.
     return [
         Middleware(MetricsMiddleware),
         Middleware(SecurityHeadersMiddleware),
+        Middleware(UnexpectedErrorMiddleware),
+        Middleware(AllowedHostsMiddleware, allowed=settings.host_names),
         Middleware(AuthMiddleware, settings=settings),
     ]
 

@@ -134,7 +134,7 @@ def test_every_page_carries_the_csrf_meta_tag_and_mobile_viewport(settings):
 
 
 # A path written into a template: href="/...", src="/...", action="/...", data-x-url="/...".
-HARD_CODED_URL = re.compile(r'''(?:href|src|action|poster|data-[a-z-]+)\s*=\s*["']/''')
+HARD_CODED_URL = re.compile(r"""(?:href|src|action|poster|data-[a-z-]+)\s*=\s*["']/""")
 
 
 def test_templates_and_scripts_build_urls_from_route_names():
