@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiofiles
 import aiofiles.os
+import anyio
 
 from portal.vault.backend import Storage, Upload, put_stream
 from portal.vault.config import StorageConfig
@@ -45,6 +46,14 @@ def _vault_errors(action: str, name: str) -> Iterator[None]:
         raise ObjectNotFound(f"no object {name}") from None
     except OSError as exc:
         raise _storage_error(action, name, exc) from None
+
+
+def _uncancelled() -> anyio.CancelScope:
+    """aiofiles runs each call in a thread, and a cancelled await abandons that thread: a
+    file opened there would never be closed, or closed while another thread still reads it.
+    File work runs shielded, so a cancellation lands once the work is done and the file is
+    closed, as it did with anyio.to_thread (whose threads are never abandoned)."""
+    return anyio.CancelScope(shield=True)
 
 
 def _private(path: str, flags: int) -> int:
@@ -116,17 +125,18 @@ class LocalStorage:
 
     async def read(self, name: str, start: int = 0, end: int | None = None) -> bytes:
         path = self.path_of(name)
-        with _vault_errors("read", name):
+        data = b""
+        with _vault_errors("read", name), _uncancelled():
             async with aiofiles.open(path, "rb", buffering=0) as handle:
                 # Clamped to the size: asking for more than the file holds makes the read
                 # allocate (and fault in) the whole oversized buffer.
                 size = os.fstat(handle.fileno()).st_size
                 stop = size if end is None else min(end, size)
-                if stop <= start:
-                    return b""
-                if start:
-                    await handle.seek(start)
-                return await handle.read(stop - start)
+                if stop > start:
+                    if start:
+                        await handle.seek(start)
+                    data = await handle.read(stop - start)
+        return data
 
     async def size(self, name: str) -> int:
         path = self.path_of(name)
@@ -135,7 +145,7 @@ class LocalStorage:
 
     async def delete(self, name: str) -> None:
         path = self.path_of(name)
-        with _vault_errors("delete", name):
+        with _vault_errors("delete", name), _uncancelled():
             await self._remove(path)
 
     async def delete_prefix(self, prefix: str) -> int:
@@ -143,7 +153,7 @@ class LocalStorage:
         # crypto-shredding a video must leave nothing of it behind.
         found = await self._scan(prefix, with_temp=True)
         for name, path, _temp in found:
-            with _vault_errors("delete", name):
+            with _vault_errors("delete", name), _uncancelled():
                 await self._remove(path)
         return sum(1 for _name, _path, temp in found if not temp)
 
@@ -201,7 +211,8 @@ class LocalUpload:
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         try:
-            await (await self._open()).write(data)
+            with _uncancelled():
+                await (await self._open()).write(data)
         except OSError as exc:
             await self.abort()
             raise _storage_error("write", self._name, exc) from None
@@ -209,25 +220,27 @@ class LocalUpload:
 
     async def commit(self) -> int:
         try:
-            handle = await self._open()
-            await handle.flush()
-            await _fsync(handle.fileno())
-            await handle.close()
-            self._file = None
-            await aiofiles.os.replace(self._tmp, self._path)
-            await _fsync_directory(self._path.parent)
+            with _uncancelled():
+                handle = await self._open()
+                await handle.flush()
+                await _fsync(handle.fileno())
+                await handle.close()
+                self._file = None
+                await aiofiles.os.replace(self._tmp, self._path)
+                await _fsync_directory(self._path.parent)
         except OSError as exc:
             await self.abort()
             raise _storage_error("store", self._name, exc) from None
         return self._size
 
     async def abort(self) -> None:
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                await self._file.close()
-            self._file = None
-        with contextlib.suppress(FileNotFoundError):
-            await aiofiles.os.remove(self._tmp)
+        with _uncancelled():
+            if self._file is not None:
+                with contextlib.suppress(OSError):
+                    await self._file.close()
+                self._file = None
+            with contextlib.suppress(FileNotFoundError):
+                await aiofiles.os.remove(self._tmp)
 
 
 async def open_storage(config: StorageConfig) -> Storage:
