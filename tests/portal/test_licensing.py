@@ -18,8 +18,7 @@ from starlette.testclient import TestClient
 from portal.app import create_app
 from portal.db import create_engine, new_id, purchases, subscriptions, utcnow, watched_segments
 from portal.licensing import hookspecs
-from tests.portal.conftest import bearer, create_account, pipeline_settings
-from tests.portal.test_playback import upload_and_wait
+from tests.helpers import bearer, create_account, pipeline_settings, upload_and_wait
 from transcoder.playlists import parse_playlist
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "licensing-hooks.md"
@@ -309,7 +308,7 @@ def test_plugins_named_in_the_setting_are_loaded_and_a_bad_name_is_a_clear_error
 async def test_a_stream_nobody_renews_frees_its_place_on_both_databases(engine):
     from portal.errors import TooManyStreams
     from portal.licensing.streams import close_idle_streams, open_stream
-    from tests.portal.conftest import insert_user, insert_video
+    from tests.helpers import insert_user, insert_video
 
     video = await insert_video(engine, await insert_user(engine), status="ready")
     start = utcnow() - timedelta(minutes=10)

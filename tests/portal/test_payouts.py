@@ -24,6 +24,7 @@ from portal.payouts import (
 )
 from portal.purchases import refund_purchase
 from portal.subscriptions import SUBSCRIPTION_PERIOD, allocate, allocate_pass_fees, subscribe
+from tests.helpers import insert_user, insert_video
 from tests.portal.commerce import (
     SPLIT,
     books_balance,
@@ -34,7 +35,6 @@ from tests.portal.commerce import (
     held,
     watch,
 )
-from tests.portal.conftest import insert_user, insert_video
 
 pytestmark = pytest.mark.anyio
 

@@ -16,6 +16,7 @@ from portal.library import library
 from portal.migrations import upgrade
 from portal.money import Money
 from portal.purchases import RENT_START_WINDOW, refund_purchase
+from tests.helpers import insert_user
 from tests.portal.commerce import (
     add_offer,
     books_balance,
@@ -24,7 +25,6 @@ from tests.portal.commerce import (
     funded_viewer,
     held,
 )
-from tests.portal.conftest import insert_user
 
 pytestmark = pytest.mark.anyio
 

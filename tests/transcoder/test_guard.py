@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.transcoder.conftest import run_ffmpeg
+from tests.helpers import run_ffmpeg
 from transcoder.guard import Guard
 
 ROOT = Path(__file__).resolve().parents[2]

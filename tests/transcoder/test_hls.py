@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.transcoder.conftest import X264, ffprobe_json, run_ffmpeg
+from tests.helpers import X264, ffprobe_json, run_ffmpeg
 from transcoder.errors import (
     HostileInput,
     TranscodeFailed,
