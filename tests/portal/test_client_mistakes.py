@@ -48,12 +48,6 @@ CLEAN_TEXT = st.text(
 
 
 @pytest.fixture
-def client(tmp_path):
-    with TestClient(create_app(fast_settings(tmp_path))) as client:
-        yield client
-
-
-@pytest.fixture
 def creator(client):
     add_user(client, "maker@example.org", role="creator")
     return bearer(client, "maker@example.org")

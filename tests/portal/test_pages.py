@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from portal.app import STATIC_DIR, create_app
-from tests.helpers import add_ready_video, add_user, csrf_from, fast_settings, log_in
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return fast_settings(tmp_path)
+from tests.helpers import add_ready_video, add_user, csrf_from, log_in
 
 
 def test_watch_page_configures_the_player_without_inline_script(client):

@@ -9,14 +9,13 @@ from portal.app import create_app
 from tests.helpers import TUS, add_ready_video, add_user, bearer, fast_settings, log_in
 
 
-def test_a_csrf_refusal_of_an_upload_says_tus_resumable(tmp_path):
-    with TestClient(create_app(fast_settings(tmp_path))) as client:
-        creator = add_user(client, "maker@example.org", role="creator")
-        video_id = add_ready_video(client, creator.id)
-        log_in(client, "maker@example.org")
-        # A cookie session without the X-CSRF-Token header: refused before any endpoint runs.
-        refused = client.post("/api/uploads", headers={**TUS, "Upload-Length": "10"})
-        elsewhere = client.put(f"/api/videos/{video_id}/position", json={"position": 3})
+def test_a_csrf_refusal_of_an_upload_says_tus_resumable(client):
+    creator = add_user(client, "maker@example.org", role="creator")
+    video_id = add_ready_video(client, creator.id)
+    log_in(client, "maker@example.org")
+    # A cookie session without the X-CSRF-Token header: refused before any endpoint runs.
+    refused = client.post("/api/uploads", headers={**TUS, "Upload-Length": "10"})
+    elsewhere = client.put(f"/api/videos/{video_id}/position", json={"position": 3})
     assert refused.status_code == 403
     assert refused.json()["error"] == "csrf_failed"
     assert refused.headers["tus-resumable"] == "1.0.0"

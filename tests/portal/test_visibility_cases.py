@@ -4,16 +4,8 @@ the watch page, the playback grant, the streams and position writes."""
 from __future__ import annotations
 
 import pytest
-from starlette.testclient import TestClient
 
-from portal.app import create_app
-from tests.helpers import add_ready_video, add_user, bearer, fast_settings, set_video
-
-
-@pytest.fixture
-def client(tmp_path):
-    with TestClient(create_app(fast_settings(tmp_path))) as client:
-        yield client
+from tests.helpers import add_ready_video, add_user, bearer, set_video
 
 
 @pytest.fixture
