@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from portal.app import STATIC_DIR, create_app
+from portal.app import STATIC_DIR
 from tests.helpers import add_ready_video, add_user, csrf_from, log_in
 
 
@@ -134,12 +134,11 @@ def test_templates_and_scripts_build_urls_from_route_names():
             assert f'"{path}' not in text, f"{script.name} hard-codes {path}: use a data- URL"
 
 
-def test_every_route_has_a_name_of_its_own_and_posters_use_the_poster_route(settings):
+def test_every_route_has_a_name_of_its_own_and_posters_use_the_poster_route(app):
     from starlette.routing import Route
 
     from portal.videos import poster_path
 
-    app = create_app(settings)
     names = [route.name for route in app.routes if isinstance(route, Route)]
     assert all(names) and len(names) == len(set(names)), names
     assert app.url_path_for("poster", video_id="abc123") == poster_path("abc123")

@@ -5,8 +5,7 @@ from __future__ import annotations
 from sqlalchemy import text
 from starlette.testclient import TestClient
 
-from portal.app import create_app
-from tests.helpers import TUS, add_ready_video, add_user, bearer, fast_settings, log_in
+from tests.helpers import TUS, add_ready_video, add_user, bearer, log_in
 
 
 def test_a_csrf_refusal_of_an_upload_says_tus_resumable(client):
@@ -23,8 +22,7 @@ def test_a_csrf_refusal_of_an_upload_says_tus_resumable(client):
     assert "tus-resumable" not in elsewhere.headers  # only tus paths speak tus
 
 
-def test_an_unexpected_error_on_an_upload_says_tus_resumable(tmp_path):
-    app = create_app(fast_settings(tmp_path))
+def test_an_unexpected_error_on_an_upload_says_tus_resumable(app):
     with TestClient(app, raise_server_exceptions=False) as client:
         add_user(client, "maker@example.org", role="creator")
         auth = bearer(client, "maker@example.org")
