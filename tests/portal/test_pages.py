@@ -28,17 +28,15 @@ def test_watch_page_configures_the_player_without_inline_script(client):
     assert "Hls.isSupported()" in player.text
 
 
-def test_unfinished_films_are_hidden_from_everyone_but_their_creator(client):
-    creator = add_user(client, "c@example.org", role="creator")
-    add_user(client, "v@example.org")
-    video_id = add_ready_video(client, creator.id, status="processing", ready_at=None)
+def test_unfinished_films_are_hidden_from_everyone_but_their_creator_and_admins(
+    client, viewer_client, creator_client, admin_client
+):
+    video_id = add_ready_video(client, creator_client.user.id, status="processing", ready_at=None)
     assert client.get(f"/watch/{video_id}").status_code == 404
-    log_in(client, "v@example.org")
-    assert client.get(f"/watch/{video_id}").status_code == 404
-    client.cookies.clear()
-    log_in(client, "c@example.org")
-    assert client.get(f"/watch/{video_id}").status_code == 200
-    assert client.get("/watch/no-such-film").status_code == 404
+    assert viewer_client.get(f"/watch/{video_id}").status_code == 404
+    assert creator_client.get(f"/watch/{video_id}").status_code == 200
+    assert admin_client.get(f"/watch/{video_id}").status_code == 200
+    assert creator_client.get("/watch/no-such-film").status_code == 404
 
 
 def test_resume_position_is_saved_and_offered_on_the_next_visit(client):
@@ -95,10 +93,8 @@ def test_dashboard_lists_only_my_films_in_every_status_with_reasons(client):
     assert 'data-events-url="/api/events/videos"' in page.text
 
 
-def test_upload_page_points_tus_at_the_upload_endpoint(client):
-    add_user(client, "c@example.org", role="creator")
-    log_in(client, "c@example.org")
-    page = client.get("/upload")
+def test_upload_page_points_tus_at_the_upload_endpoint(creator_client):
+    page = creator_client.get("/upload")
     assert page.status_code == 200
     assert 'data-endpoint="/api/uploads"' in page.text
     assert 'type="file"' in page.text and "multiple" in page.text
@@ -144,10 +140,8 @@ def test_every_route_has_a_name_of_its_own_and_posters_use_the_poster_route(app)
     assert app.url_path_for("poster", video_id="abc123") == poster_path("abc123")
 
 
-def test_the_dashboard_script_gets_each_poster_url_from_the_page(client):
-    me = add_user(client, "me@example.org", role="creator")
-    video_id = add_ready_video(client, me.id, status="processing", progress=0.5)
-    log_in(client, "me@example.org")
-    page = client.get("/dashboard")
+def test_the_dashboard_script_gets_each_poster_url_from_the_page(client, creator_client):
+    video_id = add_ready_video(client, creator_client.user.id, status="processing", progress=0.5)
+    page = creator_client.get("/dashboard")
     assert f'data-poster-url="/media/{video_id}/poster.jpg"' in page.text
     assert "item.dataset.posterUrl" in (STATIC_DIR / "js" / "dashboard.js").read_text()
