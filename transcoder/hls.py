@@ -45,8 +45,9 @@ POLL_SECONDS = 0.2
 @dataclass(frozen=True)
 class HlsOptions:
     segment_seconds: float = 4.0
-    #: Keyframe interval; a divisor of segment_seconds so every segment starts on one.
-    keyframe_seconds: float = 2.0
+    #: The first segments are this short, then double up to segment_seconds (1, 1, 2, 4,
+    #: 4...): a viewer can start about a second of video after the encode starts.
+    first_segment_seconds: float = 1.0
     preset: str = "veryfast"
     #: Wall-time limit in seconds for the whole encode; None for no limit.
     timeout: float | None = None
@@ -137,8 +138,8 @@ def build_command(
     for r in renditions:
         if not _SAFE_NAME.match(r.name):
             raise ValueError(f"rendition name {r.name!r} is not a safe directory name")
-    if options.segment_seconds % options.keyframe_seconds > 1e-6:
-        raise ValueError("segment_seconds must be a multiple of keyframe_seconds")
+    if options.first_segment_seconds <= 0 or options.segment_seconds <= 0:
+        raise ValueError("segment lengths must be positive")
     videos = [r for r in renditions if r.has_video]
     if videos and not info.has_video:
         raise ValueError("video renditions requested for a source without video")
@@ -157,14 +158,14 @@ def build_command(
             opts[f"b:a:{audio_index}"] = r.audio_bitrate
             entry += f",a:{audio_index}"
             audio_index += 1
-        gop = max(1, round(options.keyframe_seconds * r.fps))
         opts |= {
             f"b:v:{i}": r.video_bitrate,
             f"maxrate:v:{i}": r.maxrate,
             f"bufsize:v:{i}": 2 * r.video_bitrate,
             f"level:v:{i}": r.level,
-            f"g:v:{i}": gop,
-            f"keyint_min:v:{i}": gop,
+            # Twice the longest segment: x264 never adds a keyframe of its own, which the
+            # muxer would take for a segment boundary (see segment_starts).
+            f"g:v:{i}": 2 * math.ceil(options.segment_seconds * r.fps),
         }
         stream_map.append(f"{entry},name:{r.name}")
     for r in renditions:
@@ -178,9 +179,9 @@ def build_command(
             "c:v": "libx264",
             "preset": options.preset,
             "profile:v": "high",
-            # Keyframes at the same instants in every rendition, and nowhere else, so players
-            # can switch rendition at any segment boundary.
-            "force_key_frames": f"expr:gte(t,n_forced*{options.keyframe_seconds:g})",
+            # Keyframes at the segment boundaries, the same instants in every rendition, and
+            # nowhere else: players switch rendition at any boundary.
+            "force_key_frames": _keyframe_expression(options),
             "sc_threshold": 0,
             "threads": options.threads,
         }
@@ -194,7 +195,7 @@ def build_command(
         "map_metadata": -1,
         "map_chapters": -1,
         "max_muxing_queue_size": 4096,
-        "hls_time": f"{options.segment_seconds:g}",
+        "hls_time": f"{_hls_time(options, bool(videos)):g}",
         "hls_list_size": 0,
         "hls_playlist_type": "event",
         "hls_segment_type": "fmp4",
@@ -205,6 +206,56 @@ def build_command(
     }
     output = ffmpeg.output(*streams, str(out / "%v" / _PLAYLIST), f="hls", **opts)
     return compile_command(options.ffmpeg, output, progress=True)
+
+
+def segment_starts(options: HlsOptions, count: int) -> list[float]:
+    """Where the first `count` video segments start: 0, then F, 2F, 4F... while at most
+    segment_seconds S, then every S (F=1, S=4: 0, 1, 2, 4, 8, 12: segments 1, 1, 2, 4, 4)."""
+    first, length = options.first_segment_seconds, options.segment_seconds
+    starts = [0.0]
+    boundary = first
+    while boundary <= length and boundary > starts[-1] and len(starts) < count:
+        starts.append(boundary)
+        boundary *= 2
+    while len(starts) < count:
+        starts.append(starts[-1] + length)
+    return starts
+
+
+def _ramp(options: HlsOptions) -> list[float]:
+    """The boundaries of the short opening segments (without 0)."""
+    starts = segment_starts(options, 64)
+    return [t for t in starts[1:] if t <= options.segment_seconds and t < starts[-1]]
+
+
+def _keyframe_expression(options: HlsOptions) -> str:
+    """x264 keyframe n (n_forced) goes on the first frame at or after segment_starts()[n].
+
+    ffmpeg 5.1's `-hls_init_time` would be the obvious tool, but with an unbounded playlist
+    (which EVENT playlists are) it makes every segment that short. So the muxer is told to
+    cut often (`_hls_time`) and we decide where it can: it cuts at the first keyframe after
+    each multiple of hls_time, and we place keyframes only at the boundaries we want.
+    """
+    ramp = _ramp(options)
+    last = ramp[-1] if ramp else 0.0
+    # Grid after the ramp: last + (n - len(ramp)) * S; nested ifs for the ramp itself.
+    expression = f"{last:g}+(n_forced-{len(ramp)})*{options.segment_seconds:g}"
+    for n, t in reversed(list(enumerate(ramp, start=1))):
+        expression = f"if(lte(n_forced,{n}),{t:g},{expression})"
+    expression = f"if(eq(n_forced,0),0,{expression})"
+    # A millisecond of slack: t is a double, and 30 * (1/30) may come out just under 1.
+    return f"expr:gte(t+0.001,{expression})"
+
+
+def _hls_time(options: HlsOptions, video: bool) -> float:
+    """The muxer ends segment n at the first keyframe at or after (n + 1) * hls_time. With
+    keyframes only at our boundaries, any hls_time below every boundary's n-th multiple cuts
+    at each of them; 0.9 x the first length leaves room for timestamps that arrive a frame
+    early. Audio-only output has no keyframes to steer by: every packet is one, so it gets
+    plain segment_seconds segments."""
+    if not video or options.first_segment_seconds >= options.segment_seconds:
+        return options.segment_seconds
+    return 0.9 * options.first_segment_seconds
 
 
 def _scaled(source: Any, videos: list[Rendition], info: MediaInfo) -> list[Any]:
