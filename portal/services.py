@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from portal.db import create_engine, create_schema
 from portal.jobs import JobQueue
+from portal.leases import leases_for
 from portal.licensing.plugins import Plugins
 from portal.metering import Meter, WatchRecord
 from portal.metrics import Metrics
@@ -83,7 +84,7 @@ class Services:
             engine=engine,
             vault=vault,
             jobs=jobs,
-            uploads=Uploads(settings, engine, vault, jobs),
+            uploads=Uploads(settings, engine, vault, jobs, leases_for(settings, engine)),
             tokens=PlaybackTokens(secret_key, settings.token_ttl_seconds),
             metrics=Metrics(),
             secret_key=secret_key,
@@ -99,7 +100,11 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     async with open_database(settings) as engine:
         vault = await open_vault(settings, engine)
         try:
-            yield Services.build(settings, engine, vault)
+            services = Services.build(settings, engine, vault)
+            try:
+                yield services
+            finally:
+                await services.uploads.leases.aclose()
         finally:
             await vault.aclose()
 
