@@ -138,7 +138,9 @@ uploads = Table(
     "uploads",
     metadata,
     Column("id", String(32), primary_key=True),
-    Column("video_id", String(32), ForeignKey("videos.id", ondelete="CASCADE"), nullable=False),
+    # None for a partial upload (tus concatenation): its bytes wait under its own data key
+    # (vault owner = the upload's id) until a final upload gathers them into a film.
+    Column("video_id", String(32), ForeignKey("videos.id", ondelete="CASCADE"), nullable=True),
     Column("creator_id", String(32), ForeignKey("users.id"), nullable=False, index=True),
     Column("length", BigInteger, nullable=False),
     Column("offset", BigInteger, nullable=False, default=0),
@@ -147,8 +149,8 @@ uploads = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False, index=True),
     Column("completed_at", UTCDateTime(), nullable=True),
-    # A PATCH is writing until then: two PATCHes on one upload must never both succeed.
-    Column("locked_until", UTCDateTime(), nullable=True),
+    # tus concatenation: None, "partial", or "final;<partial id> <partial id> ...".
+    Column("concat", Text, nullable=True),
 )
 
 renditions = Table(

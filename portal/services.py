@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from portal.db import create_engine
 from portal.jobs import JobQueue
+from portal.leases import leases_for
 from portal.licensing.plugins import Plugins
 from portal.metering import Meter, WatchRecord
 from portal.metrics import Metrics
@@ -102,7 +103,7 @@ class Services:
             engine=engine,
             vault=vault,
             jobs=jobs,
-            uploads=Uploads(settings, engine, vault, jobs),
+            uploads=Uploads(settings, engine, vault, jobs, leases_for(settings, engine)),
             tokens=PlaybackTokens(secret_key, settings.token_ttl_seconds),
             metrics=Metrics(),
             secret_key=secret_key,
@@ -132,6 +133,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             try:
                 yield services
             finally:
+                await services.uploads.leases.aclose()
                 await services.plugins.aclose()
         finally:
             await vault.aclose()

@@ -79,7 +79,9 @@ def test_options_advertises_version_extensions_and_max_size(client, settings):
     assert response.status_code == 204
     assert response.headers["tus-resumable"] == "1.0.0"
     assert response.headers["tus-version"] == "1.0.0"
-    assert response.headers["tus-extension"] == "creation,termination,expiration,checksum"
+    assert response.headers["tus-extension"] == (
+        "creation,creation-with-upload,termination,expiration,checksum,concatenation"
+    )
     assert response.headers["tus-max-size"] == str(settings.max_upload_bytes)
     assert response.headers["tus-checksum-algorithm"] == "sha1,md5"
 
