@@ -6,9 +6,11 @@ test module imports another test module or a conftest.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import re
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 import anyio
 import httpx
 import httpx2
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.testclient import TestClient
 
@@ -306,6 +308,60 @@ def upload_and_wait(client: Any, auth: dict[str, str], data: bytes) -> str:
         time.sleep(0.1)
     assert video["status"] == "ready", video
     return str(video_id)
+
+
+# -- tus requests --------------------------------------------------------------------------
+
+
+def meta(**values: str) -> str:
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in values.items())
+
+
+def create(client, headers, length: int, **metadata: str):
+    return client.post(
+        "/api/uploads",
+        headers={
+            **TUS,
+            **headers,
+            "Upload-Length": str(length),
+            "Upload-Metadata": meta(**metadata),
+        },
+    )
+
+
+def patch(client, location, headers, offset: int, body: bytes, **extra: str):
+    return client.patch(
+        location,
+        content=body,
+        headers={
+            **TUS,
+            **headers,
+            "Upload-Offset": str(offset),
+            "Content-Type": "application/offset+octet-stream",
+            **extra,
+        },
+    )
+
+
+def count(client, table) -> int:
+    async def query() -> int:
+        async with client.app.state.services.engine.connect() as conn:
+            return await conn.scalar(select(func.count()).select_from(table))
+
+    return client.portal.call(query)
+
+
+def raw_patch_start(server, path: str, auth: dict[str, str], offset: int, length: int,
+                    body: bytes) -> socket.socket:  # fmt: skip
+    """Send a PATCH that announces `length` bytes but only `body` of them, and keep it open."""
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    head = (
+        f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\n"
+        f"Authorization: {auth['Authorization']}\r\nUpload-Offset: {offset}\r\n"
+        f"Content-Type: application/offset+octet-stream\r\nContent-Length: {length}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + body)
+    return sock
 
 
 # -- against a live server -----------------------------------------------------------------

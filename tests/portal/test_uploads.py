@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import socket
 import time
 from email.utils import parsedate_to_datetime
 
 import httpx
 import pytest
-from sqlalchemy import func, select
 
 from portal.db import jobs, uploads, videos
-from tests.helpers import TUS, add_user, bearer, create_account, pipeline_settings
+from tests.helpers import (
+    TUS,
+    add_user,
+    bearer,
+    count,
+    create,
+    create_account,
+    patch,
+    pipeline_settings,
+    raw_patch_start,
+)
 
 # Plain text no film contains: if it is anywhere on disk, the upload was stored in the clear.
 PATTERN = b"MEGAMOVIE-PLAINTEXT-CANARY-"
@@ -30,42 +38,12 @@ def settings(request, tmp_path):
     return base.replace(database_url=request.getfixturevalue("sync_postgres_url"))
 
 
-def meta(**values: str) -> str:
-    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in values.items())
 
 
-def create(client, headers, length: int, **metadata: str):
-    return client.post(
-        "/api/uploads",
-        headers={
-            **TUS,
-            **headers,
-            "Upload-Length": str(length),
-            "Upload-Metadata": meta(**metadata),
-        },
-    )
 
 
-def patch(client, location, headers, offset: int, body: bytes, **extra: str):
-    return client.patch(
-        location,
-        content=body,
-        headers={
-            **TUS,
-            **headers,
-            "Upload-Offset": str(offset),
-            "Content-Type": "application/offset+octet-stream",
-            **extra,
-        },
-    )
 
 
-def count(client, table) -> int:
-    async def query() -> int:
-        async with client.app.state.services.engine.connect() as conn:
-            return await conn.scalar(select(func.count()).select_from(table))
-
-    return client.portal.call(query)
 
 
 @pytest.fixture
@@ -216,17 +194,6 @@ def test_an_expired_upload_is_gone_then_swept_away(client, creator):
     assert count(client, uploads) == 0
 
 
-def raw_patch_start(server, path: str, auth: dict[str, str], offset: int, length: int,
-                    body: bytes) -> socket.socket:  # fmt: skip
-    """Send a PATCH that announces `length` bytes but only `body` of them, and keep it open."""
-    sock = socket.create_connection(("127.0.0.1", server.port))
-    head = (
-        f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\n"
-        f"Authorization: {auth['Authorization']}\r\nUpload-Offset: {offset}\r\n"
-        f"Content-Type: application/offset+octet-stream\r\nContent-Length: {length}\r\n\r\n"
-    )
-    sock.sendall(head.encode() + body)
-    return sock
 
 
 def wait_for_offset(client, location, auth, expected: str) -> None:
