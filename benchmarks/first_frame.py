@@ -1,7 +1,7 @@
 """Watch page: navigation start -> first video frame in Chromium, against a bare peer, same run.
 
     .venv/bin/python benchmarks/first_frame.py [--loads 10] [--seconds 20] [--size 1280x720]
-        [--compare /path/to/other/checkout] [--warm]
+        [--compare /path/to/other/checkout] [--warm] [--portal URL --video ID]
 
 Makes a demo-like film with ffmpeg (testsrc2 + a sine tone, H.264/AAC), imports it with
 `megamovie import --wait` into a temp data dir, starts `megamovie serve` on it, and loads
@@ -190,7 +190,7 @@ def start_portal(env: dict[str, str], tree: Path, port: int, log: Path) -> subpr
 
 
 class ReferencePage(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/html; charset=utf-8")
         self.send_header("Content-Length", str(len(REFERENCE_PAGE)))
@@ -238,7 +238,11 @@ def main() -> None:
     parser.add_argument("--loads", type=int, default=10, help="loads per contestant")
     parser.add_argument("--seconds", type=float, default=20, help="length of the film")
     parser.add_argument("--size", default="1280x720", help="picture size of the film")
-    parser.add_argument("--compare", type=Path, help="another checkout to measure beside")
+    parser.add_argument(
+        "--compare",
+        help="another checkout to measure beside ours on the same film (or, with --portal, "
+        "the base URL of one already running on the same data)",
+    )
     parser.add_argument("--warm", action="store_true", help="one browser context: a cached visit")
     parser.add_argument("--no-reference", action="store_true", help="skip the native HLS peer")
     parser.add_argument(
@@ -274,10 +278,13 @@ def main() -> None:
             ours = f"http://127.0.0.1:{port}"
         contestants: list[tuple[str, str]] = []  # (name, base URL)
         contestants.append(("ours", ours))
-        if args.compare:
+        if args.compare and args.compare.startswith("http"):
+            contestants.append((f"compare ({args.compare})", args.compare.rstrip("/")))
+        elif args.compare:
             other = free_port()
-            procs.append(start_portal(env, args.compare.resolve(), other, tmp / "compare.log"))
-            contestants.append((f"compare ({args.compare})", f"http://127.0.0.1:{other}"))
+            tree = Path(args.compare).resolve()
+            procs.append(start_portal(env, tree, other, tmp / "compare.log"))
+            contestants.append((f"compare ({tree.name})", f"http://127.0.0.1:{other}"))
         if not args.no_reference:
             ref_port = free_port()
             reference = http.server.ThreadingHTTPServer(("127.0.0.1", ref_port), ReferencePage)
@@ -318,7 +325,7 @@ def main() -> None:
                         timeout=20_000,
                     )
                     seen = page.evaluate(READ_FIGURES)
-                except Exception as exc:  # noqa: BLE001 (a failed load is counted, not fatal)
+                except Exception as exc:  # a failed load is counted, not fatal
                     failures[name] += 1
                     print(f"  {name}: load failed: {str(exc).splitlines()[0]}", flush=True)
                     return
@@ -372,8 +379,12 @@ def main() -> None:
         if waterfall:
             print("\nour page, median start and end of each request (ms after navigation start):")
             rows = [
-                (label, statistics.median(b for b, _ in times), statistics.median(e for _, e in times),
-                 len(times))
+                (
+                    label,
+                    statistics.median(b for b, _ in times),
+                    statistics.median(e for _, e in times),
+                    len(times),
+                )
                 for label, times in waterfall.items()
             ]
             for label, begin, end, count in sorted(rows, key=lambda row: row[2]):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,8 +104,8 @@ async def start_plan(request: Request, video: Video, resume: float) -> StartPlan
         ).all()
         if not ladder:
             return plan
-        segment_seconds = services.settings.segment_seconds
-        fits = [r.name for r in ladder if r.bandwidth * segment_seconds <= bandwidth * START_FILL_SECONDS]
+        seconds = services.settings.segment_seconds
+        fits = [r.name for r in ladder if r.bandwidth * seconds <= bandwidth * START_FILL_SECONDS]
         plan.rendition = fits[-1] if fits else ladder[0].name
         rows = (
             await conn.execute(
@@ -113,12 +114,17 @@ async def start_plan(request: Request, video: Video, resume: float) -> StartPlan
                 .order_by(segments.c.idx)
             )
         ).all()
-    plan.preloads.extend(_first_fetches(granted, plan.rendition, rows, resume))
+    timeline = [(int(idx), float(duration)) for idx, duration in rows]
+    fetches = _first_fetches(granted, plan.rendition, timeline, resume)
+    if not fetches:
+        # Not transcoded that far yet: hls.js starts where it would anyway.
+        plan.rendition = ""
+    plan.preloads.extend(fetches)
     return plan
 
 
 def _first_fetches(
-    granted: Grant, rendition: str, rows: list[Any], resume: float
+    granted: Grant, rendition: str, rows: Sequence[tuple[int, float]], resume: float
 ) -> list[str]:
     """The rendition's playlist, init segment and the segment playback starts in, when they
     exist and the licence lets the player have them."""
