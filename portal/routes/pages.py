@@ -73,8 +73,10 @@ def estimated_bandwidth(request: Request) -> int:
 
 
 def is_speculative(request: Request) -> bool:
-    """A prefetch or prerender the browser may throw away: it gets no grant (no view, no
-    stream); the player asks for one if the page is ever shown."""
+    """A prefetch or prerender the browser may throw away, or a HEAD (a link checker): it
+    gets no grant (no view, no stream); the player asks for one if the page is ever shown."""
+    if request.method == "HEAD":
+        return True
     purpose = request.headers.get("sec-purpose") or request.headers.get("purpose") or ""
     return "prefetch" in purpose.lower()
 

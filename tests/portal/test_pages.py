@@ -56,6 +56,7 @@ def test_watch_page_hands_the_player_a_grant_issued_while_it_rendered(settings):
         again = grant_of(client.get(f"/watch/{video_id}").text)
         # A browser's speculative prefetch gets no grant: no view, no stream.
         prefetched = client.get(f"/watch/{video_id}", headers={"Sec-Purpose": "prefetch"})
+        assert client.head(f"/watch/{video_id}").status_code == 200
         info = client.get(f"/api/videos/{video_id}").json()
         # A film its creator sees before it can play: the player asks the API (which says why).
         waiting = add_ready_video(
