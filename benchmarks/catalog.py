@@ -22,7 +22,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from portal.catalog import PAGE_SIZE, fts5_query, list_videos, search_terms
-from portal.db import create_engine, create_schema, new_id, users, utcnow, videos
+from portal.db import create_engine, new_id, users, utcnow, videos
+from portal.migrations import upgrade
 
 WORDS = (
     "harbour night train summer river mountain city rain garden winter light storm desert "
@@ -109,7 +110,7 @@ async def main(count: int, seconds: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.db"
         engine = create_engine(f"sqlite+aiosqlite:///{path}")
-        await create_schema(engine)
+        await upgrade(engine)
         started = time.perf_counter()
         await fill(engine, count, 200, rng)
         print(f"{count:,} videos inserted (FTS kept by triggers) in "

@@ -10,8 +10,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.portal.conftest import PASSWORD, bearer, create_account, make_clip, pipeline_settings
-from tests.portal.test_api_journey import tus_upload, wait_until_done
+from tests.helpers import (
+    PASSWORD,
+    bearer,
+    create_account,
+    make_clip,
+    pipeline_settings,
+    tus_upload,
+    wait_until_done,
+)
 
 pytestmark = pytest.mark.browser
 

@@ -14,9 +14,15 @@ from starlette.testclient import TestClient
 
 from portal.app import create_app
 from portal.server import MAX_HEAD_BYTES
-from tests.conftest import LiveServer
-from tests.portal.conftest import TUS, bearer
-from tests.portal.test_accounts import add_ready_video, add_user, csrf_from, fast_settings
+from tests.helpers import (
+    TUS,
+    LiveServer,
+    add_ready_video,
+    add_user,
+    bearer,
+    csrf_from,
+    fast_settings,
+)
 
 HEADER_TIMEOUT = 1.0
 

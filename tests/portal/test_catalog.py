@@ -15,8 +15,7 @@ from portal.catalog import PAGE_SIZE, list_videos
 from portal.db import users, utcnow, videos
 from portal.routes.catalog import page_links
 from portal.web import format_duration
-from tests.portal.conftest import insert_user
-from tests.portal.test_accounts import add_ready_video, add_user, add_video, fast_settings
+from tests.helpers import add_ready_video, add_user, add_video, fast_settings, insert_user
 
 pytestmark = pytest.mark.anyio
 

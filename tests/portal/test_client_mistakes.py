@@ -29,11 +29,12 @@ from portal.parsing import (
     upload_metadata,
 )
 from portal.security import CONTENT_SECURITY_POLICY
-from tests.portal.conftest import TUS, bearer
-from tests.portal.test_accounts import (
+from tests.helpers import (
     PASSWORD,
+    TUS,
     add_ready_video,
     add_user,
+    bearer,
     csrf_from,
     fast_settings,
     log_in,

@@ -10,15 +10,15 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import anyio
 import pytest
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from portal.app import create_app
-from portal.db import new_id, purchases, subscriptions, utcnow, watched_segments
+from portal.db import create_engine, new_id, purchases, subscriptions, utcnow, watched_segments
 from portal.licensing import hookspecs
-from tests.portal.conftest import bearer, create_account, pipeline_settings
-from tests.portal.test_playback import upload_and_wait
+from tests.helpers import bearer, create_account, pipeline_settings, upload_and_wait
 from transcoder.playlists import parse_playlist
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "licensing-hooks.md"
@@ -308,7 +308,7 @@ def test_plugins_named_in_the_setting_are_loaded_and_a_bad_name_is_a_clear_error
 async def test_a_stream_nobody_renews_frees_its_place_on_both_databases(engine):
     from portal.errors import TooManyStreams
     from portal.licensing.streams import close_idle_streams, open_stream
-    from tests.portal.conftest import insert_user, insert_video
+    from tests.helpers import insert_user, insert_video
 
     video = await insert_video(engine, await insert_user(engine), status="ready")
     start = utcnow() - timedelta(minutes=10)
@@ -327,3 +327,27 @@ async def test_a_stream_nobody_renews_frees_its_place_on_both_databases(engine):
     later = start + timedelta(seconds=200)
     assert await open_at(later) not in (None, first)
     assert await close_idle_streams(engine, 150) >= 1
+
+
+def test_watch_time_earned_before_a_clean_shutdown_is_written(settings, clip):
+    create_account(settings, "maker@example.org", "creator")
+    with TestClient(create_app(settings)) as client:
+        maker = bearer(client, "maker@example.org")
+        video_id = upload_and_wait(client, maker, clip.read_bytes())
+        grant = client.get(f"/api/videos/{video_id}/playback").json()
+        base = grant["url"].rsplit("/", 1)[0]
+        assert client.get(f"{base}/180p/000000.m4s").status_code == 200
+        engine_url = client.app.state.services.settings.database_url
+
+    # The app has shut down well within MEGAMOVIE_METERING_FLUSH_SECONDS: only its last
+    # flush can have written the segment. Read it back through a fresh engine.
+    async def count() -> int:
+        engine = create_engine(engine_url)
+        try:
+            async with engine.connect() as conn:
+                query = select(func.count()).where(watched_segments.c.video_id == video_id)
+                return (await conn.execute(query)).scalar_one()
+        finally:
+            await engine.dispose()
+
+    assert anyio.run(count) == 1

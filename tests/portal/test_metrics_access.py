@@ -10,7 +10,7 @@ from portal.app import create_app
 from portal.errors import BearerTokenRequired, PermissionDenied
 from portal.routes.ops import authorise_scrape, on_loopback
 from portal.settings import Secret, Settings
-from tests.portal.test_accounts import fast_settings
+from tests.helpers import fast_settings
 
 TOKEN = "scrape-me-0123456789"
 PROMETHEUS = "text/plain; version=0.0.4"

@@ -13,8 +13,8 @@ from starlette.testclient import TestClient
 from portal.app import create_app
 from portal.cli import main
 from portal.db import create_engine, ledger_entries, utcnow
+from tests.helpers import bearer, create_account, insert_video, pipeline_settings
 from tests.portal.commerce import add_offer
-from tests.portal.conftest import bearer, create_account, insert_video, pipeline_settings
 
 
 @pytest.fixture

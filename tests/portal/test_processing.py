@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import anyio
 import pytest
@@ -11,13 +10,12 @@ from portal.db import jobs, segments, videos
 from portal.jobs import JobQueue
 from portal.layout import segment_path
 from portal.processing import clean_scratch
+from portal.services import vault_config
 from portal.vault import open_vault
 from portal.worker import Worker
-from tests.portal.conftest import insert_user, insert_video
+from tests.helpers import PLAINTEXT_MARKERS, files_containing, insert_user, insert_video
 
 pytestmark = pytest.mark.anyio
-
-PLAINTEXT_MARKERS = (b"ftyp", b"moov", b"mdat", b"moof", b"Lavf", b"x264")
 
 
 @pytest.fixture
@@ -27,7 +25,7 @@ def settings(settings):
 
 @pytest.fixture
 async def vault(settings, engine):
-    vault = await open_vault(settings, engine)
+    vault = await open_vault(vault_config(settings), engine)
     yield vault
     await vault.aclose()
 
@@ -45,15 +43,6 @@ async def uploaded_video(engine, vault, source: bytes) -> str:
 async def video_row(engine, video_id):
     async with engine.connect() as conn:
         return (await conn.execute(select(videos).where(videos.c.id == video_id))).mappings().one()
-
-
-def files_containing(root: Path, markers: tuple[bytes, ...]) -> list[str]:
-    found = []
-    for path in root.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            found += [f"{path.name}: {m!r}" for m in markers if m in data]
-    return found
 
 
 async def test_a_dead_workers_clip_is_taken_over_and_becomes_an_encrypted_ladder(

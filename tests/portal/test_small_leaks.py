@@ -15,8 +15,7 @@ from portal.errors import TokenInvalid
 from portal.security import CONTENT_SECURITY_POLICY
 from portal.settings import SettingsError
 from portal.tokens import PlaybackTokens
-from tests.portal.conftest import TUS, bearer
-from tests.portal.test_accounts import add_user, fast_settings
+from tests.helpers import TUS, add_user, bearer, fast_settings
 
 KEY = b"k" * 32
 IDS = st.from_regex(r"[A-Za-z0-9]{1,32}", fullmatch=True)

@@ -6,8 +6,7 @@ from sqlalchemy import text
 from starlette.testclient import TestClient
 
 from portal.app import create_app
-from tests.portal.conftest import TUS, bearer
-from tests.portal.test_accounts import add_ready_video, add_user, fast_settings, log_in
+from tests.helpers import TUS, add_ready_video, add_user, bearer, fast_settings, log_in
 
 
 def test_a_csrf_refusal_of_an_upload_says_tus_resumable(tmp_path):

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from portal.app import create_app
 from portal.db import jobs, uploads, videos
-from tests.portal.conftest import TUS, bearer, create_account, pipeline_settings
+from tests.helpers import TUS, bearer, create_account, pipeline_settings
 
 # Plain text no film contains: if it is anywhere on disk, the upload was stored in the clear.
 PATTERN = b"MEGAMOVIE-PLAINTEXT-CANARY-"
@@ -75,13 +75,14 @@ def creator(settings):
     return "maker@example.org"
 
 
-def test_options_advertises_version_extensions_and_max_size(settings):
-    with TestClient(create_app(settings)) as client:
-        response = client.options("/api/uploads")
+def test_options_advertises_version_extensions_and_max_size(client, settings):
+    response = client.options("/api/uploads")
     assert response.status_code == 204
     assert response.headers["tus-resumable"] == "1.0.0"
     assert response.headers["tus-version"] == "1.0.0"
-    assert response.headers["tus-extension"] == "creation,termination,expiration,checksum"
+    assert response.headers["tus-extension"] == (
+        "creation,creation-with-upload,termination,expiration,checksum,concatenation"
+    )
     assert response.headers["tus-max-size"] == str(settings.max_upload_bytes)
     assert response.headers["tus-checksum-algorithm"] == "sha1,md5"
 
@@ -127,34 +128,33 @@ def test_an_upload_in_two_patches_queues_its_video(settings, creator):
     assert leaks == []
 
 
-def test_protocol_errors_have_their_tus_status_codes(settings, creator):
-    with TestClient(create_app(settings)) as client:
-        auth = bearer(client, creator)
-        location = create(client, auth, 10).headers["location"]
+def test_protocol_errors_have_their_tus_status_codes(client, creator):
+    auth = bearer(client, creator)
+    location = create(client, auth, 10).headers["location"]
 
-        old = client.head(location, headers={"Tus-Resumable": "0.2.2", **auth})
-        assert old.status_code == 412
-        assert old.headers["tus-version"] == "1.0.0"
-        assert old.headers["tus-resumable"] == "1.0.0"
+    old = client.head(location, headers={"Tus-Resumable": "0.2.2", **auth})
+    assert old.status_code == 412
+    assert old.headers["tus-version"] == "1.0.0"
+    assert old.headers["tus-resumable"] == "1.0.0"
 
-        wrong_type = client.patch(location, content=b"12345", headers={
-            **TUS, **auth, "Upload-Offset": "0", "Content-Type": "application/json"})  # fmt: skip
-        assert wrong_type.status_code == 415
+    wrong_type = client.patch(location, content=b"12345", headers={
+        **TUS, **auth, "Upload-Offset": "0", "Content-Type": "application/json"})  # fmt: skip
+    assert wrong_type.status_code == 415
 
-        assert patch(client, location, auth, 3, b"12345").status_code == 409
-        too_long = patch(client, location, auth, 0, b"0123456789AB")
-        assert too_long.status_code == 413
-        assert too_long.headers["tus-resumable"] == "1.0.0"
+    assert patch(client, location, auth, 3, b"12345").status_code == 409
+    too_long = patch(client, location, auth, 0, b"0123456789AB")
+    assert too_long.status_code == 413
+    assert too_long.headers["tus-resumable"] == "1.0.0"
 
-        wrong = "sha1 " + base64.b64encode(b"x" * 20).decode()
-        bad_sum = patch(client, location, auth, 0, b"12345", **{"Upload-Checksum": wrong})
-        assert bad_sum.status_code == 460
-        assert client.head(location, headers={**TUS, **auth}).headers["upload-offset"] == "0"
-        good = base64.b64encode(hashlib.md5(b"12345").digest()).decode()  # noqa: S324
-        ok = patch(client, location, auth, 0, b"12345", **{"Upload-Checksum": f"md5 {good}"})
-        assert (ok.status_code, ok.headers["upload-offset"]) == (204, "5")
-        unknown = patch(client, location, auth, 5, b"678", **{"Upload-Checksum": "crc32 AAAA"})
-        assert unknown.status_code == 400
+    wrong = "sha1 " + base64.b64encode(b"x" * 20).decode()
+    bad_sum = patch(client, location, auth, 0, b"12345", **{"Upload-Checksum": wrong})
+    assert bad_sum.status_code == 460
+    assert client.head(location, headers={**TUS, **auth}).headers["upload-offset"] == "0"
+    good = base64.b64encode(hashlib.md5(b"12345").digest()).decode()  # noqa: S324
+    ok = patch(client, location, auth, 0, b"12345", **{"Upload-Checksum": f"md5 {good}"})
+    assert (ok.status_code, ok.headers["upload-offset"]) == (204, "5")
+    unknown = patch(client, location, auth, 5, b"678", **{"Upload-Checksum": "crc32 AAAA"})
+    assert unknown.status_code == 400
 
 
 def test_only_creators_may_upload_and_nobody_sees_anothers_upload(settings, creator):
@@ -174,36 +174,34 @@ def test_only_creators_may_upload_and_nobody_sees_anothers_upload(settings, crea
         assert client.head(location, headers={**TUS, **bearer(client, creator)}).status_code == 200
 
 
-def test_an_upload_over_quota_is_refused_before_any_byte(settings, creator):
-    with TestClient(create_app(settings)) as client:
-        auth = bearer(client, creator)
-        too_big = create(client, auth, settings.quota_bytes + 1)
-        assert too_big.status_code == 413
-        assert too_big.json()["error"] == "quota_exceeded"
-        # Unfinished uploads reserve their declared length.
-        assert create(client, auth, 60_000).status_code == 201
-        second = create(client, auth, 60_000)
-        assert second.status_code == 413
-        assert "40,000" in second.json()["message"]
-        assert count(client, videos) == 1
-        assert create(client, auth, 40_000).status_code == 201
+def test_an_upload_over_quota_is_refused_before_any_byte(client, settings, creator):
+    auth = bearer(client, creator)
+    too_big = create(client, auth, settings.quota_bytes + 1)
+    assert too_big.status_code == 413
+    assert too_big.json()["error"] == "quota_exceeded"
+    # Unfinished uploads reserve their declared length.
+    assert create(client, auth, 60_000).status_code == 201
+    second = create(client, auth, 60_000)
+    assert second.status_code == 413
+    assert "40,000" in second.json()["message"]
+    assert count(client, videos) == 1
+    assert create(client, auth, 40_000).status_code == 201
 
 
-def test_termination_deletes_the_upload_its_video_and_its_key(settings, creator):
-    with TestClient(create_app(settings)) as client:
-        auth = bearer(client, creator)
-        created = create(client, auth, 100)
-        location, video_id = created.headers["location"], created.headers["video-id"]
-        assert patch(client, location, auth, 0, b"x" * 50).status_code == 204
-        vault = client.app.state.services.vault
-        assert client.portal.call(vault.has_key, video_id)
+def test_termination_deletes_the_upload_its_video_and_its_key(client, creator):
+    auth = bearer(client, creator)
+    created = create(client, auth, 100)
+    location, video_id = created.headers["location"], created.headers["video-id"]
+    assert patch(client, location, auth, 0, b"x" * 50).status_code == 204
+    vault = client.app.state.services.vault
+    assert client.portal.call(vault.has_key, video_id)
 
-        gone = client.delete(location, headers={**TUS, **auth})
-        assert (gone.status_code, gone.headers["tus-resumable"]) == (204, "1.0.0")
-        assert client.head(location, headers={**TUS, **auth}).status_code == 404
-        assert not client.portal.call(vault.has_key, video_id)
-        assert client.portal.call(vault.list, video_id) == []
-        assert count(client, videos) == 0
+    gone = client.delete(location, headers={**TUS, **auth})
+    assert (gone.status_code, gone.headers["tus-resumable"]) == (204, "1.0.0")
+    assert client.head(location, headers={**TUS, **auth}).status_code == 404
+    assert not client.portal.call(vault.has_key, video_id)
+    assert client.portal.call(vault.list, video_id) == []
+    assert count(client, videos) == 0
 
 
 def test_an_expired_upload_is_gone_then_swept_away(tmp_path, creator, settings):

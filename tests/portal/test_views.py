@@ -12,8 +12,14 @@ from portal.app import create_app
 from portal.db import utcnow, videos, views
 from portal.videos import Viewer
 from portal.views import count_view
-from tests.portal.conftest import insert_user, insert_video
-from tests.portal.test_accounts import add_ready_video, add_user, fast_settings, log_in
+from tests.helpers import (
+    add_ready_video,
+    add_user,
+    fast_settings,
+    insert_user,
+    insert_video,
+    log_in,
+)
 
 
 async def view_count(engine, video_id: str) -> int:

@@ -14,8 +14,7 @@ from starlette.testclient import TestClient
 
 from portal.app import create_app
 from portal.db import videos
-from tests.portal.conftest import bearer, create_account, pipeline_settings
-from tests.portal.test_playback import upload_and_wait
+from tests.helpers import bearer, create_account, pipeline_settings, upload_and_wait
 
 VIEWERS = ("anonymous", "viewer", "other_creator", "owner", "admin")
 STATES = {

@@ -7,9 +7,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from portal.app import create_app
-from tests.portal.conftest import bearer
-from tests.portal.test_accounts import add_ready_video, add_user, fast_settings
-from tests.portal.test_playback import set_video
+from tests.helpers import add_ready_video, add_user, bearer, fast_settings, set_video
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.transcoder.conftest import run_ffmpeg
+from tests.helpers import run_ffmpeg
 from transcoder.guard import Guard
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,7 +114,7 @@ async def main(source: Path, scratch: Path) -> None:
             print(segment.kind, flush=True)
 
         options = HlsOptions(
-            preset="veryslow", threads=1, segment_seconds=1.0, keyframe_seconds=1.0
+            preset="veryslow", threads=1, segment_seconds=1.0
         )
         await transcode(plaintext, info, build_ladder(info), scratch / "hls", options, keep,
                         guard=guard)
