@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -439,3 +440,43 @@ def sign_up_creator(page: Any, base: str, email: str, name: str) -> None:
     page.check('input[name="role"][value="creator"]')
     page.click('button[type="submit"]')
     page.wait_for_url(f"{base}/upload")
+
+
+# -- processes ------------------------------------------------------------------------------
+
+#: Long enough after a kill for the kernel's death signal and the janitor's cleanup, short
+#: enough that a regression fails fast.
+GRACE_SECONDS = 5.0
+
+
+def live_processes_naming(needle: str) -> list[int]:
+    """Pids of processes, zombies excepted, whose command line contains `needle`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            state = (proc / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if needle.encode() in cmdline and state not in (b"Z", b"X"):
+            found.append(int(proc.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def eventually(check: Callable[[], bool], seconds: float = GRACE_SECONDS) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()

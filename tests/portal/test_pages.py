@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from html import unescape
 
 from portal.app import STATIC_DIR
 from tests.helpers import add_ready_video, add_user, csrf_from, log_in
@@ -14,7 +16,7 @@ def test_watch_page_configures_the_player_without_inline_script(client):
         client, creator.id, title="Night Train", tags="travel rail", has_poster=True
     )
     page = client.get(f"/watch/{video_id}")
-    hls = client.get("/static/vendor/hls.min.js")
+    hls = client.get("/static/vendor/hls.light.min.js")
     player = client.get("/static/js/player.js")
     assert page.status_code == 200
     assert "<h1>Night Train</h1>" in page.text
@@ -22,10 +24,67 @@ def test_watch_page_configures_the_player_without_inline_script(client):
     assert f'data-position-url="/api/videos/{video_id}/position"' in page.text
     assert f'poster="/media/{video_id}/poster.jpg"' in page.text
     assert 'data-logged-in="false"' in page.text
-    assert '<script src="/static/vendor/hls.min.js" defer></script>' in page.text
+    assert '<script src="/static/vendor/hls.light.min.js" defer></script>' in page.text
     assert 'href="/?q=travel"' in page.text
     assert hls.status_code == player.status_code == 200
     assert "Hls.isSupported()" in player.text
+
+
+def grant_of(page_html: str) -> dict | None:
+    found = re.search(r'data-grant="([^"]*)"', page_html)
+    assert found, "the player has a data-grant attribute"
+    return json.loads(unescape(found.group(1))) if found.group(1) else None
+
+
+def test_watch_page_hands_the_player_a_grant_issued_while_it_rendered(client):
+    creator = add_user(client, "c@example.org", role="creator")
+    video_id = add_ready_video(client, creator.id, title="Quick")
+    page = client.get(f"/watch/{video_id}")
+    grant = grant_of(page.text)
+    assert grant is not None
+    master = client.get(grant["url"])
+    again = grant_of(client.get(f"/watch/{video_id}").text)
+    # A browser's speculative prefetch, and a HEAD, get no grant: no view, no stream.
+    prefetched = client.get(f"/watch/{video_id}", headers={"Sec-Purpose": "prefetch"})
+    assert client.head(f"/watch/{video_id}").status_code == 200
+    info = client.get(f"/api/videos/{video_id}").json()
+    # A film its creator sees before it can play: the player asks the API (which says why).
+    waiting = add_ready_video(
+        client, creator.id, status="processing", ready_at=None, playable=False
+    )
+    log_in(client, "c@example.org")
+    unplayable = client.get(f"/watch/{waiting}")
+    assert page.headers["cache-control"] == "no-store"
+    assert grant["url"] == f"/stream/{grant['url'].split('/')[2]}/{video_id}/master.m3u8"
+    assert grant["stream"] and grant["renew_seconds"] > 0 and grant["expires_at"]
+    assert grant["licence"]["kind"] == "full" and grant["licence"]["source"] == "free"
+    assert master.status_code == 200
+    preload = f'<link rel="preload" href="{grant["url"]}" as="fetch" crossorigin="anonymous">'
+    assert preload in page.text
+    assert 'rel="preload" href="/static/vendor/hls.light.min.js" as="script"' in page.text
+    # Each page opened its own stream, and the viewer's view counted once.
+    assert again is not None and again["stream"] != grant["stream"]
+    assert info["views"] == 1, info
+    assert grant_of(prefetched.text) is None
+    assert 'as="fetch"' not in prefetched.text
+    assert unplayable.status_code == 200 and grant_of(unplayable.text) is None
+
+
+def test_start_bandwidth_comes_from_the_cookie_within_bounds(client):
+    creator = add_user(client, "c@example.org", role="creator")
+    video_id = add_ready_video(client, creator.id)
+    seen = {}
+    for value in ("2500000", "12", "99999999999999", "-5", "lots"):
+        client.cookies.set("mm_bw", value)
+        page = client.get(f"/watch/{video_id}").text
+        seen[value] = re.search(r'data-bandwidth="(\d+)"', page).group(1)  # type: ignore[union-attr]
+    assert seen == {
+        "2500000": "2500000",
+        "12": "100000",
+        "99999999999999": "1000000000",
+        "-5": "5000000",
+        "lots": "5000000",
+    }
 
 
 def test_unfinished_films_are_hidden_from_everyone_but_their_creator_and_admins(
