@@ -6,18 +6,21 @@ test module imports another test module or a conftest.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import re
+import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import httpx2
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.testclient import TestClient
 
@@ -308,6 +311,60 @@ def upload_and_wait(client: Any, auth: dict[str, str], data: bytes) -> str:
     return str(video_id)
 
 
+# -- tus requests --------------------------------------------------------------------------
+
+
+def meta(**values: str) -> str:
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in values.items())
+
+
+def create(client, headers, length: int, **metadata: str):
+    return client.post(
+        "/api/uploads",
+        headers={
+            **TUS,
+            **headers,
+            "Upload-Length": str(length),
+            "Upload-Metadata": meta(**metadata),
+        },
+    )
+
+
+def patch(client, location, headers, offset: int, body: bytes, **extra: str):
+    return client.patch(
+        location,
+        content=body,
+        headers={
+            **TUS,
+            **headers,
+            "Upload-Offset": str(offset),
+            "Content-Type": "application/offset+octet-stream",
+            **extra,
+        },
+    )
+
+
+def count(client, table) -> int:
+    async def query() -> int:
+        async with client.app.state.services.engine.connect() as conn:
+            return await conn.scalar(select(func.count()).select_from(table))
+
+    return client.portal.call(query)
+
+
+def raw_patch_start(server, path: str, auth: dict[str, str], offset: int, length: int,
+                    body: bytes) -> socket.socket:  # fmt: skip
+    """Send a PATCH that announces `length` bytes but only `body` of them, and keep it open."""
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    head = (
+        f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\n"
+        f"Authorization: {auth['Authorization']}\r\nUpload-Offset: {offset}\r\n"
+        f"Content-Type: application/offset+octet-stream\r\nContent-Length: {length}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + body)
+    return sock
+
+
 # -- against a live server -----------------------------------------------------------------
 
 
@@ -383,3 +440,43 @@ def sign_up_creator(page: Any, base: str, email: str, name: str) -> None:
     page.check('input[name="role"][value="creator"]')
     page.click('button[type="submit"]')
     page.wait_for_url(f"{base}/upload")
+
+
+# -- processes ------------------------------------------------------------------------------
+
+#: Long enough after a kill for the kernel's death signal and the janitor's cleanup, short
+#: enough that a regression fails fast.
+GRACE_SECONDS = 5.0
+
+
+def live_processes_naming(needle: str) -> list[int]:
+    """Pids of processes, zombies excepted, whose command line contains `needle`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            state = (proc / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if needle.encode() in cmdline and state not in (b"Z", b"X"):
+            found.append(int(proc.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def eventually(check: Callable[[], bool], seconds: float = GRACE_SECONDS) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()

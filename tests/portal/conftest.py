@@ -25,9 +25,11 @@ from tests.helpers import POSTGRES_ADMIN_DSN, SignedIn, add_user, fast_settings,
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    """argon2 at its cheapest keeps the suite fast; test_accounts checks the real cost."""
-    return fast_settings(tmp_path)
+def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """argon2 at its cheapest keeps the suite fast (test_accounts checks the real cost).
+    A test may change any setting: `@pytest.mark.settings(secure_cookies=True)`."""
+    marker = request.node.get_closest_marker("settings")
+    return fast_settings(tmp_path, **(marker.kwargs if marker else {}))
 
 
 @pytest.fixture

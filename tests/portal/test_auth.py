@@ -13,12 +13,7 @@ from portal.app import create_app
 from portal.db import api_tokens, utcnow
 from portal.settings import Secret
 from portal.signing import load_secret_key
-from tests.helpers import PASSWORD, add_ready_video, add_user, csrf_from, fast_settings, log_in
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return fast_settings(tmp_path)
+from tests.helpers import PASSWORD, add_ready_video, add_user, csrf_from, log_in
 
 
 def bearer_token(client: TestClient, email: str) -> str:
@@ -62,12 +57,11 @@ def test_api_token_is_refused_once_expired(client):
     assert "expired or is not valid" in response.json()["message"]
 
 
-def test_api_token_lifetime_follows_the_setting(tmp_path):
-    settings = fast_settings(tmp_path, token_ttl_seconds=120)
-    with TestClient(create_app(settings)) as client:
-        add_user(client, "c@example.org")
-        before = utcnow()
-        response = client.post("/api/tokens", json={"email": "c@example.org", "password": PASSWORD})
+@pytest.mark.settings(token_ttl_seconds=120)
+def test_api_token_lifetime_follows_the_setting(client):
+    add_user(client, "c@example.org")
+    before = utcnow()
+    response = client.post("/api/tokens", json={"email": "c@example.org", "password": PASSWORD})
     from datetime import datetime
 
     expires = datetime.fromisoformat(response.json()["expires_at"])
@@ -139,9 +133,9 @@ def test_session_cookie_is_signed_httponly_and_lax(client):
     assert "Secure" not in cookie
 
 
-def test_session_cookie_is_secure_when_configured(tmp_path):
-    settings = fast_settings(tmp_path, secure_cookies=True)
-    with TestClient(create_app(settings), base_url="https://testserver") as client:
+@pytest.mark.settings(secure_cookies=True)
+def test_session_cookie_is_secure_when_configured(app):
+    with TestClient(app, base_url="https://testserver") as client:
         add_user(client, "c@example.org")
         response = log_in(client, "c@example.org")
     cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith("mm_session="))
@@ -167,12 +161,14 @@ def test_login_refuses_to_redirect_off_site(client):
     assert response.headers["location"] == "/"
 
 
-def test_sessions_survive_a_restart_with_the_generated_secret_key(client, settings):
-    add_user(client, "c@example.org", role="creator")
-    log_in(client, "c@example.org")
-    cookie = client.cookies.get("mm_session")
+def test_sessions_survive_a_restart_with_the_generated_secret_key(app, settings):
+    with TestClient(app) as client:
+        add_user(client, "c@example.org", role="creator")
+        log_in(client, "c@example.org")
+        cookie = client.cookies.get("mm_session")
     key_file = settings.secret_key_file
     assert key_file.stat().st_mode & 0o777 == 0o600
+    # The restart: a new app from the same settings, after the first one has stopped.
     with TestClient(create_app(settings)) as client:
         client.cookies.set("mm_session", cookie)
         assert client.get("/dashboard").status_code == 200

@@ -8,14 +8,12 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.testclient import TestClient
 
-from portal.app import create_app
 from portal.catalog import PAGE_SIZE, list_videos
 from portal.db import users, utcnow, videos
 from portal.routes.catalog import page_links
 from portal.web import format_duration
-from tests.helpers import add_ready_video, add_user, add_video, fast_settings, insert_user
+from tests.helpers import add_ready_video, add_user, add_video, insert_user
 
 pytestmark = pytest.mark.anyio
 
@@ -125,20 +123,18 @@ def test_duration_is_shown_as_minutes_and_seconds():
     assert format_duration(None) == ""
 
 
-def test_catalog_page_shows_posters_durations_creators_and_placeholders(tmp_path):
-    settings = fast_settings(tmp_path)
-    with TestClient(create_app(settings)) as client:
-        creator = add_user(client, "ann@example.org", role="creator", name="Ann Lee")
-        with_poster = add_ready_video(
-            client, creator.id, title="Harbour Lights", duration=754.2, has_poster=True
-        )
-        add_ready_video(client, creator.id, title="No Poster Yet", duration=5.0)
-        add_ready_video(client, creator.id, title="Still processing", status="processing")
-        page = client.get("/")
-        search = client.get("/", params={"q": "harbour"})
-        api = client.get("/api/videos", params={"q": "harbour"})
-        channel = client.get(f"/channel/{creator.id}")
-        missing = client.get("/channel/nobody")
+def test_catalog_page_shows_posters_durations_creators_and_placeholders(client):
+    creator = add_user(client, "ann@example.org", role="creator", name="Ann Lee")
+    with_poster = add_ready_video(
+        client, creator.id, title="Harbour Lights", duration=754.2, has_poster=True
+    )
+    add_ready_video(client, creator.id, title="No Poster Yet", duration=5.0)
+    add_ready_video(client, creator.id, title="Still processing", status="processing")
+    page = client.get("/")
+    search = client.get("/", params={"q": "harbour"})
+    api = client.get("/api/videos", params={"q": "harbour"})
+    channel = client.get(f"/channel/{creator.id}")
+    missing = client.get("/channel/nobody")
     assert page.status_code == 200
     assert "Harbour Lights" in page.text and "No Poster Yet" in page.text
     assert "Still processing" not in page.text
@@ -156,15 +152,13 @@ def test_catalog_page_shows_posters_durations_creators_and_placeholders(tmp_path
     assert missing.status_code == 404
 
 
-def test_catalog_page_links_to_other_pages(tmp_path):
-    settings = fast_settings(tmp_path)
-    with TestClient(create_app(settings)) as client:
-        creator = add_user(client, "ann@example.org", role="creator")
-        for n in range(PAGE_SIZE + 1):
-            add_ready_video(client, creator.id, title=f"Film {n}")
-        first = client.get("/", params={"sort": "popular"})
-        second = client.get("/", params={"sort": "popular", "page": "2"})
-        junk = client.get("/", params={"page": "abc"})
+def test_catalog_page_links_to_other_pages(client):
+    creator = add_user(client, "ann@example.org", role="creator")
+    for n in range(PAGE_SIZE + 1):
+        add_ready_video(client, creator.id, title=f"Film {n}")
+    first = client.get("/", params={"sort": "popular"})
+    second = client.get("/", params={"sort": "popular", "page": "2"})
+    junk = client.get("/", params={"page": "abc"})
     assert 'href="/?sort=popular&amp;page=2"' in first.text
     assert 'rel="prev"' in second.text
     assert junk.status_code == 200

@@ -5,16 +5,10 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
 from starlette.testclient import TestClient
 
 from portal.web import format_money, format_time_left
-from tests.helpers import add_ready_video, add_user, csrf_from, fast_settings, log_in
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return fast_settings(tmp_path)
+from tests.helpers import add_ready_video, add_user, csrf_from, log_in
 
 
 def api(client: TestClient, method: str, path: str, body: object, key: str | None = None):

@@ -6,15 +6,8 @@ import json
 import re
 from html import unescape
 
-import pytest
-
-from portal.app import STATIC_DIR, create_app
-from tests.helpers import add_ready_video, add_user, csrf_from, fast_settings, log_in
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return fast_settings(tmp_path)
+from portal.app import STATIC_DIR
+from tests.helpers import add_ready_video, add_user, csrf_from, log_in
 
 
 def test_watch_page_configures_the_player_without_inline_script(client):
@@ -94,17 +87,15 @@ def test_start_bandwidth_comes_from_the_cookie_within_bounds(client):
     }
 
 
-def test_unfinished_films_are_hidden_from_everyone_but_their_creator(client):
-    creator = add_user(client, "c@example.org", role="creator")
-    add_user(client, "v@example.org")
-    video_id = add_ready_video(client, creator.id, status="processing", ready_at=None)
+def test_unfinished_films_are_hidden_from_everyone_but_their_creator_and_admins(
+    client, viewer_client, creator_client, admin_client
+):
+    video_id = add_ready_video(client, creator_client.user.id, status="processing", ready_at=None)
     assert client.get(f"/watch/{video_id}").status_code == 404
-    log_in(client, "v@example.org")
-    assert client.get(f"/watch/{video_id}").status_code == 404
-    client.cookies.clear()
-    log_in(client, "c@example.org")
-    assert client.get(f"/watch/{video_id}").status_code == 200
-    assert client.get("/watch/no-such-film").status_code == 404
+    assert viewer_client.get(f"/watch/{video_id}").status_code == 404
+    assert creator_client.get(f"/watch/{video_id}").status_code == 200
+    assert admin_client.get(f"/watch/{video_id}").status_code == 200
+    assert creator_client.get("/watch/no-such-film").status_code == 404
 
 
 def test_resume_position_is_saved_and_offered_on_the_next_visit(client):
@@ -161,10 +152,8 @@ def test_dashboard_lists_only_my_films_in_every_status_with_reasons(client):
     assert 'data-events-url="/api/events/videos"' in page.text
 
 
-def test_upload_page_points_tus_at_the_upload_endpoint(client):
-    add_user(client, "c@example.org", role="creator")
-    log_in(client, "c@example.org")
-    page = client.get("/upload")
+def test_upload_page_points_tus_at_the_upload_endpoint(creator_client):
+    page = creator_client.get("/upload")
     assert page.status_code == 200
     assert 'data-endpoint="/api/uploads"' in page.text
     assert 'type="file"' in page.text and "multiple" in page.text
@@ -200,21 +189,18 @@ def test_templates_and_scripts_build_urls_from_route_names():
             assert f'"{path}' not in text, f"{script.name} hard-codes {path}: use a data- URL"
 
 
-def test_every_route_has_a_name_of_its_own_and_posters_use_the_poster_route(settings):
+def test_every_route_has_a_name_of_its_own_and_posters_use_the_poster_route(app):
     from starlette.routing import Route
 
     from portal.videos import poster_path
 
-    app = create_app(settings)
     names = [route.name for route in app.routes if isinstance(route, Route)]
     assert all(names) and len(names) == len(set(names)), names
     assert app.url_path_for("poster", video_id="abc123") == poster_path("abc123")
 
 
-def test_the_dashboard_script_gets_each_poster_url_from_the_page(client):
-    me = add_user(client, "me@example.org", role="creator")
-    video_id = add_ready_video(client, me.id, status="processing", progress=0.5)
-    log_in(client, "me@example.org")
-    page = client.get("/dashboard")
+def test_the_dashboard_script_gets_each_poster_url_from_the_page(client, creator_client):
+    video_id = add_ready_video(client, creator_client.user.id, status="processing", progress=0.5)
+    page = creator_client.get("/dashboard")
     assert f'data-poster-url="/media/{video_id}/poster.jpg"' in page.text
     assert "item.dataset.posterUrl" in (STATIC_DIR / "js" / "dashboard.js").read_text()

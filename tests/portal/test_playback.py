@@ -7,10 +7,15 @@ import time
 import pytest
 from starlette.testclient import TestClient
 
-from portal.app import create_app
 from portal.errors import TokenInvalid
 from portal.tokens import PlaybackTokens
-from tests.helpers import bearer, create_account, pipeline_settings, set_video, upload_and_wait
+from tests.helpers import (
+    add_user,
+    bearer,
+    pipeline_settings,
+    set_video,
+    upload_and_wait,
+)
 from transcoder.playlists import parse_playlist
 
 KEY = b"k" * 32
@@ -41,10 +46,10 @@ def settings(tmp_path):
 
 
 @pytest.fixture
-def ready(settings, clip):
-    create_account(settings, "maker@example.org", "creator")
+def ready(app, clip):
     # On loopback, like a local Prometheus: /metrics answers nobody else without a token.
-    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
+    with TestClient(app, client=("127.0.0.1", 50000)) as client:
+        add_user(client, "maker@example.org", "creator")
         auth = bearer(client, "maker@example.org")
         video_id = upload_and_wait(client, auth, clip.read_bytes())
         yield client, auth, video_id

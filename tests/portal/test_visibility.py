@@ -16,9 +16,8 @@ import pytest
 from sqlalchemy import update
 from starlette.testclient import TestClient
 
-from portal.app import create_app
 from portal.db import videos
-from tests.helpers import bearer, create_account, pipeline_settings, upload_and_wait
+from tests.helpers import add_user, bearer, pipeline_settings, upload_and_wait
 
 VIEWERS = ("anonymous", "viewer", "other_creator", "owner", "admin")
 STATES = {
@@ -34,17 +33,20 @@ STATES = {
 
 
 @pytest.fixture
-def world(tmp_path, clip):
-    settings = pipeline_settings(tmp_path, workers=1)
+def settings(tmp_path):
+    return pipeline_settings(tmp_path, workers=1)
+
+
+@pytest.fixture
+def world(client, clip):
     roles = {"viewer": "viewer", "other_creator": "creator", "owner": "creator",
              "admin": "admin"}  # fmt: skip
     for name, role in roles.items():
-        create_account(settings, f"{name}@example.org", role)
-    with TestClient(create_app(settings)) as client:
-        auth = {name: bearer(client, f"{name}@example.org") for name in roles}
-        auth["anonymous"] = {}
-        video_id = upload_and_wait(client, auth["owner"], clip.read_bytes())
-        yield client, auth, video_id
+        add_user(client, f"{name}@example.org", role)
+    auth = {name: bearer(client, f"{name}@example.org") for name in roles}
+    auth["anonymous"] = {}
+    video_id = upload_and_wait(client, auth["owner"], clip.read_bytes())
+    return client, auth, video_id
 
 
 def set_state(client: TestClient, video_id: str, values: dict[str, object]) -> None:

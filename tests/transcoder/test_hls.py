@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.helpers import X264, ffprobe_json, run_ffmpeg
+from tests.helpers import X264, ffprobe_json, live_processes_naming, run_ffmpeg
 from transcoder.errors import (
     HostileInput,
     TranscodeFailed,
@@ -120,21 +120,9 @@ async def run(
     return result, vault, workdir
 
 
-def ffmpeg_processes_using(workdir: Path) -> list[str]:
-    """Pids of live processes whose command line names `workdir` (zombies have none)."""
-    running = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if str(workdir).encode() in cmdline.read_bytes():
-                running.append(cmdline.parent.name)
-        except OSError:
-            continue
-    return running
-
-
 def assert_nothing_left(workdir: Path) -> None:
     assert not workdir.exists() or list(workdir.rglob("*")) == []
-    assert ffmpeg_processes_using(workdir) == [], "ffmpeg still running"
+    assert live_processes_naming(str(workdir)) == [], "ffmpeg still running"
 
 
 def play(master: Path) -> subprocess.CompletedProcess[bytes]:
@@ -392,7 +380,7 @@ async def test_cancelling_the_callers_scope_kills_ffmpeg_and_leaves_no_segments(
     info = await probe(source, MediaLimits())
     workdir = tmp_path / "work"
     vault = Vault(tmp_path / "vault")
-    running_at_cancel: list[str] = []
+    running_at_cancel: list[int] = []
 
     with anyio.move_on_after(60) as scope:
 
@@ -400,7 +388,7 @@ async def test_cancelling_the_callers_scope_kills_ffmpeg_and_leaves_no_segments(
             await vault.take(segment)
             if segment.kind == "media":
                 # Mid-way for certain: ffmpeg is still encoding the rest.
-                running_at_cancel.extend(ffmpeg_processes_using(workdir))
+                running_at_cancel.extend(live_processes_naming(str(workdir)))
                 scope.cancel()
 
         slow = HlsOptions(preset="veryslow", threads=1, segment_seconds=1.0)
