@@ -329,10 +329,11 @@
       enableWorker: false,
       lowLatencyMode: false,
       startFragPrefetch: true,
-      // Until the first frame shows, only the first segment: appending more at once (on a
-      // fast line hls.js fetches several segments in the same moment) makes the browser
-      // parse those megabytes while it should decode the first picture. Then 30 s ahead.
-      maxBufferLength: 1,
+      // A film, not live: 30-60 s ahead (hls.js's own ceiling is 600 s, and what is fetched
+      // is metered as watched), 60 s behind (the default keeps everything played). Holding
+      // back all but the first segment until the first frame was measured: it starts later.
+      maxBufferLength: 30,
+      maxMaxBufferLength: 60,
       backBufferLength: 60,
       abrEwmaDefaultEstimate: startBandwidth || 500000,
       // A 402 (past the preview) or 403 is an answer, not a hiccup: no retry storms.
@@ -382,13 +383,6 @@
       var attempt = video.play();
       if (attempt && attempt.catch) attempt.catch(function () {}); // autoplay may be refused
     });
-    video.addEventListener(
-      "playing",
-      function () {
-        hls.config.maxBufferLength = 30;
-      },
-      { once: true }
-    );
     hls.on(window.Hls.Events.LEVEL_SWITCHED, markQuality);
     hls.on(window.Hls.Events.FRAG_LOADED, function () {
       networkRetries = 0;

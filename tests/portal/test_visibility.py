@@ -8,6 +8,10 @@ other.
 
 from __future__ import annotations
 
+import json
+import re
+from html import unescape
+
 import pytest
 from sqlalchemy import update
 from starlette.testclient import TestClient
@@ -57,13 +61,20 @@ def observe(client: TestClient, headers: dict[str, str], video_id: str) -> dict[
     """What every entry point shows this viewer of this film (its title is "Harbour")."""
     found = client.get("/api/videos", params={"q": "harbour"}, headers=headers).json()
     listed = [v["id"] for v in client.get("/api/videos", headers=headers).json()["videos"]]
-    grant = client.get(f"/api/videos/{video_id}/playback", headers=headers)
+    # The watch page issues a grant itself (data-grant) and opens a stream; the API's grant
+    # then renews that stream, as the player's renewals do, instead of opening another.
+    watch = client.get(f"/watch/{video_id}", headers=headers)
+    page_grant = re.search(r'data-grant="([^"]+)"', watch.text)
+    params = {}
+    if page_grant:
+        params["stream"] = json.loads(unescape(page_grant.group(1)))["stream"]
+    grant = client.get(f"/api/videos/{video_id}/playback", headers=headers, params=params)
     storyboard = None
     if grant.status_code == 200 and grant.json()["storyboard_url"]:
         storyboard = client.get(grant.json()["storyboard_url"]).status_code
     catalog_page = client.get("/", headers=headers).text
     return {
-        "watch": client.get(f"/watch/{video_id}", headers=headers).status_code,
+        "watch": watch.status_code,
         "api": client.get(f"/api/videos/{video_id}", headers=headers).status_code,
         "poster": client.get(f"/media/{video_id}/poster.jpg", headers=headers).status_code,
         "grant": grant.status_code,
