@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from portal.auth import AuthMiddleware
 from portal.http_errors import exception_handlers
@@ -25,6 +26,7 @@ from portal.routes import accounts, catalog, ops, pages, playback, uploads, vide
 from portal.security import SecurityHeadersMiddleware
 from portal.services import open_services
 from portal.settings import Settings
+from portal.streaming import SegmentFastPath
 from portal.web import STATIC_DIR, make_templates
 from portal.worker import media_pipeline
 
@@ -51,6 +53,18 @@ def build_middleware(settings: Settings) -> list[Middleware]:
     ]
 
 
+class Portal(Starlette):
+    """Starlette, with the segment hot path answered in front of its layers
+    (portal/streaming.py): the same endpoint, headers, counters and error handlers."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SegmentFastPath(
+            super().build_middleware_stack(),
+            playback.segment,
+            exception_handlers(),  # type: ignore[arg-type]
+        )
+
+
 def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -61,7 +75,7 @@ def create_app(settings: Settings) -> Starlette:
             async with media_pipeline(services):
                 yield
 
-    app = Starlette(
+    app = Portal(
         routes=build_routes(),
         middleware=build_middleware(settings),
         exception_handlers=exception_handlers(),  # type: ignore[arg-type]

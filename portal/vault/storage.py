@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import secrets
+import threading
 from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -23,6 +24,9 @@ from portal.settings import Settings
 from portal.vault.names import validate_name, validate_prefix
 
 T = TypeVar("T")
+
+#: preadv2 flag: fail with EAGAIN instead of waiting for the disk (Linux 4.14+).
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
 
 class Upload(Protocol):
@@ -123,6 +127,38 @@ class LocalStorage:
 
         return await self._in_thread("read", name, read)
 
+    def read_cached(self, name: str, limit: int) -> memoryview | None:
+        """The whole object, read on the calling thread, but only when it is no larger than
+        `limit` and every byte of it is in the page cache already: this never waits for the
+        disk (preadv2 with RWF_NOWAIT), so the event loop may call it. None means "use
+        `read`" (not cached, too large, or no RWF_NOWAIT here); ObjectNotFound as `read`.
+
+        The bytes land in a buffer this thread reuses, so no fresh multi-megabyte buffer is
+        zero-filled and faulted in per call; the view is valid only until this thread's next
+        `read_cached`, so the caller must be done with it before it awaits anything."""
+        if _RWF_NOWAIT is None:
+            return None
+        path = self.path_of(name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"no object {name}") from None
+        except OSError:
+            return None  # let `read` raise the error the vault's way
+        try:
+            size = os.fstat(fd).st_size
+            if size > limit:
+                return None
+            buffer = _scratch(size)
+            view = memoryview(buffer)[:size]
+            try:
+                got = os.preadv(fd, [view], 0, _RWF_NOWAIT) if size else 0
+            except OSError:
+                return None  # EAGAIN: some of it is on disk only; EOPNOTSUPP: no NOWAIT here
+            return view if got == size else None
+        finally:
+            os.close(fd)
+
     async def size(self, name: str) -> int:
         path = self.path_of(name)
         return (await self._in_thread("stat", name, path.stat)).st_size
@@ -182,6 +218,18 @@ class LocalStorage:
 
     async def aclose(self) -> None:
         return None
+
+
+_local = threading.local()
+
+
+def _scratch(size: int) -> bytearray:
+    """This thread's reusable read buffer, grown to at least `size` bytes."""
+    buffer: bytearray | None = getattr(_local, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        buffer = bytearray(max(size, 4 * 1024 * 1024))
+        _local.buffer = buffer
+    return buffer
 
 
 class LocalUpload:
