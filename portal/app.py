@@ -16,14 +16,26 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp
 
 from portal.auth import AuthMiddleware
-from portal.http_errors import exception_handlers
+from portal.http_errors import UnexpectedErrorMiddleware, exception_handlers
 from portal.metrics import MetricsMiddleware
 from portal.playback import tune_allocator
-from portal.routes import accounts, catalog, ops, pages, playback, uploads, videos
-from portal.security import SecurityHeadersMiddleware
+from portal.routes import (
+    accounts,
+    catalog,
+    creator,
+    licensing,
+    money,
+    ops,
+    pages,
+    payments,
+    playback,
+    uploads,
+    videos,
+    viewer_pages,
+)
+from portal.security import AllowedHostsMiddleware, SecurityHeadersMiddleware
 from portal.services import open_services
 from portal.settings import Settings
 from portal.streaming import SegmentFastPath
@@ -33,7 +45,20 @@ from portal.worker import media_pipeline
 log = logging.getLogger("megamovie")
 
 # Each feature module exposes `routes`; add a module here to mount it.
-ROUTE_MODULES = [ops, accounts, catalog, pages, uploads, videos, playback]
+ROUTE_MODULES = [
+    ops,
+    accounts,
+    catalog,
+    pages,
+    viewer_pages,
+    uploads,
+    videos,
+    playback,
+    licensing,
+    money,
+    creator,
+    payments,
+]
 
 
 def build_routes() -> list[BaseRoute]:
@@ -45,24 +70,21 @@ def build_routes() -> list[BaseRoute]:
 
 
 def build_middleware(settings: Settings) -> list[Middleware]:
-    # Outermost first: even a CSRF refusal from AuthMiddleware gets the security headers.
+    # Outermost first: even a CSRF refusal from AuthMiddleware and the 500 for an unexpected
+    # exception get the security headers.
     return [
         Middleware(MetricsMiddleware),
         Middleware(SecurityHeadersMiddleware),
+        Middleware(UnexpectedErrorMiddleware),
+        Middleware(AllowedHostsMiddleware, allowed=settings.host_names),
         Middleware(AuthMiddleware, settings=settings),
+        # Innermost: segment GETs go straight to their endpoint, not through the router.
+        Middleware(
+            SegmentFastPath,
+            endpoint=playback.segment,
+            handlers=exception_handlers(),
+        ),
     ]
-
-
-class Portal(Starlette):
-    """Starlette, with the segment hot path answered in front of its layers
-    (portal/streaming.py): the same endpoint, headers, counters and error handlers."""
-
-    def build_middleware_stack(self) -> ASGIApp:
-        return SegmentFastPath(
-            super().build_middleware_stack(),
-            playback.segment,
-            exception_handlers(),  # type: ignore[arg-type]
-        )
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -75,7 +97,7 @@ def create_app(settings: Settings) -> Starlette:
             async with media_pipeline(services):
                 yield
 
-    app = Portal(
+    app = Starlette(
         routes=build_routes(),
         middleware=build_middleware(settings),
         exception_handlers=exception_handlers(),  # type: ignore[arg-type]

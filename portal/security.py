@@ -1,4 +1,5 @@
-"""Browser hardening headers on every response, and rate limits on the doors people knock on.
+"""Browser hardening headers on every response, the allowed host names, and rate limits on the
+doors people knock on.
 
 Rate limits use the `rate_limits` table (a fixed one-minute window per action and client IP),
 so they hold across every process serving the same database, which an in-memory counter
@@ -18,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from portal.db import rate_limits
 from portal.errors import RateLimited
+from portal.http_errors import render_error
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [
@@ -69,6 +71,49 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class AllowedHostsMiddleware:
+    """Answers `400 host_not_allowed` to a request whose `Host` is not one of the portal's
+    names (`MEGAMOVIE_ALLOWED_HOSTS`), before anything reads the session or the database.
+    Anything the portal builds from the request's host (an absolute link, a redirect) then
+    points back at the portal, never at a name an attacker chose. `*` allows any host: the
+    default, for a portal on loopback during development."""
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or "*" in self.allowed:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        host = host_name(request.headers.get("host", ""))
+        if not any(_host_matches(host, pattern) for pattern in self.allowed):
+            response = render_error(
+                request,
+                400,
+                "host_not_allowed",
+                "This server does not answer to that host name; use the portal's own address.",
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def host_name(header: str) -> str:
+    """The name in a `Host` header, lower case, without the port: `[::1]:8000` -> `[::1]`."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header.partition("]")[0] + "]"
+    return header.partition(":")[0]
+
+
+def _host_matches(host: str, pattern: str) -> bool:
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    return host == pattern
 
 
 def client_ip(request: Request) -> str:

@@ -1,47 +1,39 @@
-"""The segment hot path, in front of the framework's layers.
+"""The segment hot path: the route found without the router.
 
-A player fetches a 2-6 MB segment every few seconds, and on that path Starlette's middleware
-stack and router (a regular expression per route, a closure per middleware per message) cost
-a fifth of the CPU of a whole request. `SegmentFastPath` sits outside them and answers
-`GET /stream/{token}/{video_id}/{rendition}/{name}` itself, doing what the layers it skips
-would have done, and nothing else:
+A player fetches a 2-6 MB segment every few seconds. `SegmentFastPath` is the innermost
+middleware: every middleware (metrics, security headers, the unexpected-error 500, allowed
+hosts, auth) runs for a segment as for any request, and only what lies between the last of
+them and the endpoint is skipped: Starlette's router (a regular expression per route, tried
+in order, for a hundred routes) and its exception middleware. What it does instead:
 
-- the route: the path is split, not matched against every route; `index.m3u8` is the media
-  playlist's route and goes the normal way, as does anything that is not exactly that shape;
-- the endpoint: the very same `portal.routes.playback.segment`, so token, licence and
-  conditional-request semantics are the endpoint's own, whatever they become;
-- `AuthMiddleware`: /stream/ has no caller lookup there either (the token is the authority);
-- errors: mapped by the app's own exception handlers (`portal.http_errors`), as Starlette
-  would map them;
-- `SecurityHeadersMiddleware` and `MetricsMiddleware`: the same headers, the same counters.
-
-Everything else is passed to the framework untouched.
+- the route: `GET /stream/{token}/{video_id}/{rendition}/{name}` is recognised by splitting
+  the path; `index.m3u8` is the media playlist's route and goes the normal way, as does
+  anything that is not exactly that shape (and every other method);
+- the endpoint: the very same `portal.routes.playback.segment`, so token, licence, metering
+  and conditional-request semantics are the endpoint's own, whatever they become;
+- errors: mapped by the app's own exception handlers (`portal.http_errors`), found the way
+  Starlette finds them; anything unhandled propagates to the middleware above, as before.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
-
-from portal.security import SECURITY_HEADERS
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Handler = Callable[[Request, Exception], Awaitable[Response]]
 
 _PREFIX = "/stream/"
 _PLAYLIST = "index.m3u8"
-#: What AuthMiddleware puts on the state of every /stream/ request.
-_ANONYMOUS_STATE = {"user": None, "auth_via": None, "csrf_token": ""}
-_SECURITY = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in SECURITY_HEADERS.items()]
 
 
 class SegmentFastPath:
-    def __init__(
-        self, app: ASGIApp, endpoint: Endpoint, handlers: Mapping[type[Exception], Handler]
-    ) -> None:
+    def __init__(self, app: ASGIApp, endpoint: Endpoint, handlers: Mapping[Any, object]) -> None:
+        """`handlers`: the app's exception handlers (portal.http_errors.exception_handlers)."""
         self.app = app
         self.endpoint = endpoint
         self.handlers = handlers
@@ -62,23 +54,20 @@ class SegmentFastPath:
             "rendition": rendition,
             "name": name,
         }
-        scope.setdefault("state", {}).update(_ANONYMOUS_STATE)
         request = Request(scope, receive)
         try:
             response = await self.endpoint(request)
         except Exception as exc:
             response = await self._handle(request, exc)
-        services = getattr(scope["app"].state, "services", None)
-        if services is not None:
-            services.metrics.count_request("GET", response.status_code)
-        present = {name for name, _ in response.raw_headers}
-        response.raw_headers.extend(h for h in _SECURITY if h[0] not in present)
         await response(scope, receive, send)
 
     async def _handle(self, request: Request, exc: Exception) -> Response:
-        """The app's handler for `exc`, found the way Starlette finds it (by the MRO)."""
+        """The app's handler for `exc`, found by its MRO as Starlette's exception middleware
+        finds it; no handler (or the catch-all one): raised on, to the middleware above."""
         for cls in type(exc).__mro__:
-            handler = self.handlers.get(cls)
+            if cls is Exception:
+                break
+            handler = cast(Handler | None, self.handlers.get(cls))
             if handler is not None:
                 return await handler(request, exc)
         raise exc

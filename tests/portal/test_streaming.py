@@ -1,7 +1,8 @@
-"""The segment fast path answers exactly what the framework would, and only segment GETs.
+"""The segment fast path answers exactly what the router would, and only segment GETs.
 
-The end-to-end behaviour (tokens, ranges, tampering, metrics) is in test_playback.py, which
-goes through the fast path; these tests pin down what it takes over and what it passes on.
+The end-to-end behaviour (tokens, licences, ranges, tampering, metrics) is in
+test_playback.py, which goes through the fast path; these tests pin down what it takes over
+and what it passes on, behind the portal's own middleware.
 """
 
 from __future__ import annotations
@@ -10,15 +11,16 @@ from types import SimpleNamespace
 
 import pytest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from portal.errors import NotFound
-from portal.http_errors import exception_handlers
-from portal.metrics import Metrics
-from portal.security import SECURITY_HEADERS
+from portal.http_errors import UnexpectedErrorMiddleware, exception_handlers
+from portal.metrics import Metrics, MetricsMiddleware
+from portal.security import SECURITY_HEADERS, SecurityHeadersMiddleware
 from portal.streaming import SegmentFastPath
 
 
@@ -26,7 +28,16 @@ class App(Starlette):
     """A stand-in portal: every request the fast path passes on answers "framework"."""
 
     def __init__(self) -> None:
-        super().__init__(routes=[Route("/{path:path}", self.framework, methods=["GET", "HEAD"])])
+        super().__init__(
+            routes=[Route("/{path:path}", self.framework, methods=["GET", "HEAD"])],
+            middleware=[  # as in portal.app, the fast path innermost
+                Middleware(MetricsMiddleware),
+                Middleware(SecurityHeadersMiddleware),
+                Middleware(UnexpectedErrorMiddleware),
+                Middleware(SegmentFastPath, endpoint=self.segment, handlers=exception_handlers()),
+            ],
+            exception_handlers=exception_handlers(),  # type: ignore[arg-type]
+        )
         self.state.services = SimpleNamespace(metrics=Metrics())
         self.seen: list[dict[str, str]] = []
 
@@ -39,11 +50,7 @@ class App(Starlette):
             raise NotFound("There is no such segment.")
         if request.path_params["name"] == "broken.m4s":
             raise RuntimeError("a bug")
-        assert request.state.user is None  # as AuthMiddleware sets it for /stream/
         return Response(b"segment", media_type="video/iso.segment")
-
-    def build_middleware_stack(self):  # type: ignore[no-untyped-def]
-        return SegmentFastPath(super().build_middleware_stack(), self.segment, exception_handlers())
 
 
 @pytest.fixture
@@ -51,7 +58,7 @@ def app() -> App:
     return App()
 
 
-def test_segment_gets_are_answered_with_the_security_headers_and_counted(app: App) -> None:
+def test_segment_gets_go_to_the_endpoint_behind_the_middleware(app: App) -> None:
     client = TestClient(app)
     response = client.get("/stream/tok/vid/720p/000001.m4s")
     assert (response.status_code, response.content) == (200, b"segment")
@@ -94,5 +101,14 @@ def test_errors_are_mapped_by_the_apps_handlers(app: App) -> None:
     broken = client.get("/stream/tok/vid/720p/broken.m4s")
     assert (broken.status_code, broken.json()["error"]) == (500, "internal_error")
     assert "a bug" not in broken.text
+    assert broken.headers["x-content-type-options"] == "nosniff"
     assert app.state.services.metrics.requests[("GET", 404)] == 1
     assert app.state.services.metrics.requests[("GET", 500)] == 1
+
+
+def test_the_portal_puts_the_fast_path_innermost(tmp_path) -> None:
+    from portal.app import build_middleware
+    from portal.settings import Settings
+
+    settings = Settings.from_env({"MEGAMOVIE_DATA_DIR": str(tmp_path)})
+    assert build_middleware(settings)[-1].cls is SegmentFastPath
