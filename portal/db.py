@@ -330,6 +330,9 @@ watched_segments = Table(
     Column("creator_id", String(32), nullable=False, index=True),
     Column("seconds", Float, nullable=False),
     Column("watched_at", UTCDateTime(), nullable=False, index=True),
+    # Why the viewer could watch (the licence's source: free, purchase, pass, ...): a Mega
+    # Movie Pass fee is shared only among films its subscriber watched under the pass.
+    Column("licence", String(32), nullable=False, server_default=""),
 )
 
 # -- money: a double-entry ledger, and the statements creators are paid by --------------------

@@ -222,11 +222,14 @@ class Allocation:
 async def watched_seconds(
     conn: AsyncConnection, user_id: str, starts_at: datetime, ends_at: datetime
 ) -> dict[str, int]:
-    """Milliseconds of each creator's films `user_id` watched in [starts_at, ends_at)."""
+    """Milliseconds of each creator's films `user_id` watched *under the pass* in
+    [starts_at, ends_at): films they watched for free, bought, or through a channel
+    subscription earn nothing from the pass fee."""
     rows = await conn.execute(
         select(watched_segments.c.creator_id, func.sum(watched_segments.c.seconds))
         .where(
             watched_segments.c.user_id == user_id,
+            watched_segments.c.licence == "pass",
             watched_segments.c.watched_at >= starts_at,
             watched_segments.c.watched_at < ends_at,
         )

@@ -99,8 +99,10 @@ async def watch(
     seconds: float,
     at: datetime,
     segment_seconds: float = 4.0,
+    licence: str = "pass",
 ) -> None:
-    """Meter `seconds` of `video_id` watched by `user_id` at `at`, as the player would."""
+    """Meter `seconds` of `video_id` watched by `user_id` at `at` under `licence`, as the
+    player would."""
     async with engine.begin() as conn:
         creator_id = (
             await conn.execute(select(videos.c.creator_id).where(videos.c.id == video_id))
@@ -119,6 +121,7 @@ async def watch(
                     "creator_id": creator_id,
                     "seconds": piece,
                     "watched_at": at + timedelta(seconds=idx * segment_seconds),
+                    "licence": licence,
                 }
             )
             left -= piece

@@ -110,6 +110,8 @@ async def test_the_pass_fee_goes_to_what_that_subscriber_watched_in_exact_cents(
     await watch(engine, viewer, cy_film, 9000, period.ends_at)  # at its end (exclusive)
     await watch(engine, other, cy_film, 9000, day)  # another viewer (not subscribed)
     await watch(engine, None, cy_film, 9000, day)  # anonymous
+    await watch(engine, viewer, cy_film, 9000, day, licence="purchase")  # bought, not the pass
+    await watch(engine, viewer, cy_film, 9000, day, licence="free")  # a free film
 
     [shared] = await allocate_pass_fees(
         engine, ended_by=period.ends_at, revenue_split=SPLIT, now=period.ends_at
