@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import resource
@@ -42,7 +43,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+# The checkout whose portal runs: this one, or MM_BENCH_ROOT (how --baseline runs another).
+ROOT = Path(os.environ.get("MM_BENCH_ROOT") or HERE.parent).resolve()
 sys.path.insert(0, str(ROOT))
 
 from portal.db import create_engine, create_schema, new_id, segments, users, utcnow, videos  # noqa: E402
@@ -202,7 +205,10 @@ async def prepare(settings: Settings, count: int, plain_dir: Path) -> tuple[str,
             )
     await vault.aclose()
     await engine.dispose()
-    token, _ = PlaybackTokens(load_secret_key(settings), 24 * 3600).issue(None, video_id)
+    # A grant id, as the playback grant gives: the segment endpoint meters what it sends.
+    token, _ = PlaybackTokens(load_secret_key(settings), 24 * 3600).issue(
+        None, video_id, grant=new_id()
+    )
     return video_id, token
 
 
@@ -290,20 +296,21 @@ http {{
 
 
 def start_portal(
-    server: str, workers: int, port: int, env: dict[str, str]
+    server: str, workers: int, port: int, env: dict[str, str], root: Path = ROOT
 ) -> subprocess.Popen[bytes]:
+    """The portal of checkout `root` under `server`, its app made by `app_from_env` here."""
     # Both servers take these flags with the same meaning.
     common = ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
               "--no-access-log", "--log-level", "warning"]  # fmt: skip
     if server == "uvicorn":
-        app_dir = ["--app-dir", str(ROOT / "benchmarks")]
+        app_dir = ["--app-dir", str(HERE)]
         args = [str(BIN / "uvicorn"), "--factory", *app_dir, *common, "stream:app_from_env"]
     else:
-        options = ["--interface", "asgi", "--factory", "--working-dir", str(ROOT / "benchmarks")]
+        options = ["--interface", "asgi", "--factory", "--working-dir", str(HERE)]
         args = [str(BIN / "granian"), *options, *common, "stream:app_from_env"]
     proc = subprocess.Popen(
         args,
-        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, **env, "PYTHONPATH": str(root), "MM_BENCH_ROOT": str(root)},
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -329,7 +336,7 @@ def report(runs: list[Run], names: list[str]) -> None:
     peers = by_name[NGINX]
     median = statistics.median
     print(
-        f"\n{'server (median of ' + str(len(peers)) + ' rounds)':38} {'req/s':>6} {'MB/s':>6} "
+        f"\n{'server (median of ' + str(len(peers)) + ' rounds)':48} {'req/s':>6} {'MB/s':>6} "
         f"{'p99 ms':>7} {'CPU ms/req':>10} {'CPU s/GB':>8} {'CPU/GB x nginx':>14} "
         f"{'5Mb/s viewers':>13} {'errors':>6}"
     )
@@ -338,7 +345,7 @@ def report(runs: list[Run], names: list[str]) -> None:
         rate = median(r.bytes_per_second for r in rows)
         cpu_ms = median(r.cpu_ms_per_request for r in rows)
         print(
-            f"{name:38} {median(r.requests / r.seconds for r in rows):6.0f} {rate / 1e6:6.0f} "
+            f"{name:48} {median(r.requests / r.seconds for r in rows):6.0f} {rate / 1e6:6.0f} "
             f"{median(r.p99_ms for r in rows):7.1f} {cpu_ms:10.2f} "
             f"{median(r.cpu_s_per_gb for r in rows):8.3f} {ratio:14.2f} "
             f"{int(rate * 8 / VIEWER_BITS_PER_SECOND):13,d} {sum(r.errors for r in rows):6d}"
@@ -352,13 +359,36 @@ def report(runs: list[Run], names: list[str]) -> None:
     )
 
 
+def prepare_elsewhere(root: Path, data: Path, plain: Path, count: int) -> tuple[str, str]:
+    """`prepare` run by checkout `root`'s own code (its schema, its vault), in a subprocess."""
+    out = subprocess.run(
+        [sys.executable, str(HERE / "stream.py"), "--prepare", str(data), str(plain), str(count)],
+        env={**os.environ, "PYTHONPATH": str(root), "MM_BENCH_ROOT": str(root)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    video_id, token = json.loads(out.strip().splitlines()[-1])
+    return video_id, token
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--prepare"]:  # prepare_elsewhere's subprocess
+        data, plain, count = sys.argv[2:5]
+        env = {"MEGAMOVIE_DATA_DIR": data, "MEGAMOVIE_LOG_LEVEL": "warning"}
+        print(json.dumps(asyncio.run(prepare(Settings.from_env(env), int(count), Path(plain)))))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats (median)")
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--segments", type=int, default=16)
     parser.add_argument("--servers", default="uvicorn:1,granian:1,uvicorn:2,granian:2")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (say, a worktree of main) served the same way beside this one",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (make setup installs it)")
@@ -367,19 +397,28 @@ def main() -> None:
     procs: list[subprocess.Popen[bytes]] = []
     runs: list[Run] = []
     try:
-        env = {
-            "MEGAMOVIE_DATA_DIR": str(tmp / "data"),
-            "MEGAMOVIE_WORKERS": "0",
-            "MEGAMOVIE_LOG_LEVEL": "warning",
-        }
-        settings = Settings.from_env(env)
-        plain = tmp / "plain"
-        video_id, token = asyncio.run(prepare(settings, args.segments, plain))
+        # (label, checkout, env, video id, token, sample segment)
+        trees = []
+        for label, root in [("", ROOT), (" [baseline]", args.baseline)]:
+            if root is None:
+                continue
+            data, plain = tmp / f"data{len(trees)}", tmp / f"plain{len(trees)}"
+            env = {
+                "MEGAMOVIE_DATA_DIR": str(data),
+                "MEGAMOVIE_WORKERS": "0",
+                "MEGAMOVIE_LOG_LEVEL": "warning",
+            }
+            if root == ROOT:
+                prepared = asyncio.run(prepare(Settings.from_env(env), args.segments, plain))
+            else:
+                prepared = prepare_elsewhere(root.resolve(), data, plain, args.segments)
+            sample = (plain / "seg" / "000000.m4s").read_bytes()
+            trees.append((label, root.resolve(), env, *prepared, sample))
+        plain = tmp / "plain0"
         # nginx workers run as an unprivileged user: let them reach the plaintext copies only.
         tmp.chmod(0o711)
         for path in (plain, plain / "seg", *(plain / "seg").iterdir()):
             path.chmod(0o755 if path.is_dir() else 0o644)
-        sample = (plain / "seg" / "000000.m4s").read_bytes()
         print(
             f"{args.segments} segments of {SEGMENT_BYTES / 1e6:.2f} MB; wrk -c{args.connections} "
             f"-d{args.duration}s on 127.0.0.1, {args.rounds} interleaved rounds; "
@@ -391,25 +430,26 @@ def main() -> None:
         port = free_port()
         nginx = start_nginx(tmp, plain, port)
         procs.append(nginx)
-        check_same_bytes(port, "/seg/000000.m4s", sample)
+        check_same_bytes(port, "/seg/000000.m4s", trees[0][-1])
         targets.append((NGINX, nginx, port, wrk_script(tmp / "nginx.lua", "/seg/", args.segments)))
-        prefix = f"/stream/{token}/{video_id}/{RENDITION}/"
-        script = wrk_script(tmp / "portal.lua", prefix, args.segments)
         for spec in args.servers.split(","):
             server, workers = spec.split(":")
-            port = free_port()
-            proc = start_portal(server, int(workers), port, env)
-            procs.append(proc)
-            check_same_bytes(port, prefix + "000000.m4s", sample)
-            name = f"ours: {server}, {workers} worker(s)"
-            targets.append((name, proc, port, script))
+            for n, (label, root, env, video_id, token, sample) in enumerate(trees):
+                prefix = f"/stream/{token}/{video_id}/{RENDITION}/"
+                script = wrk_script(tmp / f"portal{n}.lua", prefix, args.segments)
+                port = free_port()
+                proc = start_portal(server, int(workers), port, env, root)
+                procs.append(proc)
+                check_same_bytes(port, prefix + "000000.m4s", sample)
+                name = f"ours: {server}, {workers} worker(s){label}"
+                targets.append((name, proc, port, script))
         time.sleep(1)  # let every server settle (workers finish starting) before measuring
         for round_no in range(args.rounds):
             for name, proc, port, target_script in targets:
                 run = run_wrk(name, proc, port, target_script, args)
                 runs.append(run)
                 print(
-                    f"round {round_no + 1}: {name:36} {run.cpu_ms_per_request:6.2f} ms CPU/req "
+                    f"round {round_no + 1}: {name:48} {run.cpu_ms_per_request:6.2f} ms CPU/req "
                     f"{run.bytes_per_second / 1e6:6.0f} MB/s p99 {run.p99_ms:6.1f} ms",
                     flush=True,
                 )

@@ -7,6 +7,7 @@ an aborted one leaves nothing behind.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -30,7 +31,11 @@ _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
 
 class Upload(Protocol):
-    """An object being written: `write` pieces, then `commit` (atomic) or `abort`."""
+    """An object being written: `write` pieces, then `commit` (atomic) or `abort`.
+
+    `write` may go on using the bytes it was given until the next `write`, `commit` or
+    `abort` returns (the local backend writes them in a worker thread meanwhile), so the
+    caller must not change them before that."""
 
     async def write(self, data: bytes | bytearray | memoryview) -> None: ...
     async def commit(self) -> int: ...
@@ -233,41 +238,54 @@ def _scratch(size: int) -> bytearray:
 
 
 class LocalUpload:
+    """Writes in a worker thread, one write behind the caller: `write` waits for the
+    previous write, starts this one and returns, so receiving and sealing the next piece on
+    the event loop overlaps with the kernel copying this one into the page cache."""
+
     def __init__(self, storage: LocalStorage, name: str, path: Path) -> None:
         self._storage = storage
         self._name = name
         self._path = path
         self._tmp = path.with_name(f".tmp-{secrets.token_hex(8)}-{path.name}")
-        self._file: object = None
+        self._fd: int | None = None
         self._size = 0
+        self._writing: asyncio.Future[None] | None = None
 
-    def _open(self) -> None:
-        self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self._file = os.fdopen(fd, "wb")
+    def _open(self) -> int:
+        if self._fd is None:
+            self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return self._fd
+
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        fd = self._open()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    async def _settle(self) -> None:
+        """Wait for the write in flight; its error is this call's."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            # Shielded: a cancelled caller must not orphan a thread still writing.
+            await asyncio.shield(writing)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        def write() -> None:
-            if self._file is None:
-                self._open()
-            self._file.write(data)  # type: ignore[attr-defined]
-
         try:
-            await anyio.to_thread.run_sync(write)
+            await self._settle()
         except OSError as exc:
             await self.abort()
             raise _storage_error("write", self._name, exc) from None
+        loop = asyncio.get_running_loop()
+        self._writing = loop.run_in_executor(None, self._write, data)
         self._size += len(data)
 
     async def commit(self) -> int:
         def commit() -> None:
-            if self._file is None:
-                self._open()
-            handle = self._file
-            handle.flush()  # type: ignore[attr-defined]
-            os.fsync(handle.fileno())  # type: ignore[attr-defined]
-            handle.close()  # type: ignore[attr-defined]
-            self._file = None
+            fd = self._open()
+            os.fsync(fd)
+            os.close(fd)
+            self._fd = None
             os.replace(self._tmp, self._path)
             fd = os.open(self._path.parent, os.O_RDONLY)
             try:
@@ -276,6 +294,7 @@ class LocalUpload:
                 os.close(fd)
 
         try:
+            await self._settle()
             await anyio.to_thread.run_sync(commit)
         except OSError as exc:
             await self.abort()
@@ -284,14 +303,17 @@ class LocalUpload:
 
     async def abort(self) -> None:
         def abort() -> None:
-            if self._file is not None:
+            if self._fd is not None:
                 with contextlib.suppress(OSError):
-                    self._file.close()  # type: ignore[attr-defined]
-                self._file = None
+                    os.close(self._fd)
+                self._fd = None
             with contextlib.suppress(FileNotFoundError):
                 self._tmp.unlink()
 
-        await anyio.to_thread.run_sync(abort)
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(OSError):
+                await self._settle()
+            await anyio.to_thread.run_sync(abort)
 
 
 async def open_storage(settings: Settings) -> Storage:

@@ -39,7 +39,7 @@ from portal.vault.storage import LocalStorage, Storage, Upload, open_storage
 # Ciphertext read from storage in one call; a 2.5 MB segment is one read and one buffer.
 READ_WINDOW = 8 * 1024 * 1024
 # Sealed bytes gathered before each storage write, so writes are few and large.
-WRITE_BUFFER = 1024 * 1024
+WRITE_BUFFER = 2 * 1024 * 1024
 FILE_PIECE = 1024 * 1024
 # Object ciphers kept per vault: deriving one (HKDF and the AES key schedule) costs ~25 us,
 # a tenth of decrypting a whole segment, and a player asks for the same objects again.
@@ -49,8 +49,11 @@ CIPHER_CACHE = 1024
 class ObjectWriter:
     """Streams one object into the vault: `async with vault.writer(o, p) as w: await w.write(b)`.
 
-    Memory stays at about one chunk plus `WRITE_BUFFER`. On normal exit the last chunk is
-    sealed and the object stored atomically; on an exception nothing is stored."""
+    Chunks are sealed straight into a write buffer of about `WRITE_BUFFER` bytes, which goes
+    to storage whole when full. Two such buffers take turns: storage may still be writing
+    one (the local backend writes in a worker thread while the next fills) until the next
+    write returns. Memory stays at about two buffers and a chunk. On normal exit the last
+    chunk is sealed and the object stored atomically; on an exception nothing is stored."""
 
     def __init__(self, vault: Vault, owner: str, path: str) -> None:
         self._vault = vault
@@ -59,7 +62,9 @@ class ObjectWriter:
         self._name = object_name(owner, path)
         self._sealer: Sealer | None = None
         self._upload: Upload | None = None
-        self._out = bytearray()
+        self._buffer = bytearray()
+        self._previous: bytearray | None = None  # the buffer storage may still be writing
+        self._filled = 0
 
     @property
     def written(self) -> int:
@@ -69,17 +74,35 @@ class ObjectWriter:
         data_key = await self._vault.keystore.load(self._owner)
         header = Header.new(self._vault.chunk_size)
         self._sealer = Sealer(ObjectCipher(data_key, header, self._owner, self._path))
-        self._out = bytearray(self._sealer.header())
+        # Room for whole sealed chunks, and for the last one with the header.
+        stride = self._sealer.stride
+        self._buffer = bytearray(max(1, WRITE_BUFFER // stride) * stride + HEADER_SIZE)
+        head = self._sealer.header()
+        self._buffer[: len(head)] = head
+        self._filled = len(head)
         self._upload = self._vault.storage.upload(self._name)
         return self
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._sealer is None or self._upload is None:
             raise RuntimeError("use the writer as `async with vault.writer(owner, path) as w`")
-        self._out += self._sealer.feed(data)
-        if len(self._out) >= WRITE_BUFFER:
-            out, self._out = self._out, bytearray()
-            await self._upload.write(out)
+        view = memoryview(data)
+        while True:
+            used, produced = self._sealer.feed_into(view, memoryview(self._buffer)[self._filled :])
+            self._filled += produced
+            view = view[used:]
+            if len(self._buffer) - self._filled < self._sealer.stride:
+                await self._flush()
+            if not view:
+                return
+
+    async def _flush(self) -> None:
+        assert self._upload is not None
+        full = self._buffer
+        await self._upload.write(memoryview(full)[: self._filled])
+        # Once a write returns, storage is done with the buffer written before it.
+        self._buffer, self._previous = self._previous or bytearray(len(full)), full
+        self._filled = 0
 
     async def __aexit__(
         self,
@@ -93,14 +116,18 @@ class ObjectWriter:
                 await self._upload.abort()
             return
         try:
-            self._out += self._sealer.finish()
-            await self._upload.write(self._out)
-            self._out = bytearray()
+            if len(self._buffer) - self._filled < self._sealer.stride:
+                await self._flush()
+            self._filled += self._sealer.finish_into(memoryview(self._buffer)[self._filled :])
+            await self._upload.write(memoryview(self._buffer)[: self._filled])
             await self._upload.commit()
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._upload.abort()
             raise
+        finally:
+            self._buffer = bytearray()
+            self._previous = None
 
 
 class Vault:
