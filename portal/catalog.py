@@ -262,33 +262,49 @@ def _search_query(dialect: Dialect, sort: str, creator: bool) -> _Query:
             .columns(video_id=String, score=Float)
             .cte("matches")
         )
-        best = matches.c.score.asc()
+        films: Any = matches.join(videos, videos.c.id == matches.c.video_id)
+        columns: Any = _COLUMNS
+        ready_at, views, video_id, creator_id = (
+            videos.c.ready_at, videos.c.views, videos.c.id, videos.c.creator_id,
+        )  # fmt: skip
+        best: Any = matches.c.score.asc()
     else:
         # The newest visible matches by `ready_at` (the planner walks ix_videos_newest for
-        # common words, the GIN index for rare ones), ranked by ts_rank (higher is better)
-        # once the candidates are chosen.
+        # common words, the GIN index for rare ones), with the columns shown and their
+        # ts_rank (higher is better), taken while the walk has the row at hand.
         tsq = func.to_tsquery(literal_column("'simple'"), bindparam("fts", type_=String))
         vector: Any = literal_column("videos.search_vector")
-        matches = (
-            select(videos.c.id.label("video_id"))
+        films = (
+            select(
+                *(c for c in _COLUMNS if c.table is videos),
+                func.ts_rank(vector, tsq).label("score"),
+            )
             .where(*filters, videos.c.ready_at.is_not(None), vector.op("@@")(tsq))
             .order_by(videos.c.ready_at.desc(), videos.c.id.desc())
             .limit(bindparam("candidates"))
             .cte("matches")
         )
-        best = func.ts_rank(vector, tsq).desc()
+        columns = [
+            users.c.display_name.label("creator_name")
+            if c.name == "creator_name"
+            else films.c[c.name]
+            for c in _COLUMNS
+        ]
+        ready_at, views, video_id, creator_id = (
+            films.c.ready_at, films.c.views, films.c.id, films.c.creator_id,
+        )  # fmt: skip
+        best = films.c.score.desc()
         filters = []  # applied while choosing the candidates
-    joined = matches.join(videos, videos.c.id == matches.c.video_id)
     # Every visible candidate is sorted anyway: counting them is a window over the same rows.
     total = func.count().over()
     order = {
-        "relevance": (best, videos.c.ready_at.desc(), videos.c.id.desc()),
-        "newest": (videos.c.ready_at.desc(), videos.c.id.desc()),
-        "popular": (videos.c.views.desc(), videos.c.ready_at.desc(), videos.c.id.desc()),
+        "relevance": (best, ready_at.desc(), video_id.desc()),
+        "newest": (ready_at.desc(), video_id.desc()),
+        "popular": (views.desc(), ready_at.desc(), video_id.desc()),
     }[sort]
     statement = (
-        select(*_COLUMNS, total.label("total"))
-        .select_from(joined.join(users, users.c.id == videos.c.creator_id))
+        select(*columns, total.label("total"))
+        .select_from(films.join(users, users.c.id == creator_id))
         .where(*filters)
         .order_by(*order)
         .limit(bindparam("limit"))
