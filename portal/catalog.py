@@ -12,7 +12,7 @@ made in portal/db.py). Every query's cost is bounded, whatever the catalog's siz
 - A search takes at most the `SEARCH_CANDIDATES` newest matches from the full-text index,
   ranks them there (FTS5 bm25 or ts_rank, title words weighing most) and orders them by
   rank ("relevance", a search's default) or by the chosen sort. A query matching fewer films
-  is exact; one matching a quarter of the catalog ranks its newest thousand.
+  is exact; one matching a quarter of the catalog ranks its newest 500.
 - Counts stop at `COUNT_CAP` (shown as "1,000+"): nothing counts every match.
 """
 
@@ -54,7 +54,7 @@ MAX_TERMS = 8  # a pasted paragraph should not become a 200-term query
 #: Counts stop here: past it the catalog says "1,000+ films".
 COUNT_CAP = 1000
 #: A search ranks at most this many of its newest matches.
-SEARCH_CANDIDATES = 1000
+SEARCH_CANDIDATES = 500
 _WORD = re.compile(r"[^\W_]+")
 #: bm25 weights of the FTS5 columns: video_id (not indexed), title, description, tags, creator.
 _FTS_WEIGHTS = "0.0, 10.0, 1.0, 4.0, 4.0"
