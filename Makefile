@@ -65,11 +65,15 @@ test: setup test-system-deps
 	bash .ci/services
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/deptry .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: python-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/deptry .
 
 bench: setup test-system-deps
 	bash .ci/services

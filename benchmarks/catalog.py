@@ -46,7 +46,8 @@ sys.path.insert(0, os.environ.get("MM_BENCH_ROOT") or str(Path(__file__).resolve
 
 import portal.catalog
 from portal.catalog import CatalogPage, list_videos
-from portal.db import create_engine, create_schema, new_id, users, utcnow, videos
+from portal.db import create_engine, new_id, users, utcnow, videos
+from portal.migrations import upgrade
 
 POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 WORDS = (
@@ -160,7 +161,7 @@ async def timed(fn: Callable[[], Awaitable[object]], seconds: float, times: list
 
 async def bench_database(name: str, url: str, dsn: str | None, args: argparse.Namespace) -> None:
     engine = create_engine(url)
-    await create_schema(engine)
+    await upgrade(engine)
     started = time.perf_counter()
     await fill(engine, args.videos, 200, random.Random(7))
     print(f"\n{name}: {args.videos:,} films inserted in {time.perf_counter() - started:.0f} s")

@@ -42,7 +42,8 @@ from stream import ROOT, free_port, session_cpu, start_portal, stop, wait_for_po
 
 from portal.accounts import User  # noqa: E402
 from portal.auth import issue_api_token  # noqa: E402
-from portal.db import create_engine, create_schema, new_id, users, utcnow  # noqa: E402
+from portal.db import create_engine, new_id, users, utcnow  # noqa: E402
+from portal.migrations import upgrade  # noqa: E402
 from portal.settings import Settings  # noqa: E402
 
 MIB = 1024 * 1024
@@ -171,7 +172,7 @@ async def make_creator(settings: Settings) -> str:
     """A creator and an API token for it, straight into a fresh database."""
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     engine = create_engine(settings.database_url)
-    await create_schema(engine)
+    await upgrade(engine)
     now = utcnow()
     row = {
         "id": new_id(),

@@ -48,7 +48,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = Path(os.environ.get("MM_BENCH_ROOT") or HERE.parent).resolve()
 sys.path.insert(0, str(ROOT))
 
-from portal.db import create_engine, create_schema, new_id, segments, users, utcnow, videos  # noqa: E402
+from portal.db import create_engine, new_id, segments, users, utcnow, videos  # noqa: E402
+from portal.migrations import upgrade  # noqa: E402
+from portal.services import vault_config  # noqa: E402
 from portal.settings import Settings  # noqa: E402
 from portal.signing import load_secret_key  # noqa: E402
 from portal.tokens import PlaybackTokens  # noqa: E402
@@ -162,8 +164,8 @@ async def prepare(settings: Settings, count: int, plain_dir: Path) -> tuple[str,
     Returns (video id, playback token)."""
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     engine = create_engine(settings.database_url)
-    await create_schema(engine)
-    vault = await open_vault(settings, engine)
+    await upgrade(engine)
+    vault = await open_vault(vault_config(settings), engine)
     user_id, video_id, now = new_id(), new_id(), utcnow()
     async with engine.begin() as conn:
         await conn.execute(

@@ -19,7 +19,6 @@ from starlette.staticfiles import StaticFiles
 
 from portal.auth import AuthMiddleware
 from portal.http_errors import UnexpectedErrorMiddleware, exception_handlers
-from portal.metrics import MetricsMiddleware
 from portal.playback import tune_allocator
 from portal.routes import (
     accounts,
@@ -39,7 +38,7 @@ from portal.security import AllowedHostsMiddleware, SecurityHeadersMiddleware
 from portal.services import open_services
 from portal.settings import Settings
 from portal.streaming import SegmentFastPath
-from portal.web import STATIC_DIR, make_templates
+from portal.web import STATIC_DIR, MetricsMiddleware, make_templates
 from portal.worker import media_pipeline
 
 log = logging.getLogger("megamovie")

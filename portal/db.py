@@ -1,6 +1,7 @@
 """The database schema (SQLAlchemy Core) and the engine, for SQLite and PostgreSQL alike.
 
-The schema is defined once here; Alembic migrations in portal/migrations create it. Ids are
+The schema is defined once here (the vault's own tables in portal/vault/tables.py);
+Alembic migrations in portal/migrations create it (`portal.migrations.upgrade`). Ids are
 random URL-safe strings made by `new_id`, so they can be shown in URLs without leaking counts.
 Times are timezone-aware UTC datetimes.
 """
@@ -22,7 +23,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     String,
     Table,
@@ -140,7 +140,9 @@ uploads = Table(
     "uploads",
     metadata,
     Column("id", String(32), primary_key=True),
-    Column("video_id", String(32), ForeignKey("videos.id", ondelete="CASCADE"), nullable=False),
+    # None for a partial upload (tus concatenation): its bytes wait under its own data key
+    # (vault owner = the upload's id) until a final upload gathers them into a film.
+    Column("video_id", String(32), ForeignKey("videos.id", ondelete="CASCADE"), nullable=True),
     Column("creator_id", String(32), ForeignKey("users.id"), nullable=False, index=True),
     Column("length", BigInteger, nullable=False),
     Column("offset", BigInteger, nullable=False, default=0),
@@ -149,8 +151,8 @@ uploads = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False, index=True),
     Column("completed_at", UTCDateTime(), nullable=True),
-    # A PATCH is writing until then: two PATCHes on one upload must never both succeed.
-    Column("locked_until", UTCDateTime(), nullable=True),
+    # tus concatenation: None, "partial", or "final;<partial id> <partial id> ...".
+    Column("concat", Text, nullable=True),
 )
 
 renditions = Table(
@@ -193,25 +195,6 @@ jobs = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_jobs_claim", "state", "run_after"),
-)
-
-data_keys = Table(
-    "data_keys",
-    metadata,
-    Column("owner", String(64), primary_key=True),  # the video id
-    Column("key_id", String(32), nullable=False, index=True),  # the KEK that wraps it
-    Column("wrapped", LargeBinary, nullable=False),
-    Column("created_at", UTCDateTime(), nullable=False),
-)
-
-# One row per master key (KEK) ever used: a value sealed under that key, so a wrong key in the
-# keyring is caught at start-up instead of producing garbage later (see docs/vault-format.md).
-vault_keys = Table(
-    "vault_keys",
-    metadata,
-    Column("key_id", String(32), primary_key=True),
-    Column("check_value", LargeBinary, nullable=False),
-    Column("created_at", UTCDateTime(), nullable=False),
 )
 
 watch_progress = Table(
@@ -576,9 +559,3 @@ async def begin_write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
             raise
         await conn.commit()
 
-
-async def create_schema(engine: AsyncEngine) -> None:
-    """Bring the database to the newest schema by running the Alembic migrations."""
-    from portal.migrations import upgrade
-
-    await upgrade(engine)

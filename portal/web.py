@@ -16,9 +16,12 @@ import jinja2
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from portal.errors import BadRequest
+from portal.metrics import Metrics
 from portal.money import CURRENCIES, format_amount
+from portal.parsing import read_json
 from portal.security import client_ip, hit_rate_limit
 from portal.services import Services
 from portal.settings import Settings
@@ -27,6 +30,10 @@ from portal.videos import Viewer, poster_path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = PROJECT_ROOT / "templates"
 STATIC_DIR = PROJECT_ROOT / "static"
+
+
+#: JSON bodies of the money and licensing endpoints are small objects.
+API_BODY_LIMIT = 16 * 1024
 
 
 def services_of(request: Request) -> Services:
@@ -140,12 +147,10 @@ def render(
     )
 
 
-async def json_object(request: Request) -> dict[str, Any]:
-    """The request's JSON body, which must be an object; BadRequest (400) otherwise."""
-    try:
-        body = await request.json()
-    except (ValueError, RecursionError):
-        body = None
+async def json_object(request: Request, limit: int = API_BODY_LIMIT) -> dict[str, Any]:
+    """The request's JSON body, which must be an object: bounded in size and depth by
+    `portal.parsing.read_json` (413, 400), BadRequest (400) when it is not an object."""
+    body = await read_json(request, limit)
     if not isinstance(body, dict):
         raise BadRequest("Send a JSON object as the request body.", "body")
     return body
@@ -159,3 +164,27 @@ async def check_rate_limit(request: Request, action: str) -> None:
         f"{action}:{client_ip(request)}",
         services.settings.rate_limit_per_minute,
     )
+
+
+class MetricsMiddleware:
+    """Counts every HTTP response by method and status into the services' `Metrics`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        services = getattr(scope["app"].state, "services", None)
+        metrics: Metrics | None = services.metrics if services is not None else None
+        if metrics is None:
+            await self.app(scope, receive, send)
+            return
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                metrics.count_request(scope["method"], message["status"])
+            await send(message)
+
+        await self.app(scope, receive, counting_send)

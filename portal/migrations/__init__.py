@@ -11,10 +11,19 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from portal import db
+from portal.vault import tables as vault_tables
+
 HERE = Path(__file__).resolve().parent
+
+
+def declared_schema() -> list[MetaData]:
+    """Every table the migrations build: the portal's (portal.db) and the vault's own."""
+    return [db.metadata, vault_tables.metadata]
 
 
 # The catalog's search structures are made by raw DDL (portal.db.create_search_index), not

@@ -9,7 +9,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from portal.auth import require_role, require_user
-from portal.errors import BadRequest
 from portal.licensing.offers import (
     channel_plan,
     parse_channel_price,
@@ -18,14 +17,7 @@ from portal.licensing.offers import (
     set_channel_plan,
 )
 from portal.videos import managed_video
-from portal.web import services_of, viewer_of
-
-
-async def _json(request: Request) -> Any:
-    try:
-        return await request.json()
-    except (ValueError, RecursionError):
-        raise BadRequest("The body must be JSON.", "") from None
+from portal.web import json_object, services_of, viewer_of
 
 
 async def put_offers(request: Request) -> Response:
@@ -35,7 +27,7 @@ async def put_offers(request: Request) -> Response:
     video = await managed_video(
         services.engine, viewer_of(request), request.path_params["video_id"]
     )
-    preview, specs = parse_offers(await _json(request), video.duration)
+    preview, specs = parse_offers(await json_object(request), video.duration)
     stored = await replace_offers(services.engine, video.id, preview, specs)
     return JSONResponse(
         {"video_id": video.id, "preview_seconds": stored.preview_seconds,
@@ -47,7 +39,7 @@ async def put_offers(request: Request) -> Response:
 async def put_channel_offers(request: Request) -> Response:
     """`PUT {"amount": 500, "currency": "EUR"}`: the creator's channel subscription, a month."""
     user = require_role(request, "creator", "admin")
-    price = parse_channel_price(await _json(request))
+    price = parse_channel_price(await json_object(request))
     await set_channel_plan(services_of(request).engine, user.id, price)
     return JSONResponse(
         {"creator_id": user.id, **price.as_json(), "period": "month"},

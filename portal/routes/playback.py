@@ -31,7 +31,7 @@ from portal.layout import (
     segment_path,
     valid_rendition,
 )
-from portal.licensing.grants import grant_playback
+from portal.licensing.grants import Grant, grant_playback
 from portal.parsing import digits
 from portal.tokens import PlaybackClaims
 from portal.videos import POSTER_ROUTE, Video, fetch_video, visible_video
@@ -51,19 +51,25 @@ async def grant(request: Request) -> Response:
     granted = await grant_playback(
         services, viewer_of(request), request.path_params["video_id"], stream=stream
     )
-    base = f"/stream/{granted.token}/{granted.video.id}"
-    has_storyboard = granted.video.has_storyboard
-    return JSONResponse(
-        {
-            "url": f"{base}/master.m3u8",
-            "storyboard_url": f"{base}/{STORYBOARD_VTT}" if has_storyboard else None,
-            "expires_at": granted.expires_at.isoformat(),
-            "stream": granted.stream,
-            "renew_seconds": granted.renew_seconds,
-            "licence": granted.licence.as_json(),
-        },
-        headers={"Cache-Control": "no-store"},
-    )
+    return JSONResponse(grant_body(granted), headers={"Cache-Control": "no-store"})
+
+
+def stream_base(granted: Grant) -> str:
+    """Where everything the grant opens lives: `/stream/{token}/{video_id}`."""
+    return f"/stream/{granted.token}/{granted.video.id}"
+
+
+def grant_body(granted: Grant) -> dict[str, Any]:
+    """The grant as the API answers it, and as the watch page hands it to the player."""
+    base = stream_base(granted)
+    return {
+        "url": f"{base}/master.m3u8",
+        "storyboard_url": f"{base}/{STORYBOARD_VTT}" if granted.video.has_storyboard else None,
+        "expires_at": granted.expires_at.isoformat(),
+        "stream": granted.stream,
+        "renew_seconds": granted.renew_seconds,
+        "licence": granted.licence.as_json(),
+    }
 
 
 def _authorise(request: Request) -> PlaybackClaims:

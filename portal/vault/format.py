@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from portal.errors import VaultError, VaultTampered
+from portal.vault.errors import VaultError, VaultTampered
 
 MAGIC = b"MMVF"
 VERSION = 1

@@ -18,8 +18,9 @@ import anyio
 import anyio.to_thread
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from portal.errors import KeyringError, ObjectNotFound, VaultTampered
-from portal.settings import Settings
+from portal.vault.backend import Storage, Upload
+from portal.vault.config import VaultConfig
+from portal.vault.errors import KeyringError, ObjectNotFound, VaultTampered
 from portal.vault.format import (
     HEADER_SIZE,
     TAG_SIZE,
@@ -34,7 +35,7 @@ from portal.vault.format import (
 from portal.vault.keyring import Keyring, keyring_configured, load_keyring
 from portal.vault.keystore import KeyStatus, KeyStore, RotationReport, known_key_ids
 from portal.vault.names import object_name, validate_owner, validate_prefix
-from portal.vault.storage import LocalStorage, Storage, Upload, open_storage
+from portal.vault.storage import LocalStorage, open_storage
 
 # Ciphertext read from storage in one call; a 2.5 MB segment is one read and one buffer.
 READ_WINDOW = 8 * 1024 * 1024
@@ -162,7 +163,7 @@ class Vault:
     # Data keys -------------------------------------------------------------------------
 
     async def create_key(self, owner: str) -> None:
-        """A new random data key for `owner`; Conflict if it has one."""
+        """A new random data key for `owner`; DataKeyExists if it has one."""
         await self.keystore.create(validate_owner(owner))
 
     async def has_key(self, owner: str) -> bool:
@@ -340,28 +341,28 @@ class Vault:
         await self.storage.aclose()
 
 
-async def open_keystore(settings: Settings, engine: AsyncEngine) -> KeyStore:
+async def open_keystore(config: VaultConfig, engine: AsyncEngine) -> KeyStore:
     """Load the keyring (making the key file on first run) and verify every key against the
     database. A missing or wrong key is a KeyringError here, at start-up, never garbage later."""
     known = await known_key_ids(engine)
-    if known and not keyring_configured(settings):
+    if known and not keyring_configured(config):
         raise KeyringError(
             f"the database holds data keys for master key(s) {', '.join(sorted(known))}, but "
-            f"MEGAMOVIE_MASTER_KEYS is unset and there is no key file at {settings.key_file}; "
+            f"MEGAMOVIE_MASTER_KEYS is unset and there is no key file at {config.key_file}; "
             "restore the key file from your backup (a new one would open nothing)"
         )
-    keyring = load_keyring(settings, create=True)
+    keyring = load_keyring(config, create=True)
 
     def reload() -> Keyring:
-        return load_keyring(settings, create=False)
+        return load_keyring(config, create=False)
 
     keystore = KeyStore(engine, keyring, reload=reload)
     await keystore.verify()
     return keystore
 
 
-async def open_vault(settings: Settings, engine: AsyncEngine) -> Vault:
-    """The keystore (see `open_keystore`) and the storage `settings.storage_url` names."""
-    keystore = await open_keystore(settings, engine)
-    storage = await open_storage(settings)
-    return Vault(keystore, storage, settings.vault_chunk_size)
+async def open_vault(config: VaultConfig, engine: AsyncEngine) -> Vault:
+    """The keystore (see `open_keystore`) and the storage `config.storage` names."""
+    keystore = await open_keystore(config, engine)
+    storage = await open_storage(config.storage)
+    return Vault(keystore, storage, config.chunk_size)

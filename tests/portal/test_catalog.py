@@ -8,16 +8,13 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.testclient import TestClient
 
 import portal.catalog
-from portal.app import create_app
 from portal.catalog import PAGE_SIZE, list_videos
 from portal.db import users, utcnow, videos
 from portal.routes.catalog import page_links
 from portal.web import format_duration
-from tests.portal.conftest import insert_user
-from tests.portal.test_accounts import add_ready_video, add_user, add_video, fast_settings
+from tests.helpers import add_ready_video, add_user, add_video, insert_user
 
 pytestmark = pytest.mark.anyio
 
@@ -127,20 +124,18 @@ def test_duration_is_shown_as_minutes_and_seconds():
     assert format_duration(None) == ""
 
 
-def test_catalog_page_shows_posters_durations_creators_and_placeholders(tmp_path):
-    settings = fast_settings(tmp_path)
-    with TestClient(create_app(settings)) as client:
-        creator = add_user(client, "ann@example.org", role="creator", name="Ann Lee")
-        with_poster = add_ready_video(
-            client, creator.id, title="Harbour Lights", duration=754.2, has_poster=True
-        )
-        add_ready_video(client, creator.id, title="No Poster Yet", duration=5.0)
-        add_ready_video(client, creator.id, title="Still processing", status="processing")
-        page = client.get("/")
-        search = client.get("/", params={"q": "harbour"})
-        api = client.get("/api/videos", params={"q": "harbour"})
-        channel = client.get(f"/channel/{creator.id}")
-        missing = client.get("/channel/nobody")
+def test_catalog_page_shows_posters_durations_creators_and_placeholders(client):
+    creator = add_user(client, "ann@example.org", role="creator", name="Ann Lee")
+    with_poster = add_ready_video(
+        client, creator.id, title="Harbour Lights", duration=754.2, has_poster=True
+    )
+    add_ready_video(client, creator.id, title="No Poster Yet", duration=5.0)
+    add_ready_video(client, creator.id, title="Still processing", status="processing")
+    page = client.get("/")
+    search = client.get("/", params={"q": "harbour"})
+    api = client.get("/api/videos", params={"q": "harbour"})
+    channel = client.get(f"/channel/{creator.id}")
+    missing = client.get("/channel/nobody")
     assert page.status_code == 200
     assert "Harbour Lights" in page.text and "No Poster Yet" in page.text
     assert "Still processing" not in page.text
@@ -159,15 +154,13 @@ def test_catalog_page_shows_posters_durations_creators_and_placeholders(tmp_path
     assert missing.status_code == 404
 
 
-def test_catalog_page_links_to_other_pages(tmp_path):
-    settings = fast_settings(tmp_path)
-    with TestClient(create_app(settings)) as client:
-        creator = add_user(client, "ann@example.org", role="creator")
-        for n in range(PAGE_SIZE + 1):
-            add_ready_video(client, creator.id, title=f"Film {n}")
-        first = client.get("/", params={"sort": "popular"})
-        second = client.get("/", params={"sort": "popular", "page": "2"})
-        junk = client.get("/", params={"page": "abc"})
+def test_catalog_page_links_to_other_pages(client):
+    creator = add_user(client, "ann@example.org", role="creator")
+    for n in range(PAGE_SIZE + 1):
+        add_ready_video(client, creator.id, title=f"Film {n}")
+    first = client.get("/", params={"sort": "popular"})
+    second = client.get("/", params={"sort": "popular", "page": "2"})
+    junk = client.get("/", params={"page": "abc"})
     assert 'href="/?sort=popular&amp;page=2"' in first.text
     assert 'rel="prev"' in second.text
     assert junk.status_code == 200
@@ -266,15 +259,13 @@ async def test_a_search_ranks_only_its_newest_matches_and_says_there_are_more(en
     assert ([item.title for item in few.items], few.total_capped) == (["Comet 5"], False)
 
 
-def test_catalog_page_links_the_next_page_by_cursor(tmp_path):
-    settings = fast_settings(tmp_path)
-    with TestClient(create_app(settings)) as client:
-        creator = add_user(client, "ann@example.org", role="creator")
-        for n in range(PAGE_SIZE + 1):
-            add_ready_video(client, creator.id, title=f"Film {n}")
-        first = client.get("/")
-        api = client.get("/api/videos").json()
-        second = client.get("/api/videos", params={"after": api["next"]}).json()
+def test_catalog_page_links_the_next_page_by_cursor(client):
+    creator = add_user(client, "ann@example.org", role="creator")
+    for n in range(PAGE_SIZE + 1):
+        add_ready_video(client, creator.id, title=f"Film {n}")
+    first = client.get("/")
+    api = client.get("/api/videos").json()
+    second = client.get("/api/videos", params={"after": api["next"]}).json()
     assert 'rel="next" href="/?sort=newest&amp;after=' in first.text
     assert len(api["videos"]) == PAGE_SIZE and len(second["videos"]) == 1
     assert (second["page"], second["next"]) == (2, None)

@@ -11,14 +11,14 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from portal.db import new_id
-from portal.errors import (
-    Conflict,
+from portal.vault import LocalStorage, Vault
+from portal.vault.errors import (
+    DataKeyExists,
     DataKeyMissing,
     ObjectNameInvalid,
     ObjectNotFound,
     VaultTampered,
 )
-from portal.vault import LocalStorage, Vault
 from portal.vault.format import HEADER_SIZE, TAG_SIZE, sealed_size
 
 pytestmark = pytest.mark.anyio
@@ -153,7 +153,7 @@ async def test_missing_objects_and_keys(vault: Vault, owner: str) -> None:
     assert not await vault.exists(owner, "nope")
     with pytest.raises(DataKeyMissing):
         await vault.put(new_id(), "x", b"data")
-    with pytest.raises(Conflict):
+    with pytest.raises(DataKeyExists):
         await vault.create_key(owner)
     assert await vault.has_key(owner)
     assert not await vault.has_key(new_id())

@@ -2,8 +2,8 @@
 keys) instead of ix_videos_catalog; on PostgreSQL a weighted, GIN-indexed search_vector (film
 text and creator name, kept by triggers) instead of the two expression indexes.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-11-27 09:30:00.000000
 """
 
@@ -16,8 +16,8 @@ import portal.db
 from portal.db import videos
 from portal.videos import public_filter
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
