@@ -54,6 +54,7 @@
     purchases: [], // what was bought here: {id, kind, offer_id}
     resumedAt: null, // where playback went on after a purchase
     marks: {}, // when each step of the start happened (performance.now(), ms): benchmarks
+    preloadBandwidth: null, // bits/s the preloaded first segment took to arrive
   };
   window.mmPlayer = state;
 
@@ -308,6 +309,28 @@
     return -1;
   }
 
+  // The media the page preloaded (absolute URLs). hls.js gets them from the memory cache, so
+  // its own measure of their load says nothing about the line (a 400 KB segment "arrives" in
+  // a few ms); what the preload itself took does, from Resource Timing.
+  var preloaded = {};
+  Array.prototype.forEach.call(
+    document.querySelectorAll('link[rel="preload"][as="fetch"]'),
+    function (link) {
+      preloaded[link.href] = true;
+    }
+  );
+
+  function preloadBitsPerSecond(url) {
+    var entries = performance.getEntriesByName(url, "resource");
+    for (var i = 0; i < entries.length; i++) {
+      var entry = entries[i];
+      var bytes = entry.encodedBodySize || entry.transferSize || 0;
+      var ms = entry.responseEnd - (entry.requestStart || entry.startTime);
+      if (entry.initiatorType === "link" && bytes > 0 && ms > 0) return (bytes * 8000) / ms;
+    }
+    return 0;
+  }
+
   // What hls.js measured, for the next watch page's start rendition (see pages.py).
   var savedBandwidth = 0;
   function saveBandwidth(estimate) {
@@ -384,8 +407,15 @@
       if (attempt && attempt.catch) attempt.catch(function () {}); // autoplay may be refused
     });
     hls.on(window.Hls.Events.LEVEL_SWITCHED, markQuality);
-    hls.on(window.Hls.Events.FRAG_LOADED, function () {
+    hls.on(window.Hls.Events.FRAG_LOADED, function (_event, data) {
       networkRetries = 0;
+      var frag = data && data.frag;
+      if (frag && frag.sn !== "initSegment" && preloaded[frag.url]) {
+        // Before hls.js picks the next level from a cache hit's "bandwidth".
+        delete preloaded[frag.url];
+        state.preloadBandwidth = preloadBitsPerSecond(frag.url);
+        hls.bandwidthEstimate = state.preloadBandwidth || startBandwidth || 500000;
+      }
       saveBandwidth(hls.bandwidthEstimate);
     });
     hls.on(window.Hls.Events.ERROR, function (_event, data) {

@@ -87,11 +87,13 @@ def test_the_page_carries_a_grant_that_plays_and_renewals_still_fetch(live_serve
         "() => ({fatal: window.mmPlayer.fatalError, engine: window.mmPlayer.engine,"
         " source: window.mmPlayer.grantSource, stream: window.mmPlayer.stream,"
         " url: window.mmPlayer.hls.url, first: window.mmPlayer.hls.levels.map(l => l.height),"
-        " marks: window.mmPlayer.marks})"
+        " preloaded: window.mmPlayer.preloadBandwidth})"
     )
     assert seen["fatal"] is None, seen
     assert seen["engine"] == "hls.js" and seen["source"] == "page", seen
     assert seen["url"] == base + grant_url, seen
+    # hls.js got the first segment from the preload; the line's speed is what the preload took.
+    assert seen["preloaded"] > 0, seen
     # No grant request to start: the page's grant played.
     assert not [u for u in requests if "/playback" in u], requests
     # hls.js asked for the preloaded rung first, and each preloaded URL once (the preload was
