@@ -20,9 +20,9 @@ from starlette.testclient import TestClient
 from portal.errors import NotFound
 from portal.http_errors import UnexpectedErrorMiddleware, exception_handlers
 from portal.metrics import Metrics
-from portal.web import MetricsMiddleware
 from portal.security import SECURITY_HEADERS, SecurityHeadersMiddleware
 from portal.streaming import SegmentFastPath
+from portal.web import MetricsMiddleware
 
 
 class App(Starlette):
