@@ -81,6 +81,7 @@ bench: setup test-system-deps
 	$(BIN)/python benchmarks/transcode.py
 	$(BIN)/python benchmarks/stream.py
 	$(BIN)/python benchmarks/catalog.py
+	$(BIN)/python benchmarks/ingest.py
 
 lock: | $(BIN)/python
 	$(BIN)/pip install -q uv

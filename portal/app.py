@@ -37,6 +37,7 @@ from portal.routes import (
 from portal.security import AllowedHostsMiddleware, SecurityHeadersMiddleware
 from portal.services import open_services
 from portal.settings import Settings
+from portal.streaming import SegmentFastPath
 from portal.web import STATIC_DIR, MetricsMiddleware, make_templates
 from portal.worker import media_pipeline
 
@@ -76,6 +77,12 @@ def build_middleware(settings: Settings) -> list[Middleware]:
         Middleware(UnexpectedErrorMiddleware),
         Middleware(AllowedHostsMiddleware, allowed=settings.host_names),
         Middleware(AuthMiddleware, settings=settings),
+        # Innermost: segment GETs go straight to their endpoint, not through the router.
+        Middleware(
+            SegmentFastPath,
+            endpoint=playback.segment,
+            handlers=exception_handlers(),
+        ),
     ]
 
 

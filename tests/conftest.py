@@ -11,12 +11,18 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from portal.app import create_app
 from portal.settings import Settings
 from tests.helpers import POSTGRES_ADMIN_DSN, LiveServer
+
+# Tests never assert on timings: hypothesis' per-example deadline is one (a loaded 2-core CI
+# machine made a 75 ms example take 283 ms and fail), so it is off for every property test.
+hypothesis_settings.register_profile("megamovie", deadline=None)
+hypothesis_settings.load_profile("megamovie")
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ def declared_schema() -> list[MetaData]:
 
 # The catalog's search structures are made by raw DDL (portal.db.create_search_index), not
 # declared as tables: schema comparison leaves them out.
-SEARCH_OBJECTS = ("videos_fts", "ix_videos_search", "ix_users_search")
+SEARCH_OBJECTS = ("videos_fts", "ix_videos_search", "ix_users_search", "search_vector")
 
 
 def include_name(name: str | None, type_: str, parent_names: object) -> bool:

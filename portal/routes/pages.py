@@ -46,6 +46,10 @@ BANDWIDTH_COOKIE = "mm_bw"
 DEFAULT_BANDWIDTH = 5_000_000
 #: Bounds on what the cookie may claim.
 MIN_BANDWIDTH, MAX_BANDWIDTH = 100_000, 1_000_000_000
+#: The stream the last watch page of a film opened in this browser (path-scoped to that
+#: film's page): a reload renews it instead of opening another, so reloading never uses up
+#: the viewer's concurrent streams.
+STREAM_COOKIE = "mm_stream"
 #: Start on the highest rendition whose first segment arrives within this many seconds at the
 #: estimated bandwidth (hls.js climbs from there after the first segment).
 START_FILL_SECONDS = 1.0
@@ -91,7 +95,9 @@ async def start_plan(request: Request, video: Video, resume: float) -> StartPlan
         return plan
     services = services_of(request)
     try:
-        granted = await grant_playback(services, viewer_of(request), video.id)
+        granted = await grant_playback(
+            services, viewer_of(request), video.id, stream=request.cookies.get(STREAM_COOKIE)
+        )
     except PortalError:
         return plan
     plan.grant = grant_body(granted)
@@ -167,17 +173,29 @@ async def watch(request: Request) -> Response:
         if saved and not (video.duration and saved > video.duration - 5):
             position = float(saved)
     settings = services_of(request).settings
-    return render(
+    start = await start_plan(request, video, position)
+    response = render(
         request,
         "watch.html",
         {
             "video": video,
             "resume": position,
-            "start": await start_plan(request, video, position),
+            "start": start,
             "pass_price": {"amount": settings.pass_amount, "currency": settings.pass_currency},
             "channel_price": await channel_plan(engine, video.creator_id),
         },
     )
+    if start.grant is not None:
+        response.set_cookie(
+            STREAM_COOKIE,
+            start.grant["stream"],
+            max_age=int(settings.stream_idle_seconds),
+            path=request.app.url_path_for("watch", video_id=video.id),
+            httponly=True,
+            samesite="lax",
+            secure=settings.secure_cookies,
+        )
+    return response
 
 
 async def upload(request: Request) -> Response:

@@ -15,7 +15,11 @@ import anyio
 
 
 class Upload(Protocol):
-    """An object being written: `write` pieces, then `commit` (atomic) or `abort`."""
+    """An object being written: `write` pieces, then `commit` (atomic) or `abort`.
+
+    `write` may go on using the bytes it was given until the next `write`, `commit` or
+    `abort` returns (the local backend writes them in a thread meanwhile), so the caller
+    must not change them before that."""
 
     async def write(self, data: bytes | bytearray | memoryview) -> None: ...
     async def commit(self) -> int: ...

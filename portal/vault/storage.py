@@ -6,11 +6,13 @@ The local backend's file work goes through aiofiles, off the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
 import re
 import secrets
+import threading
 from collections.abc import AsyncIterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,8 @@ __all__ = ["LocalStorage", "LocalUpload", "Storage", "Upload", "open_storage", "
 
 # An unfinished write, beside the object it will become: `.tmp-<16 hex>-<its file name>`.
 _TEMP = re.compile(r"^\.tmp-[0-9a-f]{16}-(?P<name>.+)$")
+#: preadv2 flag: fail with EAGAIN instead of waiting for the disk (Linux 4.14+).
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
 
 def _storage_error(action: str, name: str, exc: OSError) -> StorageError:
@@ -138,6 +142,37 @@ class LocalStorage:
                     data = await handle.read(stop - start)
         return data
 
+    def read_cached(self, name: str, limit: int) -> memoryview | None:
+        """The whole object, read on the calling thread, but only when it is no larger than
+        `limit` and every byte of it is in the page cache already: this never waits for the
+        disk (preadv2 with RWF_NOWAIT), so the event loop may call it. None means "use
+        `read`" (not cached, too large, or no RWF_NOWAIT here); ObjectNotFound as `read`.
+
+        The bytes land in a buffer this thread reuses, so no fresh multi-megabyte buffer is
+        zero-filled and faulted in per call; the view is valid only until this thread's next
+        `read_cached`, so the caller must be done with it before it awaits anything."""
+        if _RWF_NOWAIT is None:
+            return None
+        path = self.path_of(name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"no object {name}") from None
+        except OSError:
+            return None  # let `read` raise the error the vault's way
+        try:
+            size = os.fstat(fd).st_size
+            if size > limit:
+                return None
+            view = memoryview(_scratch(size))[:size]
+            try:
+                got = os.preadv(fd, [view], 0, _RWF_NOWAIT) if size else 0
+            except OSError:
+                return None  # EAGAIN: some of it is on disk only; EOPNOTSUPP: no NOWAIT here
+            return view if got == size else None
+        finally:
+            os.close(fd)
+
     async def size(self, name: str) -> int:
         path = self.path_of(name)
         with _vault_errors("stat", name):
@@ -194,7 +229,23 @@ class LocalStorage:
         return None
 
 
+_local = threading.local()
+
+
+def _scratch(size: int) -> bytearray:
+    """This thread's reusable read buffer, grown to at least `size` bytes."""
+    buffer: bytearray | None = getattr(_local, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        buffer = bytearray(max(size, 4 * 1024 * 1024))
+        _local.buffer = buffer
+    return buffer
+
+
 class LocalUpload:
+    """Writes one behind the caller: `write` waits for the previous write, starts this one
+    (in aiofiles' thread) and returns, so receiving and sealing the next piece on the event
+    loop overlaps with the kernel copying this one into the page cache."""
+
     def __init__(self, storage: LocalStorage, name: str, path: Path) -> None:
         self._storage = storage
         self._name = name
@@ -202,6 +253,7 @@ class LocalUpload:
         self._tmp = path.with_name(f".tmp-{secrets.token_hex(8)}-{path.name}")
         self._file: Any = None  # an aiofiles binary file, from the first write on
         self._size = 0
+        self._writing: asyncio.Task[None] | None = None
 
     async def _open(self) -> Any:
         if self._file is None:
@@ -209,18 +261,30 @@ class LocalUpload:
             self._file = await aiofiles.open(self._tmp, "xb", opener=_private)
         return self._file
 
+    async def _write(self, data: bytes | bytearray | memoryview) -> None:
+        with _uncancelled():
+            await (await self._open()).write(data)
+
+    async def _settle(self) -> None:
+        """Wait for the write in flight; its error is raised here."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            # Shielded: a cancelled caller must not orphan a write still going on.
+            await asyncio.shield(writing)
+
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         try:
-            with _uncancelled():
-                await (await self._open()).write(data)
+            await self._settle()
         except OSError as exc:
             await self.abort()
             raise _storage_error("write", self._name, exc) from None
+        self._writing = asyncio.ensure_future(self._write(data))
         self._size += len(data)
 
     async def commit(self) -> int:
         try:
             with _uncancelled():
+                await self._settle()
                 handle = await self._open()
                 await handle.flush()
                 await _fsync(handle.fileno())
@@ -235,6 +299,8 @@ class LocalUpload:
 
     async def abort(self) -> None:
         with _uncancelled():
+            with contextlib.suppress(OSError):
+                await self._settle()
             if self._file is not None:
                 with contextlib.suppress(OSError):
                     await self._file.close()

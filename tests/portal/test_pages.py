@@ -62,12 +62,28 @@ def test_watch_page_hands_the_player_a_grant_issued_while_it_rendered(client):
     preload = f'<link rel="preload" href="{grant["url"]}" as="fetch" crossorigin="anonymous">'
     assert preload in page.text
     assert 'rel="preload" href="/static/vendor/hls.light.min.js" as="script"' in page.text
-    # Each page opened its own stream, and the viewer's view counted once.
-    assert again is not None and again["stream"] != grant["stream"]
+    # A reload renews the stream the first page opened (a cookie scoped to the film's page),
+    # and the viewer's view counted once.
+    assert again is not None and again["stream"] == grant["stream"]
     assert info["views"] == 1, info
     assert grant_of(prefetched.text) is None
     assert 'as="fetch"' not in prefetched.text
     assert unplayable.status_code == 200 and grant_of(unplayable.text) is None
+
+
+def test_reloading_the_watch_page_never_uses_up_the_viewers_screens(client, viewer_client):
+    creator = add_user(client, "c@example.org", role="creator")
+    video_id = add_ready_video(client, creator.id, title="Reloaded")
+    streams = {grant_of(viewer_client.get(f"/watch/{video_id}").text)["stream"]
+               for _ in range(4)}  # fmt: skip
+    assert len(streams) == 1
+    # Another browser (no cookie) is another screen; a third one is refused by the API.
+    client.cookies.clear()
+    assert grant_of(viewer_client.get(f"/watch/{video_id}").text) is not None
+    client.cookies.clear()
+    assert grant_of(viewer_client.get(f"/watch/{video_id}").text) is None
+    third = viewer_client.get(f"/api/videos/{video_id}/playback")
+    assert third.status_code == 429 and third.json()["error"] == "too_many_streams"
 
 
 def test_start_bandwidth_comes_from_the_cookie_within_bounds(client):

@@ -183,6 +183,7 @@ import sys
 import anyio
 from portal.db import create_engine
 from portal.processing import Processor
+from portal.services import vault_config
 from portal.settings import Settings
 from portal.vault import open_vault
 
@@ -192,7 +193,7 @@ async def main(data_dir: str, database_url: str, video_id: str) -> None:
         transcode_preset="veryslow", segment_seconds=1.0,
     )
     engine = create_engine(database_url)
-    vault = await open_vault(settings, engine)
+    vault = await open_vault(vault_config(settings), engine)
     await Processor(settings, engine, vault).process(video_id)
     print("finished", flush=True)
 

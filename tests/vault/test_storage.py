@@ -235,3 +235,22 @@ async def test_s3_refuses_wrong_credentials_and_missing_buckets_at_open(
         await open_storage(replace(good, s3_secret_access_key="wrong"))
     with pytest.raises(StorageError, match="does not exist"):
         await open_storage(replace(good, url="s3://no-such-bucket-here/x"))
+
+
+async def test_a_local_upload_aborted_with_writes_in_flight_leaves_nothing(
+    vault_settings: Settings, backend: str
+) -> None:
+    if backend != "local":
+        pytest.skip("the local backend's pipelined writes")
+    storage = LocalStorage(vault_settings.data_dir / "objects")
+    upload = storage.upload("owner1/source/part-000001")
+    for _ in range(8):
+        await upload.write(os.urandom(1024 * 1024))  # returns before the bytes are written
+    await upload.abort()
+    assert files_under(storage.root) == []
+    upload = storage.upload("owner1/source/part-000002")
+    pieces = [os.urandom(300_000) for _ in range(5)]
+    for piece in pieces:
+        await upload.write(piece)
+    assert await upload.commit() == 1_500_000
+    assert await storage.read("owner1/source/part-000002") == b"".join(pieces)
