@@ -18,7 +18,11 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
 from portal.auth import AuthMiddleware
-from portal.http_errors import UnexpectedErrorMiddleware, exception_handlers
+from portal.http_errors import (
+    TusResumableMiddleware,
+    UnexpectedErrorMiddleware,
+    exception_handlers,
+)
 from portal.metrics import MetricsMiddleware
 from portal.playback import tune_allocator
 from portal.routes import accounts, catalog, licensing, ops, pages, playback, uploads, videos
@@ -48,6 +52,7 @@ def build_middleware(settings: Settings) -> list[Middleware]:
     return [
         Middleware(MetricsMiddleware),
         Middleware(SecurityHeadersMiddleware),
+        Middleware(TusResumableMiddleware),
         Middleware(UnexpectedErrorMiddleware),
         Middleware(AllowedHostsMiddleware, allowed=settings.host_names),
         Middleware(AuthMiddleware, settings=settings),

@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -48,12 +49,9 @@ def render_error(
     message: str,
     details: Mapping[str, Any] | None = None,
 ) -> Response:
-    headers = {"Cache-Control": "no-store"}
-    path = request.url.path
     # Every error response is made here, also the auth middleware's CSRF refusal and the 500
-    # for an unexpected exception, which the tus endpoints' own wrapper never sees.
-    if path == TUS_PREFIX or path.startswith(TUS_PREFIX + "/"):
-        headers["Tus-Resumable"] = TUS_RESUMABLE
+    # for an unexpected exception. (`TusResumableMiddleware` adds the tus header to them.)
+    headers = {"Cache-Control": "no-store"}
     if wants_json(request):
         body = {"error": code, "message": message, **(details or {})}
         return JSONResponse(body, status, headers=headers)
@@ -107,6 +105,27 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     return render_error(
         request, 500, "internal_error", f"Something went wrong on our side (reference {ref})."
     )
+
+
+class TusResumableMiddleware:
+    """Puts `Tus-Resumable` on every response under /api/uploads, whatever made it: a tus
+    endpoint, an error handler, a middleware's refusal, the router's redirect or its 405."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or not (path == TUS_PREFIX or path.startswith(TUS_PREFIX + "/")):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["Tus-Resumable"] = TUS_RESUMABLE
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
 
 
 class UnexpectedErrorMiddleware:

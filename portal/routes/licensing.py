@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from portal.auth import require_role, require_user
-from portal.errors import BadRequest
+from portal.db import is_id
 from portal.licensing.offers import (
     channel_plan,
     parse_channel_price,
@@ -17,15 +17,17 @@ from portal.licensing.offers import (
     replace_offers,
     set_channel_plan,
 )
+from portal.parsing import read_json
 from portal.videos import managed_video
 from portal.web import services_of, viewer_of
 
+#: Bytes of an offers body: a handful of offers, with room to spare.
+OFFERS_BODY_LIMIT = 16 * 1024
+
 
 async def _json(request: Request) -> Any:
-    try:
-        return await request.json()
-    except (ValueError, RecursionError):
-        raise BadRequest("The body must be JSON.", "") from None
+    # Bounded in size and depth, strings clean text (portal.parsing): 400 or 413, never 500.
+    return await read_json(request, OFFERS_BODY_LIMIT)
 
 
 async def put_offers(request: Request) -> Response:
@@ -57,7 +59,9 @@ async def put_channel_offers(request: Request) -> Response:
 
 async def get_channel_offers(request: Request) -> Response:
     creator_id = request.path_params["creator_id"]
-    price = await channel_plan(services_of(request).engine, creator_id)
+    # An id from a URL: one that cannot exist has no plan (and NUL would fail the query).
+    engine = services_of(request).engine
+    price = await channel_plan(engine, creator_id) if is_id(creator_id) else None
     body: dict[str, Any] = {"creator_id": creator_id, "period": "month", "price": None}
     if price is not None:
         body["price"] = price.as_json()

@@ -51,7 +51,8 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def tus_endpoint(endpoint: Endpoint) -> Endpoint:
-    """Check the protocol version, and put `Tus-Resumable` on every answer, errors too."""
+    """Check the protocol version; a refusal names the version we speak. (`Tus-Resumable`
+    goes on every answer under /api/uploads: `portal.http_errors.TusResumableMiddleware`.)"""
 
     @functools.wraps(endpoint)
     async def wrapper(request: Request) -> Response:
@@ -68,7 +69,6 @@ def tus_endpoint(endpoint: Endpoint) -> Endpoint:
             response = await portal_error(request, exc)
             if isinstance(exc, UnsupportedProtocol):
                 response.headers["Tus-Version"] = TUS_VERSION
-        response.headers["Tus-Resumable"] = TUS_VERSION
         return response
 
     return wrapper
