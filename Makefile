@@ -50,7 +50,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml | $(BIN)/python
 
 python-deps: $(VENV)/.installed
 
-# hls.js and tus-js-client come from npm with package-lock.json; never committed.
+# hls.js, tus-js-client and uPlot come from npm with package-lock.json; never committed.
 static/vendor/.installed: package.json package-lock.json scripts/vendor.mjs
 	npm ci --no-audit --no-fund
 	node scripts/vendor.mjs
@@ -65,11 +65,15 @@ test: setup test-system-deps
 	bash .ci/services
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/deptry .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: python-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/deptry .
 
 bench: setup test-system-deps
 	bash .ci/services
@@ -77,6 +81,7 @@ bench: setup test-system-deps
 	$(BIN)/python benchmarks/transcode.py
 	$(BIN)/python benchmarks/stream.py
 	$(BIN)/python benchmarks/catalog.py
+	$(BIN)/python benchmarks/ingest.py
 
 lock: | $(BIN)/python
 	$(BIN)/pip install -q uv

@@ -23,19 +23,45 @@ from portal.http_errors import (
     UnexpectedErrorMiddleware,
     exception_handlers,
 )
-from portal.metrics import MetricsMiddleware
 from portal.playback import tune_allocator
-from portal.routes import accounts, catalog, licensing, ops, pages, playback, uploads, videos
+from portal.routes import (
+    accounts,
+    catalog,
+    creator,
+    licensing,
+    money,
+    ops,
+    pages,
+    payments,
+    playback,
+    uploads,
+    videos,
+    viewer_pages,
+)
 from portal.security import AllowedHostsMiddleware, SecurityHeadersMiddleware
 from portal.services import open_services
 from portal.settings import Settings
-from portal.web import STATIC_DIR, make_templates
+from portal.streaming import SegmentFastPath
+from portal.web import STATIC_DIR, MetricsMiddleware, make_templates
 from portal.worker import media_pipeline
 
 log = logging.getLogger("megamovie")
 
 # Each feature module exposes `routes`; add a module here to mount it.
-ROUTE_MODULES = [ops, accounts, catalog, pages, uploads, videos, playback, licensing]
+ROUTE_MODULES = [
+    ops,
+    accounts,
+    catalog,
+    pages,
+    viewer_pages,
+    uploads,
+    videos,
+    playback,
+    licensing,
+    money,
+    creator,
+    payments,
+]
 
 
 def build_routes() -> list[BaseRoute]:
@@ -56,6 +82,12 @@ def build_middleware(settings: Settings) -> list[Middleware]:
         Middleware(UnexpectedErrorMiddleware),
         Middleware(AllowedHostsMiddleware, allowed=settings.host_names),
         Middleware(AuthMiddleware, settings=settings),
+        # Innermost: segment GETs go straight to their endpoint, not through the router.
+        Middleware(
+            SegmentFastPath,
+            endpoint=playback.segment,
+            handlers=exception_handlers(),
+        ),
     ]
 
 

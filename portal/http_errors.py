@@ -20,10 +20,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from portal.errors import (
     BearerTokenRequired,
+    DataKeyExists,
+    DataKeyMissing,
+    KeyringError,
+    ObjectNameInvalid,
+    ObjectNotFound,
     PayloadTooLarge,
     PortalError,
     RateLimited,
+    StorageError,
     VaultError,
+    VaultTampered,
 )
 from transcoder.errors import MediaError
 
@@ -67,12 +74,37 @@ def render_error(
     )
 
 
-async def portal_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, PortalError)
-    if isinstance(exc, VaultError) and exc.status_code >= 500:
+#: The vault's errors know nothing of HTTP (the vault is a leaf); their status and code are
+#: here. Most specific first: the first class the error is an instance of wins.
+VAULT_STATUSES: list[tuple[type[VaultError], int, str]] = [
+    (DataKeyMissing, 404, "data_key_missing"),
+    (DataKeyExists, 409, "conflict"),
+    (ObjectNotFound, 404, "object_not_found"),
+    (ObjectNameInvalid, 400, "object_name_invalid"),
+    (StorageError, 503, "storage_error"),
+    (KeyringError, 500, "keyring_error"),
+    (VaultTampered, 500, "vault_tampered"),
+    (VaultError, 500, "vault_error"),
+]
+
+
+def vault_status(exc: VaultError) -> tuple[int, str]:
+    """The HTTP status and error code for a vault error."""
+    return next((status, code) for kind, status, code in VAULT_STATUSES if isinstance(exc, kind))
+
+
+async def vault_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, VaultError)
+    status, code = vault_status(exc)
+    if status >= 500:
         # Tampering or a storage failure is an operator's problem: log it loudly, tell the
         # client only that it failed. Never send bytes that did not authenticate.
         log.error("vault failure on %s %s: %s", request.method, request.url.path, exc.message)
+    return render_error(request, status, code, exc.message)
+
+
+async def portal_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PortalError)
     response = render_error(request, exc.status_code, exc.code, exc.message, exc.details())
     if isinstance(exc, RateLimited):
         response.headers["Retry-After"] = str(exc.retry_after)
@@ -163,6 +195,7 @@ class UnexpectedErrorMiddleware:
 def exception_handlers() -> dict[type[Exception] | int, object]:
     return {
         PortalError: portal_error,
+        VaultError: vault_error,
         MediaError: media_error,
         HTTPException: http_exception,
         Exception: unexpected_error,

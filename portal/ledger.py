@@ -299,9 +299,17 @@ def user_scope(user_id: str) -> str:
     return f"user:{user_id}"
 
 
+_REQUESTS = {
+    "top_up": "a wallet top-up",
+    "purchase": "a purchase",
+    "subscription": "a subscription",
+}
+
+
 def key_reused(key: str, kind: str) -> Conflict:
+    earlier = _REQUESTS.get(kind, f"a {kind}")
     return Conflict(
-        f"The Idempotency-Key {key!r} was already used for a different request (a {kind}); "
+        f"The Idempotency-Key {key!r} was already used for a different request ({earlier}); "
         "use a new key for each new request."
     )
 
@@ -381,6 +389,7 @@ class Problem:
     transaction_id: str | None = None
     account: str | None = None
     currency: str | None = None
+    entries: tuple[Entry, ...] = ()  # of an unbalanced posting
 
 
 async def verify(engine: AsyncEngine) -> list[Problem]:
@@ -395,12 +404,14 @@ async def verify(engine: AsyncEngine) -> list[Problem]:
             .having(total != 0)
             .order_by(ledger_entries.c.transaction_id)
         )
-        for tx_id, currency, off in unbalanced:
+        for tx_id, currency, off in unbalanced.all():
+            posting = await get_transaction(conn, tx_id)
             problems.append(
                 Problem(
                     f"posting {tx_id} does not balance: its {currency} entries sum to {off}",
                     transaction_id=tx_id,
                     currency=currency,
+                    entries=posting.entries if posting is not None else (),
                 )
             )
         sums = {

@@ -46,12 +46,14 @@ class WatchRecord:
     creator_id: str
     index: int
     seconds: float
+    licence: str = ""
 
 
 @dataclass
 class _Grant:
     user_id: str | None
     video_id: str
+    licence: str
     first_at: float
     last_at: float
     pending: list[int] = field(default_factory=list)
@@ -80,7 +82,9 @@ class Meter:
         state = self._grants.get(claims.grant)
         if state is None:
             user = None if claims.viewer == ANONYMOUS else claims.viewer
-            state = self._grants[claims.grant] = _Grant(user, claims.video, now, now)
+            state = self._grants[claims.grant] = _Grant(
+                user, claims.video, claims.licence, now, now
+            )
         state.last_at = now
         if index not in state.seen:
             state.seen.add(index)
@@ -111,7 +115,8 @@ class Meter:
                     state.pending.pop(0)
                     state.credited_seconds += seconds
                     records.append(WatchRecord(grant, state.user_id, state.video_id,
-                                               creator_id, index, seconds))  # fmt: skip
+                                               creator_id, index, seconds,
+                                               state.licence))  # fmt: skip
             if records:
                 await self._write(records, wall or utcnow())
         for grant in [g for g, s in self._grants.items()
@@ -145,7 +150,8 @@ class Meter:
         insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
         values = [
             {"grant_id": r.grant, "idx": r.index, "user_id": r.user_id, "video_id": r.video_id,
-             "creator_id": r.creator_id, "seconds": r.seconds, "watched_at": wall}
+             "creator_id": r.creator_id, "seconds": r.seconds, "watched_at": wall,
+             "licence": r.licence}
             for r in records
         ]  # fmt: skip
         statement = insert(watched_segments).on_conflict_do_nothing(

@@ -2,15 +2,14 @@
 
 Counters only go up; job counts are read from the database when scraped, so they are true
 across every worker process. No label takes a value from the request path: a scraper must
-not be able to grow our memory by asking for random URLs.
+not be able to grow our memory by asking for random URLs. The web layer counts responses
+into these with `portal.web.MetricsMiddleware`; workers count transcodes.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 JOB_STATES = ("queued", "running", "done", "failed")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -63,27 +62,3 @@ class Metrics:
             f"megamovie_transcode_seconds_count {self.transcodes}",
         ]
         return "\n".join(lines) + "\n"
-
-
-class MetricsMiddleware:
-    """Counts every HTTP response by method and status into the services' `Metrics`."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        services = getattr(scope["app"].state, "services", None)
-        metrics: Metrics | None = services.metrics if services is not None else None
-        if metrics is None:
-            await self.app(scope, receive, send)
-            return
-
-        async def counting_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                metrics.count_request(scope["method"], message["status"])
-            await send(message)
-
-        await self.app(scope, receive, counting_send)

@@ -9,9 +9,10 @@ exactly the inputs that lose a cent somewhere.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from portal.errors import BadRequest
 
@@ -132,13 +133,16 @@ def split(amount: int, creator_bps: int) -> tuple[int, int]:
 
 
 class RevenueSplit(Protocol):
-    """Decides how a sale is shared: returns (creator, platform) in minor units of `money`.
+    """Decides how a sale is shared: (creator, platform) in minor units of `money`, or an
+    awaitable of it (a plugin hook may answer either).
 
     `kind` is what was sold (buy, rent, channel, pass); the licensing hooks may pass a
-    function that gives some creators or kinds another share. The result is checked by
+    function that gives some creators or kinds another share. The answer is checked by
     `checked_split`: two non-negative integers that add up to the amount."""
 
-    def __call__(self, money: Money, *, creator_id: str, kind: str) -> tuple[int, int]: ...
+    def __call__(
+        self, money: Money, *, creator_id: str, kind: str
+    ) -> tuple[int, int] | Awaitable[tuple[int, int]]: ...
 
 
 @dataclass(frozen=True)
@@ -151,24 +155,41 @@ class ShareSplit:
         return split(money.amount, self.creator_bps)
 
 
-def checked_split(
+async def checked_split(
     revenue_split: RevenueSplit, money: Money, *, creator_id: str, kind: str
 ) -> tuple[int, int]:
-    """Call a (possibly plugged-in) split and refuse any answer that creates or loses money."""
-    shares = revenue_split(money, creator_id=creator_id, kind=kind)
-    creator, platform = shares
+    """Ask a (possibly plugged-in) split and refuse any answer that creates or loses money."""
+    answer = revenue_split(money, creator_id=creator_id, kind=kind)
+    shares: Any = await answer if inspect.isawaitable(answer) else answer
     if (
-        type(creator) is not int
-        or type(platform) is not int
-        or creator < 0
-        or platform < 0
-        or creator + platform != money.amount
+        not isinstance(shares, tuple | list)
+        or len(shares) != 2
+        or type(shares[0]) is not int
+        or type(shares[1]) is not int
+        or shares[0] < 0
+        or shares[1] < 0
+        or shares[0] + shares[1] != money.amount
     ):
         raise ValueError(
-            f"a revenue split returned {shares!r} for {money}: it must be two non-negative "
+            f"a revenue split answered {shares!r} for {money}: it must be two non-negative "
             "integers that add up to the amount"
         )
-    return creator, platform
+    return shares[0], shares[1]
+
+
+R = TypeVar("R")
+
+
+def from_price_row(record_type: type[R], row: Any) -> R:
+    """A dataclass record from a table row: its fields by name, `price` from the row's
+    `amount` and `currency` (the inverse of `price_columns`)."""
+    values: dict[str, Any] = {
+        f.name: getattr(row, f.name)
+        for f in dataclasses.fields(record_type)  # type: ignore[arg-type]
+        if f.name != "price"
+    }
+    values["price"] = Money(row.amount, row.currency)
+    return cast(Callable[..., R], record_type)(**values)
 
 
 def price_columns(record: Any) -> dict[str, Any]:

@@ -7,14 +7,23 @@ charged twice by the provider either (Stripe, for one, honours such keys). The l
 posts `funding:<provider> -> wallet:<user>` under the same key.
 
 `DevelopmentProvider` always succeeds and moves no real money; its label says so wherever it
-is shown. A real provider (Stripe) implements the same protocol.
+is shown.
+
+A provider whose payer finishes paying elsewhere (a card form, 3-D Secure) is a
+`DeferredPaymentProvider` instead: `start` answers a pending payment (for Stripe, a
+PaymentIntent and its client secret) and the wallet is credited only when the provider says it
+succeeded (`portal.top_ups`). The provider for a charge is chosen by the `payment_provider`
+licensing hook: the built-in answer is the development provider (unless
+`MEGAMOVIE_DEVELOPMENT_PAYMENTS=0`), the `stripe` plugin answers first when Stripe is
+configured (`portal.stripe_payments`), and any other plugin may answer before both.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -53,6 +62,42 @@ class PaymentProvider(Protocol):
 
     async def charge(self, user_id: str, money: Money, idempotency_key: str) -> ProviderResult:
         """Take `money` from the person; the same key must never charge twice."""
+        ...
+
+
+#: What a deferred payment is, in the portal's words (the provider has finer ones).
+PENDING = "pending"
+SUCCEEDED = "succeeded"
+CANCELED = "canceled"
+
+
+@dataclass(frozen=True)
+class PaymentState:
+    """What a deferred provider says about one payment, now."""
+
+    reference: str  # the provider's id for it (Stripe: pi_...)
+    status: str  # PENDING, SUCCEEDED or CANCELED
+    money: Money  # what the provider takes (or took)
+    provider_status: str = ""  # the provider's own word: requires_payment_method, ...
+    message: str = ""  # why the last attempt was refused, for the person paying
+    #: What the payer's browser needs to finish paying (Stripe: client_secret and
+    #: publishable_key); empty once nothing is left to do.
+    client: Mapping[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class DeferredPaymentProvider(Protocol):
+    """A provider that answers "pending" and is asked again (or told by a webhook) later."""
+
+    name: str
+    label: str
+
+    async def start(self, user_id: str, money: Money, payment_id: str) -> PaymentState:
+        """Begin taking `money`; the same `payment_id` must never make a second payment."""
+        ...
+
+    async def lookup(self, reference: str) -> PaymentState:
+        """The payment's state as the provider knows it now."""
         ...
 
 

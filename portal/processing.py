@@ -109,7 +109,6 @@ class Processor:
         )
         self.options = HlsOptions(
             segment_seconds=settings.segment_seconds,
-            keyframe_seconds=_keyframe_seconds(settings.segment_seconds),
             preset=settings.transcode_preset,
             timeout=settings.transcode_timeout_seconds,
             ffmpeg=settings.ffmpeg,
@@ -262,6 +261,15 @@ class Processor:
                         duration=segment.duration, size=size,
                     )
                 )  # fmt: skip
+                if segment.kind == "init":
+                    # CODECS as encoded (read from the init segment), stored before the first
+                    # media segment can make the film playable.
+                    await conn.execute(
+                        update(renditions_table)
+                        .where(renditions_table.c.video_id == video_id,
+                               renditions_table.c.name == segment.rendition)
+                        .values(codecs=segment.codecs)
+                    )  # fmt: skip
             if segment.kind == "media" and segment.rendition not in started:
                 started.add(segment.rendition)
                 if started == names:
@@ -290,9 +298,3 @@ class Processor:
             await conn.execute(
                 update(videos).where(videos.c.id == video_id).values(updated_at=utcnow(), **values)
             )
-
-
-def _keyframe_seconds(segment_seconds: float) -> float:
-    """A divisor of the segment length near 2 s, so every segment starts on a keyframe."""
-    count = max(1, round(segment_seconds / 2))
-    return segment_seconds / count

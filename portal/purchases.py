@@ -40,7 +40,8 @@ from portal.ledger import (
     user_scope,
     wallet,
 )
-from portal.money import Money, RevenueSplit, checked_split, price_columns
+from portal.money import Money, RevenueSplit, checked_split, from_price_row, price_columns
+from portal.videos import public_filter
 
 log = logging.getLogger("megamovie.money")
 
@@ -84,31 +85,18 @@ class Purchase:
 
     @classmethod
     def from_row(cls, row: Any) -> Purchase:
-        return cls(
-            id=row.id,
-            user_id=row.user_id,
-            video_id=row.video_id,
-            creator_id=row.creator_id,
-            offer_id=row.offer_id,
-            kind=row.kind,
-            price=Money(row.amount, row.currency),
-            created_at=row.created_at,
-            first_played_at=row.first_played_at,
-            expires_at=row.expires_at,
-            refunded_at=row.refunded_at,
-            transaction_id=row.transaction_id,
-        )
+        return from_price_row(cls, row)
 
     def columns(self) -> dict[str, Any]:
         """The table row for this record."""
         return price_columns(self)
 
 
-def sale_entries(
+async def sale_entries(
     buyer_id: str, creator_id: str, price: Money, kind: str, revenue_split: RevenueSplit
 ) -> list[Entry]:
     """The wallet pays `price`; the creator and the platform receive their shares of it."""
-    creator_share, platform_share = checked_split(
+    creator_share, platform_share = await checked_split(
         revenue_split, price, creator_id=creator_id, kind=kind
     )
     return [
@@ -130,7 +118,7 @@ async def purchase(
 ) -> tuple[Purchase, bool]:
     """Buy or rent the film of `offer_id` from the user's wallet: (purchase, created).
 
-    Raises NotFound (no such offer, or the film is not ready), ValidationFailed (a
+    Raises NotFound (no such offer, or the film is not public), ValidationFailed (a
     subscription offer), InsufficientFunds (402, nothing charged), Conflict (the film is
     already owned or rented, or the key was used for another request)."""
     now = now or utcnow()
@@ -139,12 +127,12 @@ async def purchase(
     async def work(conn: AsyncConnection) -> Purchase:
         offer = (
             await conn.execute(
-                select(offers, videos.c.creator_id, videos.c.status)
+                select(offers, videos.c.creator_id)
                 .join(videos, videos.c.id == offers.c.video_id)
-                .where(offers.c.id == offer_id)
+                .where(offers.c.id == offer_id, public_filter())
             )
         ).first()
-        if offer is None or offer.status != "ready":
+        if offer is None:
             raise NotFound("There is no such offer; the film may have been withdrawn.")
         if offer.kind not in PURCHASE_KINDS:
             raise ValidationFailed(
@@ -158,7 +146,7 @@ async def purchase(
             kind=PURCHASE,
             scope=scope,
             key=idempotency_key,
-            entries=sale_entries(user_id, offer.creator_id, price, offer.kind, revenue_split),
+            entries=await sale_entries(user_id, offer.creator_id, price, offer.kind, revenue_split),
             user_id=user_id,
             reference=purchase_id,
             memo=f"{offer.kind} {offer.video_id}",

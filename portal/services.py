@@ -17,17 +17,18 @@ from dataclasses import dataclass
 import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from portal.db import create_engine, create_schema
+from portal.db import create_engine
 from portal.jobs import JobQueue
 from portal.leases import leases_for
 from portal.licensing.plugins import Plugins
 from portal.metering import Meter, WatchRecord
 from portal.metrics import Metrics
+from portal.migrations import upgrade
 from portal.settings import Settings
 from portal.signing import load_secret_key
 from portal.tokens import PlaybackTokens
 from portal.uploads import Uploads
-from portal.vault import Vault, open_vault
+from portal.vault import StorageConfig, Vault, VaultConfig, open_vault
 
 log = logging.getLogger("megamovie.services")
 
@@ -44,10 +45,28 @@ async def open_database(settings: Settings) -> AsyncIterator[AsyncEngine]:
     prepare_data_dir(settings)
     engine = create_engine(settings.database_url)
     try:
-        await create_schema(engine)
+        await upgrade(engine)
         yield engine
     finally:
         await engine.dispose()
+
+
+def vault_config(settings: Settings) -> VaultConfig:
+    """What the vault is told: it never reads Settings itself."""
+    secret = settings.s3_secret_access_key
+    master_keys = settings.master_keys
+    return VaultConfig(
+        key_file=settings.key_file,
+        master_keys=master_keys.reveal() if master_keys else None,
+        chunk_size=settings.vault_chunk_size,
+        storage=StorageConfig(
+            url=settings.storage_url,
+            s3_endpoint_url=settings.s3_endpoint_url,
+            s3_region=settings.s3_region,
+            s3_access_key_id=settings.s3_access_key_id,
+            s3_secret_access_key=secret.reveal() if secret else None,
+        ),
+    )
 
 
 @dataclass
@@ -73,7 +92,7 @@ class Services:
             max_attempts=settings.job_max_attempts,
         )
         secret_key = load_secret_key(settings)
-        plugins = Plugins(settings.plugin_modules)
+        plugins = Plugins(settings.plugin_modules, extra=optional_plugins(settings))
         services: Services | None = None
 
         async def watch_time_recorded(records: list[WatchRecord]) -> None:
@@ -94,17 +113,28 @@ class Services:
         return services
 
 
+def optional_plugins(settings: Settings) -> list[tuple[str, object]]:
+    """The portal's own plugins that settings turn on: Stripe when its key is set (imported
+    only then: the stripe package is large)."""
+    if not settings.stripe_enabled:
+        return []
+    from portal.stripe_payments import payment_plugins
+
+    return payment_plugins(settings)
+
+
 @asynccontextmanager
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     """Open everything `Services` holds; closes the vault and the engine on exit."""
     async with open_database(settings) as engine:
-        vault = await open_vault(settings, engine)
+        vault = await open_vault(vault_config(settings), engine)
         try:
             services = Services.build(settings, engine, vault)
             try:
                 yield services
             finally:
                 await services.uploads.leases.aclose()
+                await services.plugins.aclose()
         finally:
             await vault.aclose()
 

@@ -101,6 +101,13 @@ class Settings:
     creator_share_bps: int = _env("MEGAMOVIE_CREATOR_SHARE_BPS", 9000)
     pass_amount: int = _env("MEGAMOVIE_PASS_AMOUNT", 999)
     pass_currency: str = _env("MEGAMOVIE_PASS_CURRENCY", "EUR")
+    development_payments: bool = _env("MEGAMOVIE_DEVELOPMENT_PAYMENTS", True)
+    stripe_secret_key: Secret | None = _env("MEGAMOVIE_STRIPE_SECRET_KEY", None, secret=True)
+    stripe_publishable_key: str = _env("MEGAMOVIE_STRIPE_PUBLISHABLE_KEY", "")
+    stripe_webhook_secret: Secret | None = _env(
+        "MEGAMOVIE_STRIPE_WEBHOOK_SECRET", None, secret=True
+    )
+    stripe_api_base: str = _env("MEGAMOVIE_STRIPE_API_BASE", "")
     log_level: str = _env("MEGAMOVIE_LOG_LEVEL", "info")
 
     def __post_init__(self) -> None:
@@ -137,6 +144,22 @@ class Settings:
                 f"MEGAMOVIE_PASS_CURRENCY must be an ISO 4217 code we handle, not "
                 f"{self.pass_currency!r}"
             )
+
+        if self.stripe_secret_key and not self.stripe_webhook_secret:
+            raise SettingsError(
+                "MEGAMOVIE_STRIPE_SECRET_KEY is set but MEGAMOVIE_STRIPE_WEBHOOK_SECRET is not: "
+                "without it no Stripe webhook can be verified (copy the endpoint's signing "
+                "secret, whsec_..., from the Stripe dashboard)"
+            )
+        if self.stripe_api_base and not self.stripe_api_base.startswith(("https://", "http://")):
+            raise SettingsError(
+                "MEGAMOVIE_STRIPE_API_BASE must be an http(s) URL such as http://127.0.0.1:8420"
+            )
+
+    @property
+    def stripe_enabled(self) -> bool:
+        """Top-ups go through Stripe (`portal.stripe_payments`) when a secret key is set."""
+        return bool(self.stripe_secret_key)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

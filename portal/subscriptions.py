@@ -20,7 +20,7 @@ remainders (ties: the creator id), so the parts always add up to the fee exactly
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,8 +42,8 @@ from portal.ledger import (
     user_scope,
     wallet,
 )
-from portal.money import Money, RevenueSplit, checked_split, price_columns
-from portal.purchases import sale_entries
+from portal.money import Money, RevenueSplit, checked_split, from_price_row, price_columns
+from portal.purchases import notify, sale_entries
 
 SUBSCRIPTION = "subscription"
 ALLOCATION = "pass_allocation"
@@ -69,19 +69,7 @@ class Subscription:
 
     @classmethod
     def from_row(cls, row: Any) -> Subscription:
-        return cls(
-            id=row.id,
-            user_id=row.user_id,
-            plan=row.plan,
-            creator_id=row.creator_id,
-            price=Money(row.amount, row.currency),
-            starts_at=row.starts_at,
-            ends_at=row.ends_at,
-            created_at=row.created_at,
-            refunded_at=row.refunded_at,
-            allocated_at=row.allocated_at,
-            transaction_id=row.transaction_id,
-        )
+        return from_price_row(cls, row)
 
     def columns(self) -> dict[str, Any]:
         """The table row for this record."""
@@ -98,8 +86,10 @@ async def subscribe(
     revenue_split: RevenueSplit,
     creator_id: str | None = None,
     now: datetime | None = None,
+    purchase_completed: Callable[[Subscription], Awaitable[None]] | None = None,
 ) -> tuple[Subscription, bool]:
-    """Pay one period of `plan` from the wallet: (subscription, created).
+    """Pay one period of `plan` from the wallet: (subscription, created). A new one is
+    announced to `purchase_completed` (not a retry).
 
     Raises ValidationFailed (unknown plan, or a channel without creator), NotFound (the
     creator has no channel plan), InsufficientFunds, Conflict (key reused)."""
@@ -123,7 +113,7 @@ async def subscribe(
             if offered is None:
                 raise NotFound("This creator offers no channel subscription.")
             price = Money(offered.amount, offered.currency)
-            entries = sale_entries(user_id, creator_id, price, "channel", revenue_split)
+            entries = await sale_entries(user_id, creator_id, price, "channel", revenue_split)
         else:
             price = pass_price
             entries = [
@@ -187,7 +177,10 @@ async def subscribe(
             raise key_reused(idempotency_key, found.kind)
         return Subscription.from_row(row)
 
-    return await run_once(engine, scope, idempotency_key, work, replay)
+    subscription, created = await run_once(engine, scope, idempotency_key, work, replay)
+    if created:
+        await notify(purchase_completed, subscription)
+    return subscription, created
 
 
 # -- the pass: sharing each fee by what its subscriber watched ------------------------------
@@ -229,11 +222,14 @@ class Allocation:
 async def watched_seconds(
     conn: AsyncConnection, user_id: str, starts_at: datetime, ends_at: datetime
 ) -> dict[str, int]:
-    """Milliseconds of each creator's films `user_id` watched in [starts_at, ends_at)."""
+    """Milliseconds of each creator's films `user_id` watched *under the pass* in
+    [starts_at, ends_at): films they watched for free, bought, or through a channel
+    subscription earn nothing from the pass fee."""
     rows = await conn.execute(
         select(watched_segments.c.creator_id, func.sum(watched_segments.c.seconds))
         .where(
             watched_segments.c.user_id == user_id,
+            watched_segments.c.licence == "pass",
             watched_segments.c.watched_at >= starts_at,
             watched_segments.c.watched_at < ends_at,
         )
@@ -299,7 +295,7 @@ async def _allocate_one(
         entries = []
         for creator_id, part in sorted(parts.items()):
             share = Money(part, fee.currency)
-            creator, platform = checked_split(
+            creator, platform = await checked_split(
                 revenue_split, share, creator_id=creator_id, kind="pass"
             )
             entries += [

@@ -1,9 +1,10 @@
 """Short-lived playback tokens: proof that a viewer may fetch one video's streams.
 
 A token is `base64url(payload) "." base64url(HMAC-SHA256(key, payload))` where the payload is
-`v2 NUL viewer NUL video NUL expiry NUL grant NUL limit`: `grant` names the stream the grant
-opened (metering, concurrent streams) and `limit` is the last segment index a preview licence
-allows (empty: the whole film). The licence decision rides inside the token, so the segment
+`v2 NUL viewer NUL video NUL expiry NUL grant NUL limit NUL licence`: `grant` names the stream
+the grant opened (metering, concurrent streams), `licence` the licence's source (metering:
+pass fees follow pass viewing) and `limit` is the last segment index a preview licence allows
+(empty: the whole film). The licence decision rides inside the token, so the segment
 endpoint enforces it without a database query. The key is derived from the portal's secret
 key with a purpose label, so a session cookie signature can never be replayed as a playback
 token (or the other way round). Tokens live in the URL *path*, which keeps relative URLs in
@@ -36,6 +37,7 @@ class PlaybackClaims:
     expires_at: int  # unix seconds
     grant: str = ""
     limit_index: int | None = None  # the last segment a preview allows; None: no limit
+    licence: str = ""  # the licence's source (free, purchase, pass, ...), for metering
 
     def allows(self, index: int) -> bool:
         return self.limit_index is None or index <= self.limit_index
@@ -57,6 +59,7 @@ class PlaybackTokens:
         *,
         grant: str = "",
         limit_index: int | None = None,
+        licence: str = "",
         not_after: float | None = None,
         now: float | None = None,
     ) -> tuple[str, int]:
@@ -66,7 +69,7 @@ class PlaybackTokens:
         if not_after is not None:
             expires_at = min(expires_at, int(not_after))
         limit = "" if limit_index is None else str(limit_index)
-        fields = [_VERSION, viewer or ANONYMOUS, video, str(expires_at), grant, limit]
+        fields = [_VERSION, viewer or ANONYMOUS, video, str(expires_at), grant, limit, licence]
         payload = "\0".join(fields).encode()
         return f"{_b64(payload)}.{_b64(self._sign(payload))}", expires_at
 
@@ -83,7 +86,9 @@ class PlaybackTokens:
         if not hmac.compare_digest(mac, self._sign(payload)):
             raise invalid
         try:
-            version, viewer, token_video, expiry, grant, limit = payload.decode().split("\0")
+            version, viewer, token_video, expiry, grant, limit, licence = (
+                payload.decode().split("\0")
+            )
             expires_at = int(expiry)
             limit_index = int(limit) if limit else None
         except ValueError:
@@ -91,7 +96,7 @@ class PlaybackTokens:
         current = now if now is not None else time.time()
         if version != _VERSION or token_video != video or expires_at <= current:
             raise invalid
-        return PlaybackClaims(viewer, token_video, expires_at, grant, limit_index)
+        return PlaybackClaims(viewer, token_video, expires_at, grant, limit_index, licence)
 
     def _sign(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()

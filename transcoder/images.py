@@ -11,7 +11,7 @@ from pathlib import Path
 from transcoder.errors import NoDecodableStream, TranscodeFailed
 from transcoder.guard import Guard
 from transcoder.probe import MediaInfo
-from transcoder.process import describe_failure, input_args, run
+from transcoder.process import compile_command, describe_failure, hardened_input, run
 from transcoder.subtitles import vtt_timestamp
 
 #: Candidate frames compared for the poster, spread over the first part of the film.
@@ -52,36 +52,9 @@ async def poster(
     if not info.has_video:
         raise NoDecodableStream("There is no picture in this file to make a poster from.")
     times = _poster_times(info)
-    width = min(info.width, POSTER_MAX_WIDTH)
-    height = max(2, round(width * info.height / info.width / 2) * 2)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".poster-") as tmp:
         folder = Path(tmp)
-        args = [ffmpeg, "-nostdin", "-hide_banner", "-v", "error"]
-        for t in times:
-            # Input seeking jumps to the keyframe before `t`: cheap even in a 4-hour film.
-            args += ["-ss", f"{t:.3f}", *input_args(source, info.format)]
-        for i in range(len(times)):
-            args += [
-                "-map",
-                f"{i}:{info.video_map[2:]}",
-                "-frames:v",
-                "1",
-                "-vf",
-                f"scale={_SAMPLE[0]}:{_SAMPLE[1]},format=gray",
-                "-f",
-                "rawvideo",
-                str(folder / f"{i}.gray"),
-            ]
-            args += [
-                "-map",
-                f"{i}:{info.video_map[2:]}",
-                "-frames:v",
-                "1",
-                "-vf",
-                f"scale={width}:{height},setsar=1",
-                *_image_codec(out),
-                str(folder / f"{i}{out.suffix}"),
-            ]
+        args = poster_command(source, info, folder, out.suffix, ffmpeg=ffmpeg)
         result = await run(args, time_limit=_IMAGE_TIMEOUT, max_stdout=1 << 16, guard=guard)
         scores = {i: _variance(folder / f"{i}.gray") for i in range(len(times))}
         scored = {i: v for i, v in scores.items() if v is not None}
@@ -94,6 +67,31 @@ async def poster(
         best = max(scored, key=lambda i: scored[i])
         (folder / f"{best}{out.suffix}").replace(out)
     return out
+
+
+def poster_command(
+    source: Path, info: MediaInfo, folder: Path, suffix: str, *, ffmpeg: str = "ffmpeg"
+) -> list[str]:
+    """One ffmpeg run writing, for each candidate moment i, `i.gray` (a tiny grey sample to
+    score) and `i<suffix>` (the full-size picture) into `folder`."""
+    width = min(info.width, POSTER_MAX_WIDTH)
+    height = max(2, round(width * info.height / info.width / 2) * 2)
+    selector = info.video_map[2:]
+    outputs = []
+    for i, t in enumerate(_poster_times(info)):
+        # Input seeking jumps to the keyframe before `t`: cheap even in a 4-hour film.
+        picture = hardened_input(source, info.format, ss=f"{t:.3f}")[selector]
+        outputs.append(
+            picture.filter("scale", *_SAMPLE)
+            .filter("format", "gray")
+            .output(str(folder / f"{i}.gray"), f="rawvideo", **{"frames:v": 1})
+        )
+        outputs.append(
+            picture.filter("scale", width, height)
+            .filter("setsar", 1)
+            .output(str(folder / f"{i}{suffix}"), **_image_codec(suffix), **{"frames:v": 1})
+        )
+    return compile_command(ffmpeg, *outputs)
 
 
 async def storyboard(
@@ -122,30 +120,13 @@ async def storyboard(
     tile_width -= tile_width % 2
     tile_height = max(2, round(tile_width * info.height / info.width / 2) * 2)
     sprite = outdir / Path(sprite_uri).name
-    vf = (
-        f"fps=1/{interval:g}:start_time={info.start_time:.3f},"
-        f"scale={tile_width}:{tile_height},setsar=1,tile={columns}x{rows}"
-    )
-    for skip in (["-skip_frame", "nokey"], []):
+    for keyframes_only in (True, False):
         # Decoding only keyframes makes long films several times faster; a file with too few
         # keyframes yields too few frames that way, so we fall back to decoding everything.
-        args = [
-            ffmpeg,
-            "-nostdin",
-            "-hide_banner",
-            "-v",
-            "error",
-            *skip,
-            *input_args(source, info.format),
-            "-map",
-            info.video_map,
-            "-vf",
-            vf,
-            "-frames:v",
-            "1",
-            *_image_codec(sprite),
-            str(sprite),
-        ]
+        args = storyboard_command(
+            source, info, sprite, interval, (tile_width, tile_height), (columns, rows),
+            keyframes_only=keyframes_only, ffmpeg=ffmpeg,
+        )  # fmt: skip
         result = await run(args, time_limit=_IMAGE_TIMEOUT, max_stdout=1 << 16, guard=guard)
         if result.returncode == 0 and sprite.is_file():
             break
@@ -168,6 +149,31 @@ async def storyboard(
     return Storyboard(sprite, "\n".join(cues), columns, rows, interval, tile_width, tile_height)
 
 
+def storyboard_command(
+    source: Path,
+    info: MediaInfo,
+    sprite: Path,
+    interval: float,
+    tile: tuple[int, int],
+    grid: tuple[int, int],
+    *,
+    keyframes_only: bool,
+    ffmpeg: str = "ffmpeg",
+) -> list[str]:
+    """One ffmpeg run writing the whole sprite sheet: a frame every `interval` seconds,
+    scaled to `tile`, laid out `grid` (columns x rows)."""
+    options = {"skip_frame": "nokey"} if keyframes_only else {}
+    picture = hardened_input(source, info.format, **options)[info.video_map[2:]]
+    sheet = (
+        picture.filter("fps", f"1/{interval:g}", start_time=f"{info.start_time:.3f}")
+        .filter("scale", *tile)
+        .filter("setsar", 1)
+        .filter("tile", f"{grid[0]}x{grid[1]}")
+    )
+    output = sheet.output(str(sprite), **_image_codec(sprite.suffix), **{"frames:v": 1})
+    return compile_command(ffmpeg, output)
+
+
 def _poster_times(info: MediaInfo) -> list[float]:
     # Between 5% and 50% of the film: past opening titles, before spoilers.
     start, end = info.duration * 0.05, info.duration * 0.5
@@ -175,10 +181,10 @@ def _poster_times(info: MediaInfo) -> list[float]:
     return [info.start_time + start + i * step for i in range(POSTER_CANDIDATES)]
 
 
-def _image_codec(out: Path) -> list[str]:
-    if out.suffix.lower() == ".webp":
-        return ["-c:v", "libwebp", "-quality", "80", "-f", "webp"]
-    return ["-c:v", "mjpeg", "-q:v", "3", "-pix_fmt", "yuvj420p", "-f", "image2", "-update", "1"]
+def _image_codec(suffix: str) -> dict[str, str | int]:
+    if suffix.lower() == ".webp":
+        return {"c:v": "libwebp", "quality": 80, "f": "webp"}
+    return {"c:v": "mjpeg", "q:v": 3, "pix_fmt": "yuvj420p", "f": "image2", "update": 1}
 
 
 def _variance(path: Path) -> float | None:

@@ -22,9 +22,11 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
+import ffmpeg
 
 from transcoder.errors import HostileInput
 from transcoder.formats import ALLOWED_DEMUXERS
@@ -44,6 +46,26 @@ def input_args(path: Path, demuxer: str) -> list[str]:
     check_demuxer(demuxer)
     # `file:` stops a name such as `concat:a|b` or `subfile:...` being read as a protocol.
     return [*PROTOCOL_WHITELIST, "-f", demuxer, "-i", f"file:{path.resolve()}"]
+
+
+#: Leads every ffmpeg command: never read the terminal, and say only what went wrong.
+GLOBAL_ARGS = ["-nostdin", "-hide_banner", "-v", "error"]
+
+
+def hardened_input(path: Path, demuxer: str, **options: str | int) -> Any:
+    """An ffmpeg-python input node for a user file, hardened exactly as `input_args()`:
+    the demuxer forced from the allowlist, the file protocol only, the `file:` prefix."""
+    check_demuxer(demuxer)
+    return ffmpeg.input(f"file:{path.resolve()}", f=demuxer, protocol_whitelist="file", **options)
+
+
+def compile_command(executable: str, *outputs: Any, progress: bool = False) -> list[str]:
+    """The argument list for an ffmpeg-python graph: our global options first (ffmpeg-python
+    would append its own global arguments after the outputs), then inputs, the filter graph
+    and outputs as ffmpeg-python lays them out."""
+    graph = outputs[0] if len(outputs) == 1 else ffmpeg.merge_outputs(*outputs)
+    extra = ["-nostats", "-progress", "pipe:1"] if progress else []
+    return [executable, *GLOBAL_ARGS, *extra, *graph.get_args()]
 
 
 def check_demuxer(demuxer: str) -> None:

@@ -81,6 +81,7 @@ async def grant_playback(
         video.id,
         grant=stream_id,
         limit_index=limit_index,
+        licence=licence.source[:32],
         not_after=licence.expires_at.timestamp() if licence.expires_at else None,
         now=now.timestamp(),
     )

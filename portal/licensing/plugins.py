@@ -1,9 +1,12 @@
 """One plugin manager per app (never a module global), and hook calls that await.
 
-Plugins come from three places, in this order: the built-in policies (registered `trylast`,
-so anything else wins), the `megamovie` entry-point group of installed distributions, and the
-module names in `MEGAMOVIE_PLUGINS`. pluggy itself cannot await: `decide` and `notify` call
-the implementations one by one, in pluggy's order, and await what they answer.
+Plugins come from four places, in this order: the built-in policies (registered `trylast`,
+so anything else wins), the portal's own optional plugins that settings turn on (`extra`: the
+`stripe` payment provider), the `megamovie` entry-point group of installed distributions, and
+the module names in `MEGAMOVIE_PLUGINS`. pluggy asks the last registered first, so a
+third-party plugin answers before the optional built-ins and can replace them. pluggy itself
+cannot await: `decide` and `notify` call the implementations one by one, in pluggy's order,
+and await what they answer.
 """
 
 from __future__ import annotations
@@ -28,10 +31,20 @@ class PluginLoadError(PortalError):
 
 
 class Plugins:
-    def __init__(self, modules: Iterable[str] = (), *, entry_points: bool = True) -> None:
+    def __init__(
+        self,
+        modules: Iterable[str] = (),
+        *,
+        entry_points: bool = True,
+        extra: Iterable[tuple[str, object]] = (),
+    ) -> None:
         self.manager = pluggy.PluginManager(hookspecs.PROJECT)
         self.manager.add_hookspecs(hookspecs)
         self.manager.register(policies.BuiltinPolicies(), name="builtin")
+        self.extra: list[object] = []
+        for name, plugin in extra:
+            self.manager.register(plugin, name=name)
+            self.extra.append(plugin)
         if entry_points:
             self.manager.load_setuptools_entrypoints(hookspecs.PROJECT)
         for name in modules:
@@ -43,6 +56,13 @@ class Plugins:
                 ) from None
             if self.manager.get_plugin(name) is None:
                 self.manager.register(module, name=name)
+
+    async def aclose(self) -> None:
+        """Close what the portal's own optional plugins hold open (HTTP clients)."""
+        for plugin in self.extra:
+            close = getattr(plugin, "aclose", None)
+            if close is not None:
+                await close()
 
     def names(self) -> list[str]:
         return sorted(name for name, _ in self.manager.list_name_plugin())

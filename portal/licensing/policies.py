@@ -8,7 +8,9 @@ answers a decision hook replaces the built-in answer.
   Everyone else gets the preview.
 - The split is `MEGAMOVIE_CREATOR_SHARE_BPS` (90%) to the creator, rounded down; the rest to
   the platform.
-- Payments go through the development wallet unless it is turned off.
+- Payments go through the development wallet (`portal.payments.DevelopmentProvider`) unless
+  `MEGAMOVIE_DEVELOPMENT_PAYMENTS=0`; a real provider (the `stripe` plugin, when configured)
+  answers `payment_provider` before it.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from portal.licensing.hookspecs import hookimpl
 from portal.licensing.licences import PREVIEW, Licence
 from portal.licensing.offers import VideoOffers, load_offers
 from portal.money import split
+from portal.payments import DevelopmentProvider, PaymentProvider
 
 RENTAL_PERIOD = timedelta(hours=48)
+DEVELOPMENT_PROVIDER = DevelopmentProvider()
 
 
 class BuiltinPolicies:
@@ -49,6 +53,12 @@ class BuiltinPolicies:
                 return held
         preview = min(offers.preview_seconds, int(video.duration or offers.preview_seconds))
         return Licence(PREVIEW, "preview", preview_seconds=preview, offers=offers.offers)
+
+    @hookimpl(trylast=True)
+    def payment_provider(self, portal: Any, user_id: str, currency: str) -> PaymentProvider | None:
+        if not portal.settings.development_payments:
+            return None
+        return DEVELOPMENT_PROVIDER
 
     @hookimpl(trylast=True)
     def revenue_split(

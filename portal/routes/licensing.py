@@ -17,17 +17,8 @@ from portal.licensing.offers import (
     replace_offers,
     set_channel_plan,
 )
-from portal.parsing import read_json
 from portal.videos import managed_video
-from portal.web import services_of, viewer_of
-
-#: Bytes of an offers body: a handful of offers, with room to spare.
-OFFERS_BODY_LIMIT = 16 * 1024
-
-
-async def _json(request: Request) -> Any:
-    # Bounded in size and depth, strings clean text (portal.parsing): 400 or 413, never 500.
-    return await read_json(request, OFFERS_BODY_LIMIT)
+from portal.web import json_object, services_of, viewer_of
 
 
 async def put_offers(request: Request) -> Response:
@@ -37,7 +28,7 @@ async def put_offers(request: Request) -> Response:
     video = await managed_video(
         services.engine, viewer_of(request), request.path_params["video_id"]
     )
-    preview, specs = parse_offers(await _json(request), video.duration)
+    preview, specs = parse_offers(await json_object(request), video.duration)
     stored = await replace_offers(services.engine, video.id, preview, specs)
     return JSONResponse(
         {"video_id": video.id, "preview_seconds": stored.preview_seconds,
@@ -49,7 +40,7 @@ async def put_offers(request: Request) -> Response:
 async def put_channel_offers(request: Request) -> Response:
     """`PUT {"amount": 500, "currency": "EUR"}`: the creator's channel subscription, a month."""
     user = require_role(request, "creator", "admin")
-    price = parse_channel_price(await _json(request))
+    price = parse_channel_price(await json_object(request))
     await set_channel_plan(services_of(request).engine, user.id, price)
     return JSONResponse(
         {"creator_id": user.id, **price.as_json(), "period": "month"},

@@ -17,7 +17,7 @@ from portal.ledger import balance, verify
 from portal.money import Money, ShareSplit
 from portal.payments import DevelopmentProvider, top_up
 from portal.purchases import Purchase, purchase
-from tests.portal.conftest import insert_user, insert_video
+from tests.helpers import insert_user, insert_video
 
 SPLIT = ShareSplit(9000)
 PROVIDER = DevelopmentProvider()
@@ -34,19 +34,7 @@ async def film_with_offer(
 ) -> tuple[str, str]:
     """A film of `creator_id` with one offer: (video id, offer id)."""
     video_id = await insert_video(engine, creator_id, status=status)
-    offer_id = new_id()
-    async with engine.begin() as conn:
-        await conn.execute(
-            offers.insert().values(
-                id=offer_id,
-                video_id=video_id,
-                kind=kind,
-                amount=amount,
-                currency=currency,
-                created_at=utcnow(),
-            )
-        )
-    return video_id, offer_id
+    return video_id, await add_offer(engine, video_id, kind, amount, currency)
 
 
 async def buy(
@@ -64,7 +52,13 @@ async def buy(
     )
 
 
-async def add_offer(engine: AsyncEngine, video_id: str, kind: str, amount: int) -> str:
+async def add_offer(
+    engine: AsyncEngine,
+    video_id: str,
+    kind: str,
+    amount: int | None,
+    currency: str | None = "EUR",
+) -> str:
     offer_id = new_id()
     async with engine.begin() as conn:
         await conn.execute(
@@ -73,7 +67,7 @@ async def add_offer(engine: AsyncEngine, video_id: str, kind: str, amount: int) 
                 video_id=video_id,
                 kind=kind,
                 amount=amount,
-                currency="EUR",
+                currency=currency,
                 created_at=utcnow(),
             )
         )
@@ -105,8 +99,10 @@ async def watch(
     seconds: float,
     at: datetime,
     segment_seconds: float = 4.0,
+    licence: str = "pass",
 ) -> None:
-    """Meter `seconds` of `video_id` watched by `user_id` at `at`, as the player would."""
+    """Meter `seconds` of `video_id` watched by `user_id` at `at` under `licence`, as the
+    player would."""
     async with engine.begin() as conn:
         creator_id = (
             await conn.execute(select(videos.c.creator_id).where(videos.c.id == video_id))
@@ -125,6 +121,7 @@ async def watch(
                     "creator_id": creator_id,
                     "seconds": piece,
                     "watched_at": at + timedelta(seconds=idx * segment_seconds),
+                    "licence": licence,
                 }
             )
             left -= piece

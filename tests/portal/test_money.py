@@ -45,13 +45,21 @@ def test_split_refuses_shares_outside_zero_to_a_hundred_percent():
         split(100, -1)
 
 
-def test_a_plugged_in_split_that_makes_money_is_refused():
+@pytest.mark.anyio
+async def test_a_plugged_in_split_may_answer_an_awaitable_but_may_not_make_money():
     def generous(money, *, creator_id, kind):
         return money.amount, 1
 
+    async def from_a_plugin(money, *, creator_id, kind):
+        return 400, 99
+
     with pytest.raises(ValueError, match="add up to the amount"):
-        checked_split(generous, Money(499, "EUR"), creator_id="c", kind="buy")
-    assert checked_split(ShareSplit(9000), Money(499, "EUR"), creator_id="c", kind="buy") == (
+        await checked_split(generous, Money(499, "EUR"), creator_id="c", kind="buy")
+    assert await checked_split(from_a_plugin, Money(499, "EUR"), creator_id="c", kind="buy") == (
+        400,
+        99,
+    )
+    assert await checked_split(ShareSplit(9000), Money(499, "EUR"), creator_id="c", kind="buy") == (
         449,
         50,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,6 +13,7 @@ from sqlalchemy import func, select
 from portal.db import ledger_transactions, statements
 from portal.errors import InsufficientFunds, NotFound, ValidationFailed
 from portal.ledger import PASS_POOL, PLATFORM_REVENUE, earnings, payouts, wallet
+from portal.migrations import upgrade
 from portal.money import Money
 from portal.payouts import (
     creator_earnings,
@@ -22,6 +24,7 @@ from portal.payouts import (
 )
 from portal.purchases import refund_purchase
 from portal.subscriptions import SUBSCRIPTION_PERIOD, allocate, allocate_pass_fees, subscribe
+from tests.helpers import insert_user, insert_video
 from tests.portal.commerce import (
     SPLIT,
     books_balance,
@@ -32,7 +35,6 @@ from tests.portal.commerce import (
     held,
     watch,
 )
-from tests.portal.conftest import insert_user, insert_video
 
 pytestmark = pytest.mark.anyio
 
@@ -109,6 +111,8 @@ async def test_the_pass_fee_goes_to_what_that_subscriber_watched_in_exact_cents(
     await watch(engine, viewer, cy_film, 9000, period.ends_at)  # at its end (exclusive)
     await watch(engine, other, cy_film, 9000, day)  # another viewer (not subscribed)
     await watch(engine, None, cy_film, 9000, day)  # anonymous
+    await watch(engine, viewer, cy_film, 9000, day, licence="purchase")  # bought, not the pass
+    await watch(engine, viewer, cy_film, 9000, day, licence="free")  # a free film
 
     [shared] = await allocate_pass_fees(
         engine, ended_by=period.ends_at, revenue_split=SPLIT, now=period.ends_at
@@ -351,3 +355,41 @@ async def test_statements_as_csv_and_earnings_per_film_and_month(engine):
     ]
     async with engine.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(statements))).scalar() == 1
+
+
+@pytest.mark.postgres
+async def test_payout_runs_at_the_same_instant_pay_every_entry_once(postgres_url):
+    from portal.db import create_engine
+
+    engine = create_engine(postgres_url)
+    try:
+        await upgrade(engine)
+        creators = [await insert_user(engine, "creator") for _ in range(3)]
+        for number, creator in enumerate(creators):
+            film = await insert_video(engine, creator, status="ready")
+            _, offer = await film_with_offer(engine, creator, amount=1000)
+            viewer = await funded_viewer(engine, 5000)
+            await buy(engine, viewer, offer, "k", now=MAY + timedelta(days=number))
+            await subscribe_pass(engine, viewer, now=datetime(2026, 4, 1, tzinfo=UTC))
+            await watch(engine, viewer, film, 60, datetime(2026, 4, 2, tzinfo=UTC))
+        now = datetime(2026, 6, 2, tzinfo=UTC)
+        runs = []
+
+        async def close(period: str) -> None:
+            runs.append(await run_payouts(engine, period, revenue_split=SPLIT, now=now))
+
+        async with anyio.create_task_group() as tg:
+            for period in ["2026-05"] * 4 + ["2026-06"] * 2:
+                tg.start_soon(close, period)
+
+        statements = [s for run in runs for s in run.statements]
+        shared = [a for run in runs for a in run.allocations]
+        assert len(shared) == 3  # each pass fee shared once
+        assert sorted(s.creator_id for s in statements) == sorted(creators)
+        for creator in creators:
+            assert await held(engine, payouts(creator)) == 900 + 899
+            assert await held(engine, earnings(creator)) == 0
+        assert await count_postings(engine, "payout") == 3
+        await books_balance(engine)
+    finally:
+        await engine.dispose()

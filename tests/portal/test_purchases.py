@@ -9,12 +9,14 @@ import anyio
 import pytest
 from sqlalchemy import func, select
 
-from portal.db import create_engine, create_schema, ledger_transactions, purchases
+from portal.db import create_engine, ledger_transactions, purchases
 from portal.errors import Conflict, InsufficientFunds, NotFound, ValidationFailed
 from portal.ledger import PLATFORM_REVENUE, earnings, wallet
 from portal.library import library
+from portal.migrations import upgrade
 from portal.money import Money
 from portal.purchases import RENT_START_WINDOW, refund_purchase
+from tests.helpers import insert_user
 from tests.portal.commerce import (
     add_offer,
     books_balance,
@@ -23,7 +25,6 @@ from tests.portal.commerce import (
     funded_viewer,
     held,
 )
-from tests.portal.conftest import insert_user
 
 pytestmark = pytest.mark.anyio
 
@@ -77,7 +78,7 @@ async def test_a_retry_with_the_same_key_returns_the_first_purchase_and_charges_
     with pytest.raises(Conflict, match="already used for a different request"):
         await buy(engine, viewer, other_offer, "k")
     # The key of the wallet top-up cannot be replayed as a purchase either.
-    with pytest.raises(Conflict, match="top_up"):
+    with pytest.raises(Conflict, match="a wallet top-up"):
         await buy(engine, viewer, other_offer, "fund")
     assert len(await purchase_rows(engine, viewer)) == 1
 
@@ -130,7 +131,7 @@ async def test_a_film_held_is_not_sold_twice(engine):
     await books_balance(engine)
 
 
-async def test_only_ready_films_with_a_price_are_sold_here(engine):
+async def test_only_public_films_with_a_price_are_sold_here(engine):
     creator = await insert_user(engine, "creator")
     viewer = await funded_viewer(engine, 1000)
     _, unready = await film_with_offer(engine, creator, status="processing")
@@ -231,7 +232,7 @@ async def test_the_library_lists_what_can_be_watched_and_the_time_left(engine):
 @pytest.fixture
 async def pg_engine(postgres_url):
     engine = create_engine(postgres_url)
-    await create_schema(engine)
+    await upgrade(engine)
     yield engine
     await engine.dispose()
 

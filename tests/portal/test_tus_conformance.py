@@ -17,10 +17,8 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 from tusclient import client as tus_client
 
-from portal.app import create_app
 from portal.db import uploads, videos
-from tests.portal.conftest import TUS, bearer, create_account, pipeline_settings
-from tests.portal.test_uploads import count, create, meta, patch
+from tests.helpers import TUS, bearer, count, create, create_account, meta, patch, pipeline_settings
 
 NODE_MODULES = Path("/work/main/node_modules")
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +27,10 @@ OCTETS = {"Content-Type": "application/offset+octet-stream"}
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def settings(request, tmp_path):
-    base = pipeline_settings(tmp_path, quota_bytes=1_000_000)
+    marker = request.node.get_closest_marker("settings")
+    base = pipeline_settings(
+        tmp_path, **{"quota_bytes": 1_000_000, **(marker.kwargs if marker else {})}
+    )
     if request.param == "sqlite":
         return base
     return base.replace(database_url=request.getfixturevalue("sync_postgres_url"))
@@ -42,9 +43,9 @@ def creator(settings):
 
 
 @pytest.fixture
-def client(settings, creator):
-    with TestClient(create_app(settings)) as client:
-        yield client
+def client(client, creator):
+    """The shared client, once the creator's account exists."""
+    return client
 
 
 def source_of(client, video_id: str) -> bytes:
@@ -240,24 +241,22 @@ def test_a_final_upload_needs_finished_partials_of_ones_own(client, creator, set
     assert final(auth, done).status_code == 404  # used up
 
 
-def test_partial_uploads_count_towards_quota_and_the_open_uploads_cap(tmp_path):
-    settings = pipeline_settings(tmp_path, quota_bytes=100, max_open_uploads=2)
-    create_account(settings, "maker@example.org", "creator")
-    with TestClient(create_app(settings)) as client:
-        auth = bearer(client, "maker@example.org")
-        first = client.post(
-            "/api/uploads",
-            headers={**TUS, **auth, "Upload-Length": "60", "Upload-Concat": "partial"},
-        )
-        patch(client, first.headers["location"], auth, 0, b"x" * 60)  # finished, still held
-        too_big = client.post(
-            "/api/uploads",
-            headers={**TUS, **auth, "Upload-Length": "60", "Upload-Concat": "partial"},
-        )
-        assert too_big.status_code == 413
-        second = create(client, auth, 10)
-        assert second.status_code == 201
-        assert create(client, auth, 10).status_code == 429
+@pytest.mark.settings(quota_bytes=100, max_open_uploads=2)
+def test_partial_uploads_count_towards_quota_and_the_open_uploads_cap(client):
+    auth = bearer(client, "maker@example.org")
+    first = client.post(
+        "/api/uploads",
+        headers={**TUS, **auth, "Upload-Length": "60", "Upload-Concat": "partial"},
+    )
+    patch(client, first.headers["location"], auth, 0, b"x" * 60)  # finished, still held
+    too_big = client.post(
+        "/api/uploads",
+        headers={**TUS, **auth, "Upload-Length": "60", "Upload-Concat": "partial"},
+    )
+    assert too_big.status_code == 413
+    second = create(client, auth, 10)
+    assert second.status_code == 201
+    assert create(client, auth, 10).status_code == 429
 
 
 # -- real clients ---------------------------------------------------------------------------
@@ -291,7 +290,7 @@ upload.start();
     ids=["parallel", "data-during-creation", "method-override", "parallel-with-data"],
 )
 def test_tus_js_client_makes_one_film_of_its_file(
-    settings, creator, live_server, tmp_path, options
+    settings, creator, live_server, app, tmp_path, options
 ):
     data = os.urandom(25_000)
     path = tmp_path / "film.bin"
@@ -318,7 +317,7 @@ def test_tus_js_client_makes_one_film_of_its_file(
         video_id = head.headers["video-id"]
         assert client.get(f"/api/videos/{video_id}", headers=auth).json()["title"] == "Parallel"
 
-    with TestClient(create_app(live_server.settings)) as local:
+    with TestClient(app) as local:
         assert films(local) == [("Parallel", "queued")]
         assert source_of(local, video_id) == data
         assert count(local, uploads) == 1  # the final upload; its partials are gone

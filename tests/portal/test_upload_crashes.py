@@ -18,8 +18,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.portal.conftest import TUS, bearer, create_account, pipeline_settings
-from tests.portal.test_uploads import create, patch, raw_patch_start
+from tests.helpers import (
+    TUS,
+    bearer,
+    create,
+    create_account,
+    patch,
+    pipeline_settings,
+    raw_patch_start,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.transcoder.conftest import ffprobe_json
+from tests.helpers import X264, ffprobe_json, live_processes_naming, run_ffmpeg
 from transcoder.errors import (
     HostileInput,
     TranscodeFailed,
@@ -17,7 +17,7 @@ from transcoder.errors import (
 from transcoder.hls import HlsOptions, HlsResult, Progress, Segment, transcode
 from transcoder.ladder import Rendition, build_ladder
 from transcoder.limits import MediaLimits
-from transcoder.playlists import master_playlist, media_playlist
+from transcoder.playlists import master_playlist, media_playlist, parse_playlist
 from transcoder.probe import MediaInfo, probe
 
 pytestmark = pytest.mark.anyio
@@ -120,21 +120,9 @@ async def run(
     return result, vault, workdir
 
 
-def ffmpeg_processes_using(workdir: Path) -> list[str]:
-    """Pids of live processes whose command line names `workdir` (zombies have none)."""
-    running = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if str(workdir).encode() in cmdline.read_bytes():
-                running.append(cmdline.parent.name)
-        except OSError:
-            continue
-    return running
-
-
 def assert_nothing_left(workdir: Path) -> None:
     assert not workdir.exists() or list(workdir.rglob("*")) == []
-    assert ffmpeg_processes_using(workdir) == [], "ffmpeg still running"
+    assert live_processes_naming(str(workdir)) == [], "ffmpeg still running"
 
 
 def play(master: Path) -> subprocess.CompletedProcess[bytes]:
@@ -182,31 +170,78 @@ async def test_1080p_source_is_encoded_into_every_rung_and_plays(
     for r in result.renditions:
         stream = video_stream(vault.joined(r.name))
         assert (stream["width"], stream["height"]) == (r.width, r.height)
-        # CODECS may promise more than is used (ultrafast drops to Constrained Baseline),
-        # never less: the declared level covers the stream's.
-        assert int(stream["level"]) <= int(r.codecs[9:11], 16)  # type: ignore[call-overload]
-        assert [s.duration for s in result.segments[r.name]] == pytest.approx([2.0], abs=0.05)
+        assert r.codecs == declared_codecs(stream, audio=True)
+        assert [s.duration for s in result.segments[r.name]] == pytest.approx([1, 1], abs=0.05)
     assert result.duration == pytest.approx(2.0, abs=0.05)
     played = play(vault.write_playlists(result))
     assert played.returncode == 0, played.stderr
     assert_nothing_left(workdir)
 
 
-async def test_segments_are_fixed_length_and_start_on_aligned_keyframes(
+#: profile_idc of each profile name ffprobe reports (H.264 Annex A).
+PROFILE_IDC = {"Constrained Baseline": 0x42, "Baseline": 0x42, "Main": 0x4D, "High": 0x64}
+
+
+def declared_codecs(stream: dict[str, object], *, audio: bool) -> str:
+    """The CODECS a stream deserves, from ffprobe's reading of its SPS: profile and level.
+    Constrained Baseline is Baseline with constraint_set1 (and x264 sets set0 too)."""
+    constraints = 0xC0 if stream["profile"] == "Constrained Baseline" else 0x00
+    video = f"avc1.{PROFILE_IDC[str(stream['profile'])]:02x}{constraints:02x}"
+    video += f"{int(stream['level']):02x}"  # type: ignore[call-overload]
+    return f"{video},mp4a.40.2" if audio else video
+
+
+@pytest.mark.parametrize(
+    ("preset", "profile"), [("ultrafast", "Constrained Baseline"), ("veryfast", "High")]
+)
+async def test_codecs_describe_what_was_encoded_not_what_was_asked(
+    clips: dict[str, Path], tmp_path: Path, preset: str, profile: str
+) -> None:
+    """Asked for High, ultrafast writes Constrained Baseline; CODECS must say so, or a
+    player may refuse (or mis-decode) a variant it could play."""
+    result, vault, _ = await run(clips["landscape.mp4"], tmp_path, HlsOptions(preset=preset))
+    [only] = result.renditions
+    stream = video_stream(vault.joined(only.name))
+    assert stream["profile"] == profile
+    assert only.codecs == declared_codecs(stream, audio=True)
+    assert result.inits[only.name].codecs == only.codecs
+    [variant] = parse_playlist(vault.write_playlists(result).read_text()).variants
+    assert variant.attributes["CODECS"] == only.codecs
+
+
+async def test_audio_only_codecs_are_read_from_the_init_segment(
     clips: dict[str, Path], tmp_path: Path
 ) -> None:
-    result, vault, workdir = await run(clips["segmented.mp4"], tmp_path)
+    result, _, _ = await run(clips["audio_only.mp3"], tmp_path)
+    assert [r.codecs for r in result.renditions] == ["mp4a.40.2"]
+
+
+@pytest.mark.parametrize(
+    ("first", "length", "durations"),
+    [
+        # Short opening segments, doubling up to the segment length: playable after ~1 s.
+        (1.0, 4.0, [1.0, 1.0, 2.0, 4.0, 1.0]),
+        (2.0, 3.0, [2.0, 3.0, 3.0, 1.0]),
+        (4.0, 4.0, [4.0, 4.0, 1.0]),
+    ],
+)
+async def test_segments_ramp_up_to_fixed_length_and_start_on_aligned_keyframes(
+    clips: dict[str, Path], tmp_path: Path, first: float, length: float, durations: list[float]
+) -> None:
+    options = HlsOptions(preset="ultrafast", first_segment_seconds=first, segment_seconds=length)
+    result, vault, workdir = await run(clips["segmented.mp4"], tmp_path, options)  # 9 s
     assert [r.name for r in result.renditions] == ["240p", "360p"]
     keyframes = {r.name: keyframe_times(vault.joined(r.name)) for r in result.renditions}
-    # Keyframes every 2 s, at the same instants in every rendition (all shifted alike by the
-    # AAC priming delay).
+    # Keyframes at the segment starts and nowhere else, at the same instants in every
+    # rendition (all shifted alike by the AAC priming delay).
     assert keyframes["240p"] == keyframes["360p"]
-    first = keyframes["240p"][0]
-    assert [round(t - first, 2) for t in keyframes["240p"]] == [0.0, 2.0, 4.0, 6.0, 8.0]
+    origin = keyframes["240p"][0]
+    starts = [sum(durations[:i]) for i in range(len(durations))]
+    assert [round(t - origin, 2) for t in keyframes["240p"]] == starts
     for r in result.renditions:
         segments = result.segments[r.name]
-        assert [s.index for s in segments] == [0, 1, 2]
-        assert [s.duration for s in segments] == pytest.approx([4.0, 4.0, 1.0], abs=0.05)
+        assert [s.index for s in segments] == list(range(len(durations)))
+        assert [s.duration for s in segments] == pytest.approx(durations, abs=0.05)
         for segment in segments:
             # Each segment on its own (after the init) opens with a keyframe: a player can
             # start or switch rendition at any of them.
@@ -225,7 +260,7 @@ async def test_segments_are_fixed_length_and_start_on_aligned_keyframes(
 async def test_each_segment_is_handed_over_once_init_first_while_encoding_goes_on(
     clips: dict[str, Path], tmp_path: Path
 ) -> None:
-    slow = HlsOptions(preset="slow", segment_seconds=1.0, keyframe_seconds=1.0, threads=1)
+    slow = HlsOptions(preset="slow", segment_seconds=1.0, threads=1)
     result, vault, workdir = await run(clips["segmented.mp4"], tmp_path, slow)
     for r in result.renditions:
         mine = [s for s in vault.received if s.rendition == r.name]
@@ -274,7 +309,7 @@ async def test_video_without_sound_gives_video_only_segments(
 ) -> None:
     result, vault, workdir = await run(clips["no_audio.mp4"], tmp_path)
     [only] = result.renditions
-    assert only.codecs == "avc1.64001e"
+    assert only.codecs == "avc1.42c01e"  # ultrafast: Constrained Baseline, level 3.0
     streams = ffprobe_json(vault.joined(only.name), "-show_streams")["streams"]
     assert [s["codec_type"] for s in streams] == ["video"]
     assert play(vault.write_playlists(result)).returncode == 0
@@ -345,7 +380,7 @@ async def test_cancelling_the_callers_scope_kills_ffmpeg_and_leaves_no_segments(
     info = await probe(source, MediaLimits())
     workdir = tmp_path / "work"
     vault = Vault(tmp_path / "vault")
-    running_at_cancel: list[str] = []
+    running_at_cancel: list[int] = []
 
     with anyio.move_on_after(60) as scope:
 
@@ -353,10 +388,10 @@ async def test_cancelling_the_callers_scope_kills_ffmpeg_and_leaves_no_segments(
             await vault.take(segment)
             if segment.kind == "media":
                 # Mid-way for certain: ffmpeg is still encoding the rest.
-                running_at_cancel.extend(ffmpeg_processes_using(workdir))
+                running_at_cancel.extend(live_processes_naming(str(workdir)))
                 scope.cancel()
 
-        slow = HlsOptions(preset="veryslow", threads=1, segment_seconds=1.0, keyframe_seconds=1.0)
+        slow = HlsOptions(preset="veryslow", threads=1, segment_seconds=1.0)
         await transcode(source, info, build_ladder(info), workdir, slow, take_then_cancel)
 
     assert scope.cancelled_caught
@@ -445,4 +480,23 @@ async def test_an_error_in_the_progress_callback_stops_ffmpeg_and_propagates(
             Vault(tmp_path / "vault").take,
             broken_progress,
         )
+    assert_nothing_left(workdir)
+
+
+async def test_a_slideshow_below_one_fps_becomes_one_fps_not_thirty(tmp_path: Path) -> None:
+    # Five pictures, one every 2 s: 10 s at 0.5 fps. Sub-1-fps rates were once read as
+    # "unknown" and encoded at 30 fps: 300 frames for 5 pictures.
+    source = tmp_path / "slides.mp4"
+    run_ffmpeg(
+        "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=1/2", "-frames:v", "5", *X264,
+        str(source),
+    )  # fmt: skip
+    result, vault, workdir = await run(source, tmp_path)
+    [only] = result.renditions
+    assert only.fps == 1.0
+    packets = ffprobe_json(
+        vault.joined(only.name), "-select_streams", "v:0", "-show_entries", "packet=pts_time"
+    )["packets"]
+    assert len(packets) == pytest.approx(10, abs=1)
+    assert result.duration == pytest.approx(10.0, abs=1.0)
     assert_nothing_left(workdir)

@@ -3,23 +3,31 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests.helpers import X264, ffprobe_json, run_ffmpeg
 from transcoder.errors import (
     CorruptMedia,
     EmptyFile,
     HostileInput,
+    ImplausibleDuration,
     MediaRejected,
     NoDecodableStream,
     NotMedia,
     TooLarge,
     TooLong,
+    TooManyFrames,
     TooManyStreams,
 )
+from transcoder.ladder import output_fps
 from transcoder.limits import MediaLimits
 from transcoder.probe import probe
 
@@ -219,3 +227,100 @@ def test_fifo_watch_catches_ffprobe_autodetecting_the_playlist(
         check=False,
     )
     assert secret_fifo.opened.wait(5)
+
+
+# Bounding the work a job may cost: hostile files made with real ffmpeg.
+
+
+def make(folder: Path, name: str, *args: str) -> Path:
+    out = folder / name
+    run_ffmpeg(*args, str(out))
+    return out
+
+
+async def test_pixel_limit_applies_to_the_stored_frame_not_the_displayed_one(
+    tmp_path: Path,
+) -> None:
+    # 16384x1024 stored, pixels 1:4 wide: shown as 4096x1024, under the limit; decoding it
+    # costs 16.8 megapixels a frame.
+    wide = make(
+        tmp_path, "wide.mp4", "-f", "lavfi", "-i", "color=size=16384x1024:rate=1", "-t", "1",
+        "-vf", "setsar=1/4", *X264,
+    )  # fmt: skip
+    stream = ffprobe_json(wide, "-show_streams")["streams"][0]
+    assert (stream["width"], stream["sample_aspect_ratio"]) == (16384, "1:4")
+    assert 4096 * 1024 < LIMITS.max_pixels < 16384 * 1024
+    with pytest.raises(TooLarge) as caught:
+        await probe(wide, LIMITS)
+    assert "stored as 16384x1024" in caught.value.reason
+
+
+async def test_a_few_kilobytes_claiming_hours_is_refused_before_any_decoding(
+    tmp_path: Path,
+) -> None:
+    # Eleven 64x64 frames, one every 1000 s: 1.6 KB that once became 300,000 frames a rung.
+    tiny = make(
+        tmp_path, "tiny.mp4", "-f", "lavfi", "-i", "color=size=64x64:rate=1/1000", "-t",
+        "10001", *X264,
+    )  # fmt: skip
+    assert tiny.stat().st_size < 4096
+    with pytest.raises(ImplausibleDuration) as caught:
+        await probe(tiny, LIMITS)
+    assert "2:46:40" in caught.value.reason and "KB" in caught.value.reason
+    assert caught.value.reason.endswith(".")
+
+
+async def test_an_edit_list_stretching_a_short_clip_is_refused(tmp_path: Path) -> None:
+    short = make(
+        tmp_path, "short.mp4", "-f", "lavfi", "-i", "testsrc2=size=64x36:rate=1/2", "-t", "6",
+        *X264,
+    )  # fmt: skip
+    # -itsoffset makes the MP4 muxer write an empty edit: the file claims 10,006 s.
+    stretched = make(tmp_path, "stretched.mp4", "-itsoffset", "10000", "-i", str(short), "-c",
+                     "copy")  # fmt: skip
+    assert float(ffprobe_json(stretched, "-show_format")["format"]["duration"]) > 10000
+    with pytest.raises(ImplausibleDuration):
+        await probe(stretched, LIMITS)
+
+
+async def test_output_frames_over_the_budget_are_refused(clips: dict[str, Path]) -> None:
+    # 2 s at 24 fps is 48 frames a rendition.
+    assert await probe(clips["landscape.mp4"], MediaLimits(max_output_frames=48))
+    with pytest.raises(TooManyFrames) as caught:
+        await probe(clips["landscape.mp4"], MediaLimits(max_output_frames=47))
+    assert "48 frames" in caught.value.reason and "24 frames per second" in caught.value.reason
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    frames=st.integers(min_value=2, max_value=40),
+    seconds_per_frame=st.sampled_from([2, 3, 7, 10, 60, 250, 1000, 3600]),
+    offset=st.sampled_from([0, 0, 600, 10_000]),
+)
+def test_slow_and_stretched_files_never_cost_more_than_their_bytes_allow(
+    frames: int, seconds_per_frame: int, offset: int
+) -> None:
+    """Whatever rate and stretch a file declares, it is refused with a typed reason or its
+    job is bounded by its size, and its output rate follows its own (never the 30 fps that
+    sub-1-fps sources once got)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        made = make(
+            folder, "slow.mp4", "-f", "lavfi", "-i",
+            f"testsrc2=size=64x36:rate=1/{seconds_per_frame}", "-frames:v", str(frames),
+            *X264,
+        )  # fmt: skip
+        if offset:
+            made = make(folder, "offset.mp4", "-itsoffset", str(offset), "-i", str(made), "-c",
+                        "copy")  # fmt: skip
+        size = made.stat().st_size
+        try:
+            info = anyio.run(probe, made, LIMITS)
+        except (ImplausibleDuration, TooLong, TooManyFrames) as refused:
+            assert refused.reason.endswith(".") and tmp not in refused.reason
+            return
+    assert info.duration * LIMITS.min_bytes_per_second <= size
+    assert info.fps == pytest.approx(1 / seconds_per_frame, rel=0.1)
+    assert output_fps(info.fps) == 1.0
+    # The most frames the job may write: bounded by what was uploaded.
+    assert info.duration * output_fps(info.fps) <= size / LIMITS.min_bytes_per_second

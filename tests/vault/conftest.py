@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from portal.db import create_engine, create_schema, new_id
+from portal.db import create_engine, new_id
+from portal.migrations import upgrade
+from portal.services import vault_config
 from portal.settings import Secret, Settings
 from portal.vault import Vault, open_vault
 
@@ -187,8 +189,8 @@ async def vault(vault_settings: Settings) -> AsyncIterator[Vault]:
     settings = vault_settings
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     engine = create_engine(settings.database_url)
-    await create_schema(engine)
-    opened = await open_vault(settings, engine)
+    await upgrade(engine)
+    opened = await open_vault(vault_config(settings), engine)
     try:
         yield opened
     finally:

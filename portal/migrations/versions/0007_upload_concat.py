@@ -5,8 +5,8 @@ until a final upload gathers them into one film. `concat` says which kind an upl
 `locked_until` goes: a PATCH's write lease now belongs to the live process that holds it
 (portal/leases.py), so a lease cannot outlive a killed process.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-11-27 08:06:27.988265
 """
 
@@ -17,8 +17,8 @@ from alembic import op
 
 import portal.db
 
-revision = "0005"
-down_revision = "0004"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
