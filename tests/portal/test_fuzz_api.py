@@ -30,8 +30,16 @@ from starlette.testclient import TestClient
 from portal.app import create_app
 from portal.layout import POSTER, segment_path
 from portal.security import CONTENT_SECURITY_POLICY
-from tests.portal.conftest import TUS, bearer
-from tests.portal.test_accounts import add_ready_video, add_user, csrf_from, fast_settings, log_in
+from tests.helpers import (
+    POSTGRES_ADMIN_DSN,
+    TUS,
+    add_ready_video,
+    add_user,
+    bearer,
+    csrf_from,
+    fast_settings,
+    log_in,
+)
 
 #: Examples per database: enough to reach every route with many shapes, in seconds.
 EXAMPLES = {"sqlite": 600, "postgres": 600}
@@ -95,6 +103,9 @@ JSON_SHAPED = st.fixed_dictionaries(
         ),
         "amount": st.one_of(st.integers(), JSON_VALUE),
         "currency": st.one_of(st.sampled_from(["EUR", "USD"]), ANY_TEXT),
+        "offer_id": st.one_of(ANY_TEXT, JSON_VALUE),
+        "plan": st.one_of(st.sampled_from(["pass", "channel"]), JSON_VALUE),
+        "creator_id": st.one_of(ANY_TEXT, JSON_VALUE),
     },
 )
 
@@ -167,6 +178,8 @@ HEADERS = st.fixed_dictionaries(
         "If-Range": HEADER_TEXT,
         "Accept": st.sampled_from(["application/json", "text/html", "*/*"]),
         "Cookie": HEADER_TEXT,
+        "Idempotency-Key": HEADER_TEXT,
+        "Stripe-Signature": HEADER_TEXT,
     },
 )
 
@@ -247,6 +260,8 @@ def build_world(client: TestClient) -> World:
         "token": [token, token + "=", token[:-1], "x.y", "..", *junk_ids],
         "rendition": ["180p", "720p", "..", "a b", *junk_ids],
         "name": ["000000.m4s", "init.mp4", "storyboard.vtt", "storyboard.jpg", "..", *junk_ids],
+        "statement_id": junk_ids,
+        "top_up_id": junk_ids,
     }
     return world
 
@@ -267,8 +282,6 @@ def _postgres_database(request) -> str:
 
     import anyio
     import asyncpg
-
-    from tests.conftest import POSTGRES_ADMIN_DSN
 
     name = "mm_test_" + secrets.token_hex(6)
 
@@ -321,7 +334,9 @@ def requests(draw: st.DrawFn, world: World) -> dict[str, Any]:
     )
     query = draw(
         st.dictionaries(
-            st.sampled_from(["q", "sort", "page", "next", "stream"]), ANY_TEXT, max_size=3
+            st.sampled_from(["q", "sort", "page", "after", "next", "stream", "days", "currency"]),
+            ANY_TEXT | DIGITS,
+            max_size=3,
         )
     )
     if query:
