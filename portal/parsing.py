@@ -94,6 +94,20 @@ def query_int(
     return min(max(value, minimum), maximum)
 
 
+def query_number(
+    params: Mapping[str, str], name: str, *, default: int, minimum: int, maximum: int
+) -> int:
+    """A strict integer from the query string (`?days=`): absent is the default; anything but
+    ASCII digits within [minimum, maximum] is BadRequest naming the parameter."""
+    raw = params.get(name)
+    if raw is None:
+        return default
+    value = digits(raw)
+    if value is None or not minimum <= value <= maximum:
+        raise BadRequest(f"{name} must be a whole number from {minimum} to {maximum}.", name)
+    return value
+
+
 # -- text -----------------------------------------------------------------------------------
 
 
