@@ -19,9 +19,10 @@ from starlette.testclient import TestClient
 
 from portal.errors import NotFound
 from portal.http_errors import UnexpectedErrorMiddleware, exception_handlers
-from portal.metrics import Metrics, MetricsMiddleware
+from portal.metrics import Metrics
 from portal.security import SECURITY_HEADERS, SecurityHeadersMiddleware
 from portal.streaming import SegmentFastPath
+from portal.web import MetricsMiddleware
 
 
 class App(Starlette):
