@@ -18,11 +18,7 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
 from portal.auth import AuthMiddleware
-from portal.http_errors import (
-    TusResumableMiddleware,
-    UnexpectedErrorMiddleware,
-    exception_handlers,
-)
+from portal.http_errors import UnexpectedErrorMiddleware, exception_handlers
 from portal.playback import tune_allocator
 from portal.routes import (
     accounts,
@@ -78,7 +74,7 @@ def build_middleware(settings: Settings) -> list[Middleware]:
     return [
         Middleware(MetricsMiddleware),
         Middleware(SecurityHeadersMiddleware),
-        Middleware(TusResumableMiddleware),
+        Middleware(uploads.TusResumableMiddleware),
         Middleware(UnexpectedErrorMiddleware),
         Middleware(AllowedHostsMiddleware, allowed=settings.host_names),
         Middleware(AuthMiddleware, settings=settings),

@@ -12,7 +12,6 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -36,10 +35,6 @@ from transcoder.errors import MediaError
 
 log = logging.getLogger("megamovie.http")
 
-#: tus clients check `Tus-Resumable` on every response, refusals and crashes included.
-TUS_RESUMABLE = "1.0.0"
-TUS_PREFIX = "/api/uploads"
-
 
 def wants_json(request: Request) -> bool:
     path = request.url.path
@@ -57,7 +52,8 @@ def render_error(
     details: Mapping[str, Any] | None = None,
 ) -> Response:
     # Every error response is made here, also the auth middleware's CSRF refusal and the 500
-    # for an unexpected exception. (`TusResumableMiddleware` adds the tus header to them.)
+    # for an unexpected exception. (`portal.routes.uploads.TusResumableMiddleware` adds the
+    # tus header to those under /api/uploads.)
     headers = {"Cache-Control": "no-store"}
     if wants_json(request):
         body = {"error": code, "message": message, **(details or {})}
@@ -137,27 +133,6 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     return render_error(
         request, 500, "internal_error", f"Something went wrong on our side (reference {ref})."
     )
-
-
-class TusResumableMiddleware:
-    """Puts `Tus-Resumable` on every response under /api/uploads, whatever made it: a tus
-    endpoint, an error handler, a middleware's refusal, the router's redirect or its 405."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope.get("path", "")
-        if scope["type"] != "http" or not (path == TUS_PREFIX or path.startswith(TUS_PREFIX + "/")):
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_header(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["Tus-Resumable"] = TUS_RESUMABLE
-            await send(message)
-
-        await self.app(scope, receive, send_with_header)
 
 
 class UnexpectedErrorMiddleware:

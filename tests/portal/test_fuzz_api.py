@@ -13,6 +13,7 @@ seconds, not minutes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import string
@@ -31,7 +32,6 @@ from portal.app import create_app
 from portal.layout import POSTER, segment_path
 from portal.security import CONTENT_SECURITY_POLICY
 from tests.helpers import (
-    POSTGRES_ADMIN_DSN,
     TUS,
     add_ready_video,
     add_user,
@@ -39,6 +39,7 @@ from tests.helpers import (
     csrf_from,
     fast_settings,
     log_in,
+    postgres_database,
 )
 
 #: Examples per database: enough to reach every route with many shapes, in seconds.
@@ -271,30 +272,13 @@ def build_world(client: TestClient) -> World:
 )
 def world(request, tmp_path_factory) -> Iterator[tuple[str, World]]:
     settings = fast_settings(tmp_path_factory.mktemp("fuzz"), rate_limit_per_minute=10**6)
-    if request.param == "postgres":
-        settings = settings.replace(database_url=_postgres_database(request))
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with contextlib.ExitStack() as stack:
+        if request.param == "postgres":
+            settings = settings.replace(database_url=stack.enter_context(postgres_database()))
+        client = stack.enter_context(
+            TestClient(create_app(settings), raise_server_exceptions=False)
+        )
         yield request.param, build_world(client)
-
-
-def _postgres_database(request) -> str:
-    import secrets
-
-    import anyio
-    import asyncpg
-
-    name = "mm_test_" + secrets.token_hex(6)
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(POSTGRES_ADMIN_DSN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    anyio.run(admin, f'CREATE DATABASE "{name}"')
-    request.addfinalizer(lambda: anyio.run(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
 
 
 def routes() -> list[Route]:
