@@ -19,7 +19,6 @@ from portal.auth import require_user
 from portal.errors import NotFound
 from portal.ledger import balance, get_transaction, wallet
 from portal.money import Money
-from portal.parsing import read_body
 from portal.payments import (
     PENDING,
     SUCCEEDED,
@@ -37,7 +36,7 @@ from portal.top_ups import (
     refresh_top_up,
     settle,
 )
-from portal.web import services_of
+from portal.web import read_body, services_of
 
 log = logging.getLogger("megamovie.payments")
 
