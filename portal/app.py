@@ -74,6 +74,7 @@ def build_middleware(settings: Settings) -> list[Middleware]:
     return [
         Middleware(MetricsMiddleware),
         Middleware(SecurityHeadersMiddleware),
+        Middleware(uploads.TusResumableMiddleware),
         Middleware(UnexpectedErrorMiddleware),
         Middleware(AllowedHostsMiddleware, allowed=settings.host_names),
         Middleware(AuthMiddleware, settings=settings),
