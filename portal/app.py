@@ -17,6 +17,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
+from portal.admission import Admission, AdmissionMiddleware
 from portal.auth import AuthMiddleware
 from portal.http_errors import exception_handlers
 from portal.metrics import MetricsMiddleware
@@ -42,11 +43,13 @@ def build_routes() -> list[BaseRoute]:
     return routes
 
 
-def build_middleware(settings: Settings) -> list[Middleware]:
-    # Outermost first: even a CSRF refusal from AuthMiddleware gets the security headers.
+def build_middleware(settings: Settings, admission: Admission) -> list[Middleware]:
+    # Outermost first: even a CSRF refusal from AuthMiddleware gets the security headers, and
+    # so does a request shed by admission control, which comes before any database work.
     return [
         Middleware(MetricsMiddleware),
         Middleware(SecurityHeadersMiddleware),
+        Middleware(AdmissionMiddleware, admission=admission),
         Middleware(AuthMiddleware, settings=settings),
     ]
 
@@ -61,12 +64,14 @@ def create_app(settings: Settings) -> Starlette:
             async with media_pipeline(services):
                 yield
 
+    admission = Admission(settings.max_in_flight, settings.max_in_flight_new)
     app = Starlette(
         routes=build_routes(),
-        middleware=build_middleware(settings),
+        middleware=build_middleware(settings, admission),
         exception_handlers=exception_handlers(),  # type: ignore[arg-type]
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.admission = admission
     app.state.templates = make_templates()
     return app

@@ -88,8 +88,6 @@ async def start_session(engine: AsyncEngine, settings: Settings, user: User) -> 
     token = secrets.token_urlsafe(32)
     now = utcnow()
     async with engine.begin() as conn:
-        # Opportunistic clean-up keeps the table small without a separate sweeper.
-        await conn.execute(delete(sessions).where(sessions.c.expires_at < now))
         await conn.execute(
             sessions.insert().values(
                 id=_digest(token),
@@ -100,6 +98,19 @@ async def start_session(engine: AsyncEngine, settings: Settings, user: User) -> 
             )
         )
     return token
+
+
+async def sweep_expired_logins(engine: AsyncEngine) -> int:
+    """Delete expired sessions and API tokens; returns how many. Run by the periodic sweep
+    (portal.worker), not per log-in: the delete scans both tables under SQLite's one write
+    lock, which at a million accounts would make every log-in wait for it."""
+    now = utcnow()
+    async with engine.begin() as conn:
+        gone = (await conn.execute(delete(sessions).where(sessions.c.expires_at < now))).rowcount
+        gone += (
+            await conn.execute(delete(api_tokens).where(api_tokens.c.expires_at < now))
+        ).rowcount
+    return int(gone)
 
 
 async def end_session(engine: AsyncEngine, token: str) -> None:
@@ -127,7 +138,6 @@ async def issue_api_token(
     now = utcnow()
     expires_at = now + timedelta(seconds=settings.token_ttl_seconds)
     async with engine.begin() as conn:
-        await conn.execute(delete(api_tokens).where(api_tokens.c.expires_at < now))
         await conn.execute(
             api_tokens.insert().values(
                 id=_digest(token), user_id=user.id, created_at=now, expires_at=expires_at

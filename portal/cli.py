@@ -26,6 +26,25 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for `serve` (the tests' live servers use them too).
+
+    X-Forwarded-For and -Proto are believed only from the addresses in
+    MEGAMOVIE_FORWARDED_ALLOW_IPS (the reverse proxy); with it empty, from nobody, and the
+    peer address is the client. A client that reaches the portal directly cannot claim
+    another address that way, whatever headers it sends.
+    """
+    trusted = settings.forwarded_allow_ips.strip()
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "proxy_headers": bool(trusted),
+        "forwarded_allow_ips": trusted or None,
+        "server_header": False,
+    }
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Mega Movie: a film portal on encrypted storage.
@@ -57,14 +76,7 @@ def serve(host: str | None, port: int | None, demo: bool) -> None:
     click.echo(
         f"Mega Movie on http://{settings.host}:{settings.port}/ (data in {settings.data_dir})"
     )
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        proxy_headers=False,
-        server_header=False,
-    )
+    uvicorn.run(app, **server_options(settings))
 
 
 @main.group()

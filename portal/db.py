@@ -31,6 +31,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
+from portal.write_gate import WriteGate
+
 metadata = MetaData()
 
 
@@ -396,6 +398,7 @@ def create_engine(database_url: str) -> AsyncEngine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
+        WriteGate.install(engine)  # writers queue in-process, not in SQLite's sleeping retry
         return engine
     return create_async_engine(database_url, pool_pre_ping=True)
 

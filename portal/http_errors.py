@@ -14,7 +14,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from portal.errors import BearerTokenRequired, PortalError, RateLimited, VaultError
+from portal.errors import (
+    BearerTokenRequired,
+    Overloaded,
+    PortalError,
+    RateLimited,
+    Unavailable,
+    VaultError,
+)
 from transcoder.errors import MediaError
 
 log = logging.getLogger("megamovie.http")
@@ -60,7 +67,7 @@ async def portal_error(request: Request, exc: Exception) -> Response:
         # client only that it failed. Never send bytes that did not authenticate.
         log.error("vault failure on %s %s: %s", request.method, request.url.path, exc.message)
     response = render_error(request, exc.status_code, exc.code, exc.message)
-    if isinstance(exc, RateLimited):
+    if isinstance(exc, RateLimited | Overloaded | Unavailable):
         response.headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, BearerTokenRequired):
         response.headers["WWW-Authenticate"] = "Bearer"

@@ -72,7 +72,8 @@ class SecurityHeadersMiddleware:
 
 
 def client_ip(request: Request) -> str:
-    # The portal runs without proxy headers (see `serve`), so the peer address is the client.
+    # uvicorn puts the client here: the peer, or behind a trusted proxy the address it sent
+    # (MEGAMOVIE_FORWARDED_ALLOW_IPS, see `portal.cli.server_options`).
     return request.client.host if request.client else "unknown"
 
 

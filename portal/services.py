@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from portal.db import create_engine, create_schema
+from portal.hashing import HashingPool
 from portal.jobs import JobQueue
 from portal.metrics import Metrics
+from portal.ratelimit import RateLimiter
 from portal.settings import Settings
 from portal.signing import load_secret_key
 from portal.tokens import PlaybackTokens
@@ -54,6 +56,8 @@ class Services:
     tokens: PlaybackTokens
     metrics: Metrics
     secret_key: bytes
+    hashing: HashingPool
+    limiter: RateLimiter
 
     @classmethod
     def build(cls, settings: Settings, engine: AsyncEngine, vault: Vault) -> Services:
@@ -72,6 +76,15 @@ class Services:
             tokens=PlaybackTokens(secret_key, settings.token_ttl_seconds),
             metrics=Metrics(),
             secret_key=secret_key,
+            hashing=HashingPool(settings.hash_threads, settings.hash_queue),
+            limiter=RateLimiter(
+                settings.rate_limit_per_minute,
+                {
+                    "signup": settings.signup_rate_per_second,
+                    "login": settings.login_rate_per_second,
+                    "token": settings.login_rate_per_second,
+                },
+            ),
         )
 
 
@@ -81,6 +94,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     async with open_database(settings) as engine:
         vault = await open_vault(settings, engine)
         try:
-            yield Services.build(settings, engine, vault)
+            services = Services.build(settings, engine, vault)
+            try:
+                yield services
+            finally:
+                services.hashing.close()
         finally:
             await vault.aclose()

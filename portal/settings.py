@@ -86,7 +86,14 @@ class Settings:
     argon2_time_cost: int = _env("MEGAMOVIE_ARGON2_TIME_COST", 2)
     argon2_memory_kib: int = _env("MEGAMOVIE_ARGON2_MEMORY_KIB", 19 * 1024)
     rate_limit_per_minute: int = _env("MEGAMOVIE_RATE_LIMIT_PER_MINUTE", 30)
+    signup_rate_per_second: float = _env("MEGAMOVIE_SIGNUP_RATE_PER_SECOND", 100.0)
+    login_rate_per_second: float = _env("MEGAMOVIE_LOGIN_RATE_PER_SECOND", 200.0)
+    hash_threads: int = _env("MEGAMOVIE_HASH_THREADS", 0)
+    hash_queue: int = _env("MEGAMOVIE_HASH_QUEUE", 16)
+    max_in_flight: int = _env("MEGAMOVIE_MAX_IN_FLIGHT", 512)
+    max_in_flight_new: int = _env("MEGAMOVIE_MAX_IN_FLIGHT_NEW", 64)
     secure_cookies: bool = _env("MEGAMOVIE_SECURE_COOKIES", False)
+    forwarded_allow_ips: str = _env("MEGAMOVIE_FORWARDED_ALLOW_IPS", "")
     log_level: str = _env("MEGAMOVIE_LOG_LEVEL", "info")
 
     def __post_init__(self) -> None:
@@ -102,6 +109,12 @@ class Settings:
             raise SettingsError("MEGAMOVIE_VAULT_CHUNK_SIZE must be between 1 KiB and 16 MiB")
         if self.workers < 0:
             raise SettingsError("MEGAMOVIE_WORKERS must be 0 or more")
+        if self.max_in_flight_new < 1 or self.max_in_flight < self.max_in_flight_new:
+            raise SettingsError(
+                "MEGAMOVIE_MAX_IN_FLIGHT_NEW must be at least 1 and at most MEGAMOVIE_MAX_IN_FLIGHT"
+            )
+        if self.hash_threads < 0 or self.hash_queue < 0:
+            raise SettingsError("MEGAMOVIE_HASH_THREADS and MEGAMOVIE_HASH_QUEUE must be 0 or more")
         if self.token_ttl_seconds <= 0:
             raise SettingsError("MEGAMOVIE_TOKEN_TTL_SECONDS must be positive")
 

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
-from portal.security import client_ip, hit_rate_limit
+from portal.security import client_ip
 from portal.services import Services
 from portal.settings import Settings
 from portal.videos import Viewer, poster_path
@@ -99,10 +99,6 @@ def render(
 
 
 async def check_rate_limit(request: Request, action: str) -> None:
-    """Rate-limit `action` (login, signup, token) per client IP, per `rate_limit_per_minute`."""
-    services = services_of(request)
-    await hit_rate_limit(
-        services.engine,
-        f"{action}:{client_ip(request)}",
-        services.settings.rate_limit_per_minute,
-    )
+    """Rate-limit `action` (login, signup, token) per client and for everyone together
+    (portal.ratelimit); RateLimited (429 + Retry-After) when over."""
+    services_of(request).limiter.hit(action, client_ip(request))

@@ -28,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from portal.accounts import get_user_by_email
+from portal.auth import sweep_expired_logins
 from portal.db import new_id, videos
 from portal.errors import NotFound
 from portal.jobs import Job, JobQueue, LeaseLost
@@ -164,9 +165,11 @@ async def run_workers(services: Services, count: int) -> None:
 
 
 async def sweep_uploads(uploads: Uploads, stop: anyio.Event, every: float = SWEEP_SECONDS) -> None:
+    """Expired uploads, sessions and API tokens go, every `every` seconds."""
     while not stop.is_set():
         try:
             await uploads.sweep_expired()
+            await sweep_expired_logins(uploads.engine)
         except Exception:
             log.exception("the expired-upload sweep failed; trying again later")
         with anyio.move_on_after(every):

@@ -75,6 +75,7 @@ class LiveServer:
         import uvicorn
 
         from portal.app import create_app
+        from portal.cli import server_options
 
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
@@ -82,13 +83,9 @@ class LiveServer:
         sock.close()
         self.settings = settings.replace(host="127.0.0.1", port=self.port)
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            create_app(self.settings),
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            lifespan="on",
-        )
+        # The same uvicorn options as `megamovie serve`, proxy headers included.
+        options = {**server_options(self.settings), "log_level": "warning"}
+        config = uvicorn.Config(create_app(self.settings), lifespan="on", **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -58,6 +58,7 @@ async def login(request: Request) -> Response:
             services_of(request).settings,
             email,
             _form_text(form, "password"),
+            hashing=services_of(request).hashing,
         )
     except InvalidCredentials as exc:
         context = {"next": next_url, "email": email, "error": exc.message}
@@ -86,6 +87,7 @@ async def signup(request: Request) -> Response:
             password=_form_text(form, "password"),
             role=values["role"],
             display_name=values["display_name"] or None,
+            hashing=services_of(request).hashing,
         )
     except PortalError as exc:
         context = {"values": values, "error": exc.message, "roles": SIGNUP_ROLES}
@@ -114,8 +116,13 @@ async def create_token(request: Request) -> Response:
         isinstance(body.get(k), str) for k in ("email", "password")
     ):
         raise ValidationFailed('Send JSON: {"email": "...", "password": "..."}.')
+    services = services_of(request)
     user = await authenticate(
-        services_of(request).engine, services_of(request).settings, body["email"], body["password"]
+        services.engine,
+        services.settings,
+        body["email"],
+        body["password"],
+        hashing=services.hashing,
     )
     token, expires_at = await issue_api_token(
         services_of(request).engine, services_of(request).settings, user
