@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # command:Debian package, installed only when the command is missing.
 APT_NEEDS := ffmpeg:ffmpeg ffprobe:ffmpeg chromium:chromium nginx:nginx-light wrk:wrk \
-             npm:npm pg_ctlcluster:postgresql
+             npm:npm pg_ctlcluster:postgresql openssl:openssl
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -16,7 +16,8 @@ PORT ?= 8000
 setup: system-deps python-deps assets
 
 # Debian packages: ffmpeg for media, chromium for the browser tests, nginx + wrk as the
-# benchmark peer, PostgreSQL for the database tests. Installed only when missing.
+# benchmark peer and the reverse proxy of the deployment test (openssl makes its throwaway
+# certificate), PostgreSQL for the database tests. Installed only when missing.
 system-deps:
 	@missing=""; for need in $(APT_NEEDS); do \
 	  command -v $${need%%:*} >/dev/null 2>&1 || missing="$$missing $${need#*:}"; \
@@ -66,6 +67,7 @@ bench: setup
 	$(BIN)/python benchmarks/transcode.py
 	$(BIN)/python benchmarks/stream.py
 	$(BIN)/python benchmarks/catalog.py
+	$(BIN)/python benchmarks/launch.py
 
 lock: | $(BIN)/python
 	$(BIN)/pip install -q uv

@@ -363,6 +363,32 @@ def run_load(config: dict[str, object]) -> dict[str, object]:
     return result
 
 
+def argon2_ceiling(seconds: float) -> float:
+    """Hashes a second that argon2id at the site's cost does alone on one thread per core:
+    the ceiling for sign-ups, measured beside the load to compare against."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from portal.accounts import password_hasher
+    from portal.settings import Settings
+
+    hasher = password_hasher(Settings.from_env())
+    threads = os.cpu_count() or 1
+    done = 0
+    deadline = time.monotonic() + seconds
+
+    def hash_until_deadline(_: int) -> int:
+        count = 0
+        while time.monotonic() < deadline:
+            hasher.hash(PASSWORD)
+            count += 1
+        return count
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        done = sum(pool.map(hash_until_deadline, range(threads)))
+    return done / (time.monotonic() - started)
+
+
 # -- the run ----------------------------------------------------------------------------------
 
 
@@ -397,7 +423,8 @@ def report(
         f"\nheadline: viewers on time during the launch {result['overload']['on_time']} "  # type: ignore[index]
         f"vs nginx {result['peer']['on_time']}: x{result['overload']['on_time'] / peer:.2f}; "  # type: ignore[index]
         f"segment p99 {seg['p99']:.0f} ms; sign-ups {signups['count'] / phase_seconds:.1f}/s "
-        "completed"
+        f"completed, argon2id alone {result['argon2']:.1f}/s on {os.cpu_count()} threads "
+        f"(x{signups['count'] / phase_seconds / result['argon2']:.2f})"  # type: ignore[operator]
     )
 
 
@@ -421,6 +448,9 @@ def main() -> None:
         spec = json.loads(Path(args._file).read_text())
         made = asyncio.run(prepare(Path(spec["out"]), spec["segments"], spec["accounts"]))
         Path(args._file).write_text(json.dumps(made))
+        return
+    if args._child == "argon2":
+        print(f"{argon2_ceiling(float(args._file)):.1f}")
         return
     if args._child == "load":
         spec = json.loads(Path(args._file).read_text())
@@ -486,6 +516,7 @@ def main() -> None:
                         f"{site.url} ({args.shape}) and nginx on :{port}",
                         flush=True,
                     )
+                    ceiling = [ceiling_now(child, env)]
                     subprocess.run(
                         [*child, "load", str(spec_file)],
                         env=env,
@@ -493,11 +524,18 @@ def main() -> None:
                         timeout=args.phase * len(PHASES) + 120,
                     )
                     result = json.loads(spec_file.read_text())
+                    ceiling.append(ceiling_now(child, env))
+                    result["argon2"] = sum(ceiling) / len(ceiling)
                 finally:
                     nginx.stop()
         report(result, args.phase, counts, args.shape)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ceiling_now(child: list[str], env: dict[str, str]) -> float:
+    out = subprocess.run([*child, "argon2", "5"], env=env, check=True, capture_output=True)
+    return float(out.stdout)
 
 
 def save_playlists(url: str, film: str, folder: Path) -> None:

@@ -344,10 +344,11 @@ class SeaweedFS:
 
 @dataclass
 class PostgresCluster:
-    """A private PostgreSQL cluster (initdb) on a free loopback port, owned by `postgres`
-    when we are root (PostgreSQL refuses to run as root). Stoppable and restartable."""
+    """A private PostgreSQL cluster (initdb) on a free loopback port, in its own temp dir
+    owned by `postgres` when we are root (PostgreSQL refuses to run as root, and cannot
+    reach a root-only temp dir). Stoppable and restartable; `remove` deletes it."""
 
-    folder: Path
+    folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mm-pg-")))
     port: int = field(default_factory=free_port)
 
     @property
@@ -358,7 +359,9 @@ class PostgresCluster:
         command = [str(PG_BIN / args[0]), *args[1:]]
         if os.getuid() == 0:
             command = ["runuser", "-u", "postgres", "--", *command]
-        subprocess.run(command, check=True, capture_output=True, timeout=120)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd="/")
+        if done.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed: {done.stderr or done.stdout}")
 
     def start(self) -> PostgresCluster:
         data = self.folder / "pgdata"
@@ -368,20 +371,17 @@ class PostgresCluster:
                 shutil.chown(self.folder, "postgres", "postgres")
             self._run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
         self._run(
-            "pg_ctl",
-            "-D",
-            str(data),
-            "-l",
-            str(self.folder / "postgres.log"),
-            "-w",
-            "-o",
-            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1",
+            "pg_ctl", "-D", str(data), "-l", str(self.folder / "postgres.log"), "-w",
+            "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1",
             "start",
-        )
+        )  # fmt: skip
         return self
 
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.folder / "pgdata"), "-m", mode, "-w", "stop")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 @contextmanager

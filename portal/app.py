@@ -21,6 +21,7 @@ from portal.admission import Admission, AdmissionMiddleware
 from portal.auth import AuthMiddleware
 from portal.http_errors import exception_handlers
 from portal.metrics import MetricsMiddleware
+from portal.outages import OutageMiddleware
 from portal.playback import tune_allocator
 from portal.routes import accounts, catalog, ops, pages, playback, uploads, videos
 from portal.security import SecurityHeadersMiddleware
@@ -50,6 +51,7 @@ def build_middleware(settings: Settings, admission: Admission) -> list[Middlewar
         Middleware(MetricsMiddleware),
         Middleware(SecurityHeadersMiddleware),
         Middleware(AdmissionMiddleware, admission=admission),
+        Middleware(OutageMiddleware),
         Middleware(AuthMiddleware, settings=settings),
     ]
 

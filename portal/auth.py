@@ -42,7 +42,8 @@ CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: Paths served without looking up the caller: `request.state.user` is always None there.
-ANONYMOUS_PREFIXES = ("/static/", "/stream/")
+#: Health and metrics too: they need nobody, and must answer while the database is down.
+ANONYMOUS_PREFIXES = ("/static/", "/stream/", "/healthz", "/metrics")
 API_TOKEN_PREFIX = "mmt_"  # noqa: S105 - a label that makes leaked tokens greppable
 
 

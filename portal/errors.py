@@ -188,3 +188,12 @@ class StorageError(VaultError):
 
     status_code = 503
     code = "storage_error"
+    retry_after = 5
+
+
+class StorageFull(StorageError):
+    """The disk (or quota) under the object store is full: nothing of the write was kept."""
+
+    status_code = 507
+    code = "insufficient_storage"
+    retry_after = 60

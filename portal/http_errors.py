@@ -19,6 +19,7 @@ from portal.errors import (
     Overloaded,
     PortalError,
     RateLimited,
+    StorageError,
     Unavailable,
     VaultError,
 )
@@ -67,8 +68,9 @@ async def portal_error(request: Request, exc: Exception) -> Response:
         # client only that it failed. Never send bytes that did not authenticate.
         log.error("vault failure on %s %s: %s", request.method, request.url.path, exc.message)
     response = render_error(request, exc.status_code, exc.code, exc.message)
-    if isinstance(exc, RateLimited | Overloaded | Unavailable):
-        response.headers["Retry-After"] = str(exc.retry_after)
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(exc, RateLimited | Overloaded | Unavailable | StorageError) and retry_after:
+        response.headers["Retry-After"] = str(retry_after)
     if isinstance(exc, BearerTokenRequired):
         response.headers["WWW-Authenticate"] = "Bearer"
     return response

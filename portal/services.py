@@ -36,7 +36,11 @@ def prepare_data_dir(settings: Settings) -> None:
 async def open_database(settings: Settings) -> AsyncIterator[AsyncEngine]:
     """The engine, with the schema brought to the newest migration; disposed on exit."""
     prepare_data_dir(settings)
-    engine = create_engine(settings.database_url)
+    engine = create_engine(
+        settings.database_url,
+        timeout=settings.db_timeout_seconds,
+        statement_timeout=settings.db_statement_timeout_seconds,
+    )
     try:
         await create_schema(engine)
         yield engine

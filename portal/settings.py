@@ -93,6 +93,9 @@ class Settings:
     max_in_flight: int = _env("MEGAMOVIE_MAX_IN_FLIGHT", 512)
     max_in_flight_new: int = _env("MEGAMOVIE_MAX_IN_FLIGHT_NEW", 64)
     secure_cookies: bool = _env("MEGAMOVIE_SECURE_COOKIES", False)
+    db_timeout_seconds: float = _env("MEGAMOVIE_DB_TIMEOUT_SECONDS", 5.0)
+    db_statement_timeout_seconds: float = _env("MEGAMOVIE_DB_STATEMENT_TIMEOUT_SECONDS", 30.0)
+    s3_timeout_seconds: float = _env("MEGAMOVIE_S3_TIMEOUT_SECONDS", 5.0)
     forwarded_allow_ips: str = _env("MEGAMOVIE_FORWARDED_ALLOW_IPS", "")
     log_level: str = _env("MEGAMOVIE_LOG_LEVEL", "info")
 

@@ -58,7 +58,10 @@ class S3Storage:
             s3={"addressing_style": "path"},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            retries={"max_attempts": 3, "mode": "standard"},
+            # Bounded: an unreachable store fails a request in seconds (503), never hangs it.
+            connect_timeout=settings.s3_timeout_seconds,
+            read_timeout=settings.s3_timeout_seconds,
+            retries={"max_attempts": 2, "mode": "standard"},
             max_pool_connections=32,
         )
         stack = AsyncExitStack()
@@ -164,6 +167,12 @@ class S3Storage:
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(f"cannot list {prefix} on S3: {exc}") from None
         return sorted(names)
+
+    async def ping(self) -> None:
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"cannot reach the S3 bucket {self.bucket!r}: {exc}") from None
 
     async def aclose(self) -> None:
         await self._stack.aclose()

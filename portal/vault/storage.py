@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 import anyio.to_thread
 
-from portal.errors import ObjectNotFound, StorageError
+from portal.errors import ObjectNotFound, StorageError, StorageFull
 from portal.settings import Settings
 from portal.vault.names import validate_name, validate_prefix
 
@@ -59,6 +59,10 @@ class Storage(Protocol):
         """Names starting with `prefix`, sorted."""
         ...
 
+    async def ping(self) -> None:
+        """Raise StorageError unless the store answers now (for /healthz)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -78,8 +82,11 @@ async def put_stream(
 
 
 def _storage_error(action: str, name: str, exc: OSError) -> StorageError:
-    if exc.errno == errno.ENOSPC:
-        return StorageError(f"cannot {action} {name}: the disk is full")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(
+            f"cannot {action} {name}: the disk is full; nothing of it was kept. Try again "
+            "once space is freed."
+        )
     return StorageError(f"cannot {action} {name}: {exc.strerror or exc}")
 
 
@@ -179,6 +186,13 @@ class LocalStorage:
             return sorted(found)
 
         return await self._in_thread("list", prefix, walk)
+
+    async def ping(self) -> None:
+        def check() -> None:
+            if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "not readable and writable", str(self.root))
+
+        await self._in_thread("reach", str(self.root), check)
 
     async def aclose(self) -> None:
         return None
