@@ -218,12 +218,13 @@ http {{
     include {self.folder / "site.conf"};
 }}
 """)
-        self.proc = subprocess.Popen(
-            ["/usr/sbin/nginx", "-c", str(conf), "-p", str(self.folder)],
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=(self.folder / "stderr.log").open("wb"),
-        )
+        with (self.folder / "stderr.log").open("wb") as stderr:
+            self.proc = subprocess.Popen(
+                ["/usr/sbin/nginx", "-c", str(conf), "-p", str(self.folder)],
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
         wait_for_port(self.port, self.proc)
         return self
 
