@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from portal.errors import Overloaded
 from portal.http_errors import portal_error
+from portal.metrics import Metrics
 
 ONGOING = "ongoing"
 NEW = "new"
@@ -80,14 +81,22 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
             return
         kind = request_class(scope["method"], scope["path"])
+        services = getattr(scope["app"].state, "services", None)
+        metrics: Metrics | None = services.metrics if services is not None else None
         if not self.admission.admit(kind):
+            if metrics is not None:
+                metrics.shed.labels(kind).inc()
             refusal = Overloaded(
                 "The site is very busy right now; try again in a moment.", retry_after=1
             )
             response = await portal_error(Request(scope), refusal)
             await response(scope, receive, send)
             return
+        if metrics is not None:
+            metrics.in_flight.labels(kind).inc()
         try:
             await self.app(scope, receive, send)
         finally:
             self.admission.done(kind)
+            if metrics is not None:
+                metrics.in_flight.labels(kind).dec()

@@ -11,8 +11,6 @@ database is back simply works.
 
 from __future__ import annotations
 
-import asyncio
-
 from sqlalchemy import exc as sa_exc
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,30 +21,37 @@ from portal.http_errors import portal_error
 DATABASE_DOWN = "The database is not answering right now; try again in a few seconds."
 
 
+#: How drivers word "the server is not there": refused, reset, closed, shutting down,
+#: starting up, timed out, and SQLite's locked or unopenable file. An OperationalError
+#: without these ("no such table") is a bug of ours and stays a 500.
+_OUTAGE_WORDS = (
+    "connect", "closed", "terminat", "shut", "timeout", "timed out", "starting up",
+    "recovery", "reset by peer", "broken pipe", "locked", "unable to open", "disk i/o",
+)  # fmt: skip
+#: asyncpg's own errors for a server that is starting or shutting down, if they arrive raw.
+_ASYNCPG_OUTAGES = frozenset(
+    {"CannotConnectNowError", "ConnectionDoesNotExistError", "AdminShutdownError",
+     "ConnectionFailureError", "ConnectionRejectionError"}
+)  # fmt: skip
+
+
 def outage_of(exc: BaseException) -> Unavailable | None:
     """The outage `exc` means, or None when it is an ordinary error (a bug stays a 500)."""
-    if isinstance(exc, sa_exc.IntegrityError | sa_exc.ProgrammingError | sa_exc.DataError):
+    down = Unavailable(DATABASE_DOWN, part="database")
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return down
+        if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+            words = f"{type(exc.orig).__name__} {exc.orig}".lower()
+            if any(word in words for word in _OUTAGE_WORDS) or any(
+                name.lower() in words for name in _ASYNCPG_OUTAGES
+            ):
+                return down
         return None
-    if isinstance(
-        exc,
-        sa_exc.OperationalError
-        | sa_exc.InterfaceError
-        | sa_exc.TimeoutError  # no pooled connection free in time
-        | ConnectionError  # refused or reset while connecting
-        | TimeoutError
-        | asyncio.TimeoutError,
-    ):
-        return Unavailable(DATABASE_DOWN, part="database")
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return Unavailable(DATABASE_DOWN, part="database")
-    # asyncpg's own errors for a server that is starting or shutting down, unwrapped.
-    if type(exc).__module__.startswith("asyncpg") and type(exc).__name__ in (
-        "CannotConnectNowError",
-        "ConnectionDoesNotExistError",
-        "AdminShutdownError",
-        "ConnectionFailureError",
-    ):
-        return Unavailable(DATABASE_DOWN, part="database")
+    if isinstance(exc, sa_exc.TimeoutError | ConnectionError | TimeoutError):
+        return down  # no pooled connection in time; refused or reset while connecting
+    if type(exc).__module__.startswith("asyncpg") and type(exc).__name__ in _ASYNCPG_OUTAGES:
+        return down
     return None
 
 

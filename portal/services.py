@@ -71,6 +71,7 @@ class Services:
             max_attempts=settings.job_max_attempts,
         )
         secret_key = load_secret_key(settings)
+        metrics = Metrics()
         return cls(
             settings=settings,
             engine=engine,
@@ -78,9 +79,9 @@ class Services:
             jobs=jobs,
             uploads=Uploads(settings, engine, vault, jobs),
             tokens=PlaybackTokens(secret_key, settings.token_ttl_seconds),
-            metrics=Metrics(),
+            metrics=metrics,
             secret_key=secret_key,
-            hashing=HashingPool(settings.hash_threads, settings.hash_queue),
+            hashing=HashingPool(settings.hash_threads, settings.hash_queue, metrics),
             limiter=RateLimiter(
                 settings.rate_limit_per_minute,
                 {
@@ -103,5 +104,6 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 yield services
             finally:
                 services.hashing.close()
+                services.metrics.close()
         finally:
             await vault.aclose()

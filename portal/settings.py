@@ -98,6 +98,7 @@ class Settings:
     s3_timeout_seconds: float = _env("MEGAMOVIE_S3_TIMEOUT_SECONDS", 5.0)
     forwarded_allow_ips: str = _env("MEGAMOVIE_FORWARDED_ALLOW_IPS", "")
     log_level: str = _env("MEGAMOVIE_LOG_LEVEL", "info")
+    metrics_dir: Path | None = _env("MEGAMOVIE_METRICS_DIR", None)
 
     def __post_init__(self) -> None:
         data_dir = Path(self.data_dir).absolute()
@@ -106,6 +107,8 @@ class Settings:
             object.__setattr__(
                 self, "database_url", f"sqlite+aiosqlite:///{data_dir / 'megamovie.db'}"
             )
+        metrics_dir = Path(self.metrics_dir) if self.metrics_dir else data_dir / "metrics"
+        object.__setattr__(self, "metrics_dir", metrics_dir.absolute())
         if not self.storage_url:
             object.__setattr__(self, "storage_url", (data_dir / "objects").as_uri())
         if self.vault_chunk_size < 1024 or self.vault_chunk_size > 16 * 1024 * 1024:

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from portal.errors import BearerTokenRequired, PermissionDenied
+from portal.metrics import CONTENT_TYPE
 from portal.web import services_of, settings_of
 
 
@@ -83,15 +84,14 @@ def authorise_scrape(request: Request) -> None:
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus text format; counters are this process's, job counts the database's."""
+    """Prometheus text format: every process of this machine (portal.metrics), and the
+    database's job figures."""
     authorise_scrape(request)
-    job_counts = await services_of(request).jobs.counts()
-    text = services_of(request).metrics.render(job_counts)
-    return Response(
-        text,
-        media_type="text/plain; version=0.0.4; charset=utf-8",
-        headers={"Cache-Control": "no-store"},
-    )
+    services = services_of(request)
+    job_counts = await services.jobs.counts()
+    depth, age = await services.jobs.backlog()
+    body = services.metrics.render(job_counts, depth, age)
+    return Response(body, media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
 
 
 routes = [
