@@ -5,27 +5,39 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# command:Debian package, installed only when the command is missing.
-APT_NEEDS := ffmpeg:ffmpeg ffprobe:ffmpeg chromium:chromium nginx:nginx-light wrk:wrk \
-             npm:npm pg_ctlcluster:postgresql openssl:openssl
+# command:Debian package, installed only when the command is missing. Running the portal
+# needs only ffmpeg and npm (for the player's assets); the tests and benchmarks add Chromium
+# (browser journeys), nginx + wrk (the benchmark peer and the deployment test's proxy, with a
+# throwaway certificate from openssl) and PostgreSQL (the database tests), so
+# someone who only wants to watch the demo never downloads a browser.
+RUN_APT_NEEDS  := ffmpeg:ffmpeg ffprobe:ffmpeg npm:npm
+TEST_APT_NEEDS := chromium:chromium nginx:nginx-light wrk:wrk pg_ctlcluster:postgresql \
+                  openssl:openssl
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup system-deps python-deps assets run test lint bench lock migration clean
+.PHONY: setup system-deps test-system-deps python-deps assets run test lint bench lock migration clean
 
 setup: system-deps python-deps assets
 
-# Debian packages: ffmpeg for media, chromium for the browser tests, nginx + wrk as the
-# benchmark peer and the reverse proxy of the deployment test (openssl makes its throwaway
-# certificate), PostgreSQL for the database tests. Installed only when missing.
-system-deps:
-	@missing=""; for need in $(APT_NEEDS); do \
+# Install the Debian packages of the `command:package` pairs in $(1) whose command is missing.
+define apt_install
+	@missing=""; for need in $(1); do \
 	  command -v $${need%%:*} >/dev/null 2>&1 || missing="$$missing $${need#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	fi
+endef
+
+# What running needs: ffmpeg for media, npm for the player's assets.
+system-deps:
+	$(call apt_install,$(RUN_APT_NEEDS))
+
+# What only the tests and benchmarks need: Chromium, nginx, wrk, PostgreSQL.
+test-system-deps: system-deps
+	$(call apt_install,$(TEST_APT_NEEDS))
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +52,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml | $(BIN)/python
 
 python-deps: $(VENV)/.installed
 
-# hls.js and tus-js-client come from npm with package-lock.json; never committed.
+# hls.js, tus-js-client and uPlot come from npm with package-lock.json; never committed.
 static/vendor/.installed: package.json package-lock.json scripts/vendor.mjs
 	npm ci --no-audit --no-fund
 	node scripts/vendor.mjs
@@ -51,7 +63,7 @@ assets: static/vendor/.installed
 run: setup
 	$(BIN)/megamovie serve --demo --host $(HOST) --port $(PORT)
 
-test: setup
+test: setup test-system-deps
 	bash .ci/services
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -61,7 +73,7 @@ lint: python-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: setup
+bench: setup test-system-deps
 	bash .ci/services
 	$(BIN)/python benchmarks/vault.py
 	$(BIN)/python benchmarks/transcode.py

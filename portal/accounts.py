@@ -21,9 +21,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from portal.db import new_id, users, utcnow
+from portal.db import is_id, new_id, users, utcnow
 from portal.errors import Conflict, InvalidCredentials, ValidationFailed
 from portal.hashing import HashingPool
+from portal.parsing import clean_text
 from portal.settings import Settings
 
 T = TypeVar("T")
@@ -32,6 +33,8 @@ ROLES = ("viewer", "creator", "admin")
 SIGNUP_ROLES = ("viewer", "creator")
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 1024  # argon2 would hash megabytes happily; a form should not make it.
+MAX_EMAIL_LENGTH = 320
+MAX_NAME_LENGTH = 100
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -79,13 +82,14 @@ def normalise_email(email: str) -> str:
 
 
 def check_email(email: str) -> str:
-    email = normalise_email(email)
-    if len(email) > 320 or not _EMAIL.match(email):
+    email = normalise_email(clean_text(email, "email"))
+    if len(email) > MAX_EMAIL_LENGTH or not _EMAIL.match(email):
         raise ValidationFailed(f"{email or 'An empty email'} is not an email address.")
     return email
 
 
 def check_password(password: str) -> None:
+    clean_text(password, "password")
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValidationFailed(
             f"Choose a password of at least {MIN_PASSWORD_LENGTH} characters; "
@@ -98,11 +102,11 @@ def check_password(password: str) -> None:
 
 
 def check_display_name(name: str) -> str:
-    name = " ".join(name.split())
+    name = " ".join(clean_text(name, "display name").split())
     if not name:
         raise ValidationFailed("Choose a name to show on your channel.")
-    if len(name) > 100:
-        raise ValidationFailed("Names are limited to 100 characters.")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValidationFailed(f"Names are limited to {MAX_NAME_LENGTH} characters.")
     return name
 
 
@@ -152,6 +156,8 @@ async def authenticate(
     hashing: HashingPool | None = None,
 ) -> User:
     """The user with this email and password, or InvalidCredentials (same for both failures)."""
+    clean_text(email, "email")
+    clean_text(password, "password")
     hasher = password_hasher(settings)
     async with engine.connect() as conn:
         row = (
@@ -179,6 +185,8 @@ async def authenticate(
 
 
 async def get_user(engine: AsyncEngine, user_id: str) -> User | None:
+    if not is_id(user_id):  # from a URL: not worth a query, and NUL would fail one
+        return None
     async with engine.connect() as conn:
         row = (await conn.execute(select(users).where(users.c.id == user_id))).first()
     return User.from_row(row) if row is not None else None

@@ -19,12 +19,25 @@ from starlette.staticfiles import StaticFiles
 
 from portal.admission import Admission, AdmissionMiddleware
 from portal.auth import AuthMiddleware
-from portal.http_errors import exception_handlers
+from portal.http_errors import UnexpectedErrorMiddleware, exception_handlers
 from portal.metrics import MetricsMiddleware
 from portal.outages import OutageMiddleware
 from portal.playback import tune_allocator
-from portal.routes import accounts, catalog, ops, pages, playback, uploads, videos
-from portal.security import SecurityHeadersMiddleware
+from portal.routes import (
+    accounts,
+    catalog,
+    creator,
+    licensing,
+    money,
+    ops,
+    pages,
+    payments,
+    playback,
+    uploads,
+    videos,
+    viewer_pages,
+)
+from portal.security import AllowedHostsMiddleware, SecurityHeadersMiddleware
 from portal.services import open_services
 from portal.settings import Settings
 from portal.web import STATIC_DIR, make_templates
@@ -33,7 +46,20 @@ from portal.worker import media_pipeline
 log = logging.getLogger("megamovie")
 
 # Each feature module exposes `routes`; add a module here to mount it.
-ROUTE_MODULES = [ops, accounts, catalog, pages, uploads, videos, playback]
+ROUTE_MODULES = [
+    ops,
+    accounts,
+    catalog,
+    pages,
+    viewer_pages,
+    uploads,
+    videos,
+    playback,
+    licensing,
+    money,
+    creator,
+    payments,
+]
 
 
 def build_routes() -> list[BaseRoute]:
@@ -45,11 +71,14 @@ def build_routes() -> list[BaseRoute]:
 
 
 def build_middleware(settings: Settings, admission: Admission) -> list[Middleware]:
-    # Outermost first: even a CSRF refusal from AuthMiddleware gets the security headers, and
-    # so does a request shed by admission control, which comes before any database work.
+    # Outermost first: even a CSRF refusal from AuthMiddleware and the 500 for an unexpected
+    # exception get the security headers, and so does a request shed by admission control,
+    # which comes before any database work.
     return [
         Middleware(MetricsMiddleware),
         Middleware(SecurityHeadersMiddleware),
+        Middleware(UnexpectedErrorMiddleware),
+        Middleware(AllowedHostsMiddleware, allowed=settings.host_names),
         Middleware(AdmissionMiddleware, admission=admission),
         Middleware(OutageMiddleware),
         Middleware(AuthMiddleware, settings=settings),

@@ -33,6 +33,7 @@ from portal.accounts import User
 from portal.db import api_tokens, sessions, users, utcnow
 from portal.errors import AuthenticationRequired, CsrfFailed, PermissionDenied
 from portal.http_errors import render_error
+from portal.parsing import DEFAULT_BODY_LIMIT, read_form
 from portal.settings import Settings
 from portal.web import services_of
 
@@ -213,16 +214,23 @@ def csrf_token(request: Request) -> str:
     return getattr(request.state, "csrf_token", "") or ""
 
 
-async def verify_csrf_form(request: Request) -> FormData:
-    """The submitted form, after checking its `csrf_token`; raises CsrfFailed otherwise."""
-    form = await request.form()
+async def verify_csrf_form(request: Request, limit: int = DEFAULT_BODY_LIMIT) -> FormData:
+    """The submitted form (at most `limit` bytes, every field clean text), after checking its
+    `csrf_token`; raises CsrfFailed otherwise."""
+    form = await read_form(request, limit)
     sent = form.get(CSRF_FIELD)
     expected = getattr(request.state, "csrf_expected", None)
-    if not isinstance(sent, str) or not expected or not hmac.compare_digest(sent, expected):
+    if not isinstance(sent, str) or not expected or not same_token(sent, expected):
         raise CsrfFailed(
             "This form has expired or was sent from another site. Reload the page and try again."
         )
     return form
+
+
+def same_token(sent: str, expected: str) -> bool:
+    """Constant-time comparison of a token a client sent. As bytes: `compare_digest` refuses
+    str with non-ASCII characters, which a client may well send."""
+    return hmac.compare_digest(sent.encode("utf-8", "surrogatepass"), expected.encode())
 
 
 # -- the middleware ------------------------------------------------------------------------
@@ -291,7 +299,7 @@ class AuthMiddleware:
 
         if via == "session" and scope["method"] in UNSAFE_METHODS and path.startswith("/api/"):
             sent = request.headers.get(CSRF_HEADER, "")
-            if not csrf or not hmac.compare_digest(sent, csrf):
+            if not csrf or not same_token(sent, csrf):
                 response = render_error(
                     request,
                     403,

@@ -26,25 +26,6 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def server_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn's options for `serve` (the tests' live servers use them too).
-
-    X-Forwarded-For and -Proto are believed only from the addresses in
-    MEGAMOVIE_FORWARDED_ALLOW_IPS (the reverse proxy); with it empty, from nobody, and the
-    peer address is the client. A client that reaches the portal directly cannot claim
-    another address that way, whatever headers it sends.
-    """
-    trusted = settings.forwarded_allow_ips.strip()
-    return {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": settings.log_level,
-        "proxy_headers": bool(trusted),
-        "forwarded_allow_ips": trusted or None,
-        "server_header": False,
-    }
-
-
 def _metrics_dir(settings: Settings) -> None:
     """prometheus-client's multiprocess mode for this process, in MEGAMOVIE_METRICS_DIR
     unless PROMETHEUS_MULTIPROC_DIR is set. prometheus-client reads the variable once, when
@@ -78,6 +59,7 @@ def serve(host: str | None, port: int | None, demo: bool) -> None:
     import uvicorn
 
     from portal.app import create_app
+    from portal.server import server_config
 
     if demo:
         from portal.demo import seed_demo
@@ -89,7 +71,8 @@ def serve(host: str | None, port: int | None, demo: bool) -> None:
     click.echo(
         f"Mega Movie on http://{settings.host}:{settings.port}/ (data in {settings.data_dir})"
     )
-    uvicorn.run(app, **server_options(settings))
+    # Header and keep-alive time limits, and a bound on request heads: see portal/server.py.
+    uvicorn.Server(server_config(app, settings)).run()
 
 
 @main.group()
@@ -273,3 +256,112 @@ def videos_delete(video_id: str) -> None:
 
     _with_services(load_settings(), remove_video, video_id)
     click.echo(f"deleted {video_id}")
+
+
+# -- money ------------------------------------------------------------------------------------
+
+
+@main.group()
+def ledger() -> None:
+    """The books: every movement of money, in balanced double-entry postings."""
+
+
+@ledger.command("verify")
+def ledger_verify() -> None:
+    """Check that every posting balances and every balance is the sum of its entries.
+
+    Exits 1 and prints what does not add up, with the entries of each unbalanced posting."""
+    from portal.ledger import verify
+
+    async def check(services: Any) -> Any:
+        return await verify(services.engine)
+
+    problems = _with_services(load_settings(), check)
+    if not problems:
+        click.echo("The books balance: every posting sums to zero and every balance matches.")
+        return
+    for problem in problems:
+        click.echo(problem.message)
+        for entry in problem.entries:
+            click.echo(f"    {entry.account:<40} {entry.amount:>16} {entry.currency}")
+    raise SystemExit(1)
+
+
+@main.group()
+def payouts() -> None:
+    """Pay creators what they earned, month by month."""
+
+
+@payouts.command("run")
+@click.option("--period", required=True, metavar="YYYY-MM", help="The month to close (UTC).")
+def payouts_run(period: str) -> None:
+    """Close PERIOD: share pass fees by watch time, pay every creator what they are owed and
+    write their statements. Running it again for a closed period changes nothing. The
+    current month may be closed early: it settles everything up to now."""
+    from portal.commerce import Commerce
+
+    async def run(services: Any) -> list[str]:
+        done = await Commerce(services).run_payouts(period)
+        return done.report()
+
+    for line in _with_services(load_settings(), run):
+        click.echo(line)
+
+
+@main.group()
+def purchases() -> None:
+    """Purchases and rentals."""
+
+
+@purchases.command("refund")
+@click.argument("purchase_id")
+def purchases_refund(purchase_id: str) -> None:
+    """Refund a purchase or rental: its postings are reversed exactly, the film leaves the
+    buyer's library. Refunding twice changes nothing."""
+    from portal.commerce import Commerce
+
+    async def refund(services: Any) -> tuple[Any, bool]:
+        return await Commerce(services).refund(purchase_id)
+
+    refunded, done = _with_services(load_settings(), refund)
+    if done:
+        click.echo(f"refunded {refunded.price} to the wallet of user {refunded.user_id}")
+    else:
+        click.echo(
+            f"{purchase_id} was already refunded on {refunded.refunded_at:%Y-%m-%d %H:%M} UTC"
+        )
+
+
+@main.group()
+def payments() -> None:
+    """Top-ups taken through a payment provider that answers later (Stripe)."""
+
+
+@payments.command("reconcile")
+@click.option(
+    "--older-than",
+    type=click.IntRange(min=0),
+    default=300,
+    show_default=True,
+    help="Only top-ups pending for at least this many seconds.",
+)
+def payments_reconcile(older_than: int) -> None:
+    """Ask Stripe about every top-up still pending and credit the ones that were paid (their
+    webhook lost, the payer's page closed). Safe to run at any time, e.g. from cron every
+    few minutes: each payment is credited once."""
+    from datetime import timedelta
+
+    from portal.routes.payments import stripe_provider
+    from portal.top_ups import reconcile
+
+    async def run(services: Any) -> tuple[int, int] | None:
+        provider = stripe_provider(services)
+        if provider is None:
+            return None
+        return await reconcile(services.engine, provider, older_than=timedelta(seconds=older_than))
+
+    answer = _with_services(load_settings(), run)
+    if answer is None:
+        raise click.ClickException("Stripe is not configured (MEGAMOVIE_STRIPE_SECRET_KEY).")
+    checked, credited = answer
+    click.echo(f"{checked} pending top-ups checked with Stripe, {credited} paid and credited.")

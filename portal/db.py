@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import secrets
 import string
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -25,10 +27,11 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     event,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
 from portal.write_gate import WriteGate
@@ -45,6 +48,12 @@ def new_id(length: int = 16) -> str:
     No `-` or `_`: an id starting with `-` would be taken for an option by the command line
     (`megamovie videos delete ID`) and by ffmpeg if it ever reached an argument list."""
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
+
+
+def is_id(value: str) -> bool:
+    """Could `value` be an id `new_id` made (or an older, longer one)? Ids arrive in URLs:
+    anything else is not found without asking the database."""
+    return 0 < len(value) <= 32 and value.isascii() and value.isalnum()
 
 
 def utcnow() -> datetime:
@@ -323,6 +332,120 @@ watched_segments = Table(
     Column("creator_id", String(32), nullable=False, index=True),
     Column("seconds", Float, nullable=False),
     Column("watched_at", UTCDateTime(), nullable=False, index=True),
+    # Why the viewer could watch (the licence's source: free, purchase, pass, ...): a Mega
+    # Movie Pass fee is shared only among films its subscriber watched under the pass.
+    Column("licence", String(32), nullable=False, server_default=""),
+)
+
+# -- money: a double-entry ledger, and the statements creators are paid by --------------------
+
+# One posting: a set of entries that sum to zero per currency. (idempotency_scope,
+# idempotency_key) is unique, so a retried request finds the first posting instead of making
+# a second one; the database enforces it, also between processes. No foreign keys to users:
+# the books outlive the accounts they mention.
+ledger_transactions = Table(
+    "ledger_transactions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    # top_up | purchase | refund | subscription | pass_allocation | payout
+    Column("kind", String(32), nullable=False),
+    Column("idempotency_scope", String(64), nullable=False),
+    Column("idempotency_key", String(255), nullable=False),
+    Column("user_id", String(32), nullable=True, index=True),  # whose request made it
+    Column("reference", String(64), nullable=True, index=True),  # purchase, subscription...
+    Column("memo", Text, nullable=False, default=""),
+    Column("created_at", UTCDateTime(), nullable=False, index=True),
+    UniqueConstraint("idempotency_scope", "idempotency_key", name="uq_ledger_idempotency"),
+)
+
+# Signed amounts in minor units: positive is value held by (or owed to) the account.
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("transaction_id", String(32), ForeignKey("ledger_transactions.id"), primary_key=True),
+    Column("line", Integer, primary_key=True),
+    Column("account", String(80), nullable=False),  # wallet:<user>, earnings:<creator>, ...
+    Column("currency", String(3), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    # The statement that paid this earnings entry out (NULL: not yet paid out).
+    Column("statement_id", String(32), nullable=True, index=True),
+    Index("ix_ledger_entries_account", "account", "currency"),
+)
+
+# Every account's balance, updated in the posting's own transaction. Floors (wallets never
+# below zero) are one conditional UPDATE on this row, which also serialises spenders.
+ledger_balances = Table(
+    "ledger_balances",
+    metadata,
+    Column("account", String(80), primary_key=True),
+    Column("currency", String(3), primary_key=True),
+    Column("balance", BigInteger, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# A top-up paid through a provider the payer finishes with elsewhere (Stripe's PaymentIntent,
+# confirmed by the browser): pending until the provider says it succeeded, then credited once
+# (`transaction_id`, the ledger posting keyed by the provider's reference). (user_id,
+# idempotency_key) makes a retried request answer the first top-up; (provider, reference) finds
+# it again from a webhook.
+provider_payments = Table(
+    "provider_payments",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(32), nullable=False),
+    Column("idempotency_key", String(255), nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("reference", String(64), nullable=True),  # pi_... once the provider made it
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | succeeded | canceled
+    Column("message", Text, nullable=False, default=""),  # the provider's last refusal
+    Column("transaction_id", String(32), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("user_id", "idempotency_key", name="uq_provider_payments_key"),
+    UniqueConstraint("provider", "reference", name="uq_provider_payments_reference"),
+)
+
+# A creator's payout for a period in one currency: what was paid and what it was for.
+statements = Table(
+    "statements",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("creator_id", String(32), nullable=False, index=True),
+    Column("period", String(7), nullable=False),  # YYYY-MM
+    Column("currency", String(3), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("cutoff", UTCDateTime(), nullable=False),  # earnings posted before it are in
+    Column("transaction_id", String(32), nullable=False),  # the payout posting
+    Column("created_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("creator_id", "period", "currency", name="uq_statements_creator_period"),
+)
+
+statement_lines = Table(
+    "statement_lines",
+    metadata,
+    Column(
+        "statement_id",
+        String(32),
+        ForeignKey("statements.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("line", Integer, primary_key=True),
+    Column("kind", String(32), nullable=False),  # buy | rent | refund | channel | pass
+    Column("video_id", String(32), nullable=True),
+    Column("title", String(200), nullable=False),  # as it was when the statement was made
+    Column("count", Integer, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+)
+
+# A closed payout period: running it again finds this row and changes nothing.
+payout_runs = Table(
+    "payout_runs",
+    metadata,
+    Column("period", String(7), primary_key=True),
+    Column("cutoff", UTCDateTime(), nullable=False),
+    Column("closed_at", UTCDateTime(), nullable=False),
 )
 
 
@@ -416,6 +539,25 @@ def create_engine(
         pool_timeout=timeout,
         connect_args={"timeout": timeout, "command_timeout": statement_timeout},
     )
+
+
+@asynccontextmanager
+async def begin_write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """`engine.begin()`, but on SQLite a BEGIN IMMEDIATE: the write lock is taken up front, so
+    a transaction that reads and then writes cannot interleave with another one doing the
+    same (SQLite's deferred BEGIN would let both read, then fail one with "database is
+    locked"). On PostgreSQL a plain transaction; row locks and constraints do the rest."""
+    async with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            await conn.begin()
+        try:
+            yield conn
+        except BaseException:
+            await conn.rollback()
+            raise
+        await conn.commit()
 
 
 async def create_schema(engine: AsyncEngine) -> None:

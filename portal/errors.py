@@ -6,6 +6,8 @@ plaintext.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PortalError(Exception):
     """Base of every error the portal raises on purpose."""
@@ -16,6 +18,10 @@ class PortalError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def details(self) -> dict[str, Any]:
+        """Fields an API client gets beside `error` and `message`."""
+        return {}
 
 
 class NotFound(PortalError):
@@ -55,8 +61,38 @@ class TokenInvalid(PortalError):
 
 
 class LicenseRequired(PortalError):
+    """The viewer's licence does not cover this; `offers` (JSON) say how to get one."""
+
     status_code = 402
     code = "license_required"
+
+    def __init__(self, message: str, offers: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.offers = offers or []
+
+    def details(self) -> dict[str, Any]:
+        return {"offers": self.offers}
+
+
+class TooManyStreams(PortalError):
+    """The viewer already has the most concurrent streams their account allows."""
+
+    status_code = 429
+    code = "too_many_streams"
+
+
+class InsufficientFunds(PortalError):
+    """The wallet holds less than the price; nothing was charged."""
+
+    status_code = 402
+    code = "insufficient_funds"
+
+
+class PaymentFailed(PortalError):
+    """The payment provider refused or failed the charge; nothing was credited."""
+
+    status_code = 402
+    code = "payment_failed"
 
 
 class RateLimited(PortalError):
@@ -103,6 +139,28 @@ class ValidationFailed(PortalError):
     code = "validation_failed"
 
 
+class BadRequest(ValidationFailed):
+    """A request field that is malformed (wrong type, unknown currency, missing header): 400,
+    naming the `field` so a client can point at it."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def details(self) -> dict[str, Any]:
+        return {"field": self.field}
+
+
+class PayloadTooLarge(PortalError):
+    """A request body over the endpoint's cap; refused before reading past the cap."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
 class UploadRejected(PortalError):
     status_code = 400
     code = "upload_rejected"
@@ -116,6 +174,13 @@ class QuotaExceeded(UploadRejected):
 class UploadTooLarge(UploadRejected):
     status_code = 413
     code = "upload_too_large"
+
+
+class TooManyUploads(UploadRejected):
+    """The creator already has as many unfinished uploads as one may keep open."""
+
+    status_code = 429
+    code = "too_many_uploads"
 
 
 class UploadGone(UploadRejected):

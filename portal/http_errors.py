@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Mapping
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from portal.errors import (
     BearerTokenRequired,
     Overloaded,
+    PayloadTooLarge,
     PortalError,
     RateLimited,
     StorageError,
@@ -40,7 +44,13 @@ def wants_json(request: Request) -> bool:
     return "application/json" in accept and "text/html" not in accept
 
 
-def render_error(request: Request, status: int, code: str, message: str) -> Response:
+def render_error(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    details: Mapping[str, Any] | None = None,
+) -> Response:
     headers = {"Cache-Control": "no-store"}
     path = request.url.path
     # Every error response is made here, also the auth middleware's CSRF refusal and the 500
@@ -48,7 +58,8 @@ def render_error(request: Request, status: int, code: str, message: str) -> Resp
     if path == TUS_PREFIX or path.startswith(TUS_PREFIX + "/"):
         headers["Tus-Resumable"] = TUS_RESUMABLE
     if wants_json(request):
-        return JSONResponse({"error": code, "message": message}, status, headers=headers)
+        body = {"error": code, "message": message, **(details or {})}
+        return JSONResponse(body, status, headers=headers)
     templates = getattr(request.app.state, "templates", None)
     if templates is None:
         return HTMLResponse(f"<h1>{status}</h1>", status, headers=headers)
@@ -67,12 +78,15 @@ async def portal_error(request: Request, exc: Exception) -> Response:
         # Tampering or a storage failure is an operator's problem: log it loudly, tell the
         # client only that it failed. Never send bytes that did not authenticate.
         log.error("vault failure on %s %s: %s", request.method, request.url.path, exc.message)
-    response = render_error(request, exc.status_code, exc.code, exc.message)
+    response = render_error(request, exc.status_code, exc.code, exc.message, exc.details())
     retry_after = getattr(exc, "retry_after", None)
     if isinstance(exc, RateLimited | Overloaded | Unavailable | StorageError) and retry_after:
         response.headers["Retry-After"] = str(retry_after)
     if isinstance(exc, BearerTokenRequired):
         response.headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, PayloadTooLarge):
+        # The rest of the body is still on its way: hang up instead of reading it.
+        response.headers["Connection"] = "close"
     return response
 
 
@@ -97,6 +111,38 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     return render_error(
         request, 500, "internal_error", f"Something went wrong on our side (reference {ref})."
     )
+
+
+class UnexpectedErrorMiddleware:
+    """Answers an unexpected exception with the generic 500 *inside* the middleware that adds
+    the security headers (and counts responses). Starlette's own ServerErrorMiddleware sits
+    outside every user middleware, so its 500 went out without CSP, nosniff or frame options.
+
+    The exception is raised again once the answer is sent, as Starlette does, so servers and
+    test clients still see it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception as exc:
+            if not started:
+                response = await unexpected_error(Request(scope), exc)
+                await response(scope, receive, send)
+            raise
 
 
 def exception_handlers() -> dict[type[Exception] | int, object]:

@@ -20,7 +20,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import ColumnElement
 
-from portal.db import jobs, new_id, utcnow, videos
+from portal.db import begin_write, jobs, new_id, utcnow, videos
 
 TRANSCODE = "transcode"
 #: What a creator sees when every attempt died with its worker (killed, out of memory).
@@ -97,7 +97,8 @@ class JobQueue:
         )
         query = select(jobs).where(claimable).order_by(jobs.c.run_after, jobs.c.created_at)
         while True:
-            async with self._claim_transaction() as conn:
+            # BEGIN IMMEDIATE on SQLite: two workers cannot both read the same job as free.
+            async with begin_write(self.engine) as conn:
                 if self._postgres:
                     query = query.with_for_update(skip_locked=True)
                 row = (await conn.execute(query.limit(1))).mappings().first()
@@ -247,34 +248,3 @@ class JobQueue:
         return and_(
             jobs.c.id == job.id, jobs.c.state == "running", jobs.c.lease_owner == job.lease_owner
         )
-
-    def _claim_transaction(self) -> _ClaimTransaction:
-        return _ClaimTransaction(self.engine, immediate=not self._postgres)
-
-
-class _ClaimTransaction:
-    """`engine.begin()`, but on SQLite a BEGIN IMMEDIATE: it takes the write lock up front, so
-    two workers cannot both read the same job as free and both claim it."""
-
-    def __init__(self, engine: AsyncEngine, *, immediate: bool) -> None:
-        self.engine = engine
-        self.immediate = immediate
-        self._conn: AsyncConnection | None = None
-
-    async def __aenter__(self) -> AsyncConnection:
-        self._conn = await self.engine.connect()
-        if self.immediate:
-            await self._conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            await self._conn.begin()
-        return self._conn
-
-    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
-        assert self._conn is not None
-        try:
-            if exc_type is None:
-                await self._conn.commit()
-            else:
-                await self._conn.rollback()
-        finally:
-            await self._conn.close()

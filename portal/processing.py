@@ -4,7 +4,9 @@ The source exists only as encrypted vault parts; it is decrypted into a private 
 (0700) under `settings.scratch_dir`, probed defensively, and handed to the transcoder. Every
 segment is encrypted into the vault the moment ffmpeg finishes it and its plaintext deleted,
 and a `segments` row is written, so the film is playable after its first segments. The temp
-dir goes on every exit path; dirs left by a killed process are removed at start-up.
+dir goes on every exit path. If this process is killed (`kill -9`, OOM), a `Guard` janitor
+kills the job's ffmpeg and removes the temp dir at once; dirs that survive even that (the
+janitor killed too) are removed at start-up.
 
 Errors: `MediaRejected` (the file is bad; retrying will not help) and `TranscodeFailed` (may
 pass) come from the transcoder; the worker decides what to do with them.
@@ -41,6 +43,7 @@ from portal.layout import (
 from portal.settings import Settings
 from portal.vault import Vault
 from transcoder import images
+from transcoder.guard import Guard
 from transcoder.hls import HlsOptions, Progress, Segment, transcode
 from transcoder.ladder import Rendition, build_ladder
 from transcoder.limits import MediaLimits
@@ -115,22 +118,24 @@ class Processor:
     async def process(self, video_id: str) -> None:
         root = self.settings.scratch_dir
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # mkdtemp makes the dir 0700: plaintext of someone's film is readable by us alone.
-        workdir = Path(tempfile.mkdtemp(prefix=f"job-{os.getpid()}-", dir=root))
-        try:
-            await self._process(video_id, workdir)
-        finally:
-            # Shielded: a worker cancelled at shutdown still removes the plaintext it made.
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
+        # If this process dies, however it dies, the guard's janitor kills the job's ffmpeg
+        # and removes the dir: no plaintext outlives us.
+        async with Guard.start() as guard:
+            # mkdtemp makes the dir 0700: plaintext of someone's film is readable by us alone.
+            workdir = Path(tempfile.mkdtemp(prefix=f"job-{os.getpid()}-", dir=root))
+            guard.protect_path(workdir)
+            try:
+                await self._process(video_id, workdir, guard)
+            finally:
+                # Shielded: a worker cancelled at shutdown still removes the plaintext it made.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
 
-    async def _process(self, video_id: str, workdir: Path) -> None:
+    async def _process(self, video_id: str, workdir: Path, guard: Guard) -> None:
         await self._reset(video_id)
         source = workdir / "source"
         source_size = await self._decrypt_source(video_id, source)
-        info = await anyio.to_thread.run_sync(
-            lambda: probe(source, self.limits, ffprobe=self.settings.ffprobe)
-        )
+        info = await probe(source, self.limits, ffprobe=self.settings.ffprobe, guard=guard)
         ladder = build_ladder(info)
         await self._set(
             video_id, duration=info.duration, width=info.width or None,
@@ -139,8 +144,8 @@ class Processor:
         await self._save_renditions(video_id, ladder)
         stored = source_size
         if info.has_video:
-            stored += await self._store_images(video_id, info, source, workdir)
-        stored += await self._transcode(video_id, info, ladder, source, workdir)
+            stored += await self._store_images(video_id, info, source, workdir, guard)
+        stored += await self._transcode(video_id, info, ladder, source, workdir, guard)
         await self._measure_bandwidth(video_id)
         await self._set(
             video_id, status="ready", progress=1.0, playable=True, stored_bytes=stored,
@@ -220,17 +225,13 @@ class Processor:
                 )
 
     async def _store_images(
-        self, video_id: str, info: MediaInfo, source: Path, workdir: Path
+        self, video_id: str, info: MediaInfo, source: Path, workdir: Path, guard: Guard
     ) -> int:
         folder = workdir / "images"
         folder.mkdir(mode=0o700)
         ffmpeg = self.settings.ffmpeg
-        poster = await anyio.to_thread.run_sync(
-            lambda: images.poster(source, info, folder / "poster.jpg", ffmpeg=ffmpeg)
-        )
-        board = await anyio.to_thread.run_sync(
-            lambda: images.storyboard(source, info, folder, ffmpeg=ffmpeg)
-        )
+        poster = await images.poster(source, info, folder / POSTER, ffmpeg=ffmpeg, guard=guard)
+        board = await images.storyboard(source, info, folder, ffmpeg=ffmpeg, guard=guard)
         stored = await self.vault.put_file(video_id, POSTER, poster)
         stored += await self.vault.put_file(video_id, STORYBOARD_IMAGE, board.sprite)
         stored += await self.vault.put(video_id, STORYBOARD_VTT, board.vtt.encode())
@@ -240,7 +241,7 @@ class Processor:
 
     async def _transcode(
         self, video_id: str, info: MediaInfo, ladder: list[Rendition], source: Path,
-        workdir: Path,
+        workdir: Path, guard: Guard,
     ) -> int:  # fmt: skip
         names = {r.name for r in ladder}
         started: set[str] = set()
@@ -261,6 +262,15 @@ class Processor:
                         duration=segment.duration, size=size,
                     )
                 )  # fmt: skip
+                if segment.kind == "init":
+                    # CODECS as encoded (read from the init segment), stored before the first
+                    # media segment can make the film playable.
+                    await conn.execute(
+                        update(renditions_table)
+                        .where(renditions_table.c.video_id == video_id,
+                               renditions_table.c.name == segment.rendition)
+                        .values(codecs=segment.codecs)
+                    )  # fmt: skip
             if segment.kind == "media" and segment.rendition not in started:
                 started.add(segment.rendition)
                 if started == names:
@@ -279,7 +289,7 @@ class Processor:
 
         began = time.monotonic()
         await transcode(source, info, ladder, workdir / "hls", self.options, on_segment,
-                        on_progress)  # fmt: skip
+                        on_progress, guard=guard)  # fmt: skip
         if self.on_transcoded is not None:
             self.on_transcoded(time.monotonic() - began)
         return stored

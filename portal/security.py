@@ -1,23 +1,15 @@
-"""Browser hardening headers on every response, and rate limits on the doors people knock on.
+"""Browser hardening headers on every response, the allowed host names, and who the client is.
 
-Rate limits use the `rate_limits` table (a fixed one-minute window per action and client IP),
-so they hold across every process serving the same database, which an in-memory counter
-would not once the portal runs more than one server process.
+Rate limits on the doors people knock on live in portal.ratelimit (in memory, per process).
 """
 
 from __future__ import annotations
 
-import time
-
-from sqlalchemy import delete
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from portal.db import rate_limits
-from portal.errors import RateLimited
+from portal.http_errors import render_error
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [
@@ -71,37 +63,50 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+class AllowedHostsMiddleware:
+    """Answers `400 host_not_allowed` to a request whose `Host` is not one of the portal's
+    names (`MEGAMOVIE_ALLOWED_HOSTS`), before anything reads the session or the database.
+    Anything the portal builds from the request's host (an absolute link, a redirect) then
+    points back at the portal, never at a name an attacker chose. `*` allows any host: the
+    default, for a portal on loopback during development."""
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or "*" in self.allowed:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        host = host_name(request.headers.get("host", ""))
+        if not any(_host_matches(host, pattern) for pattern in self.allowed):
+            response = render_error(
+                request,
+                400,
+                "host_not_allowed",
+                "This server does not answer to that host name; use the portal's own address.",
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def host_name(header: str) -> str:
+    """The name in a `Host` header, lower case, without the port: `[::1]:8000` -> `[::1]`."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header.partition("]")[0] + "]"
+    return header.partition(":")[0]
+
+
+def _host_matches(host: str, pattern: str) -> bool:
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    return host == pattern
+
+
 def client_ip(request: Request) -> str:
     # uvicorn puts the client here: the peer, or behind a trusted proxy the address it sent
-    # (MEGAMOVIE_FORWARDED_ALLOW_IPS, see `portal.cli.server_options`).
+    # (MEGAMOVIE_FORWARDED_ALLOW_IPS, see `portal.server.server_config`).
     return request.client.host if request.client else "unknown"
-
-
-async def hit_rate_limit(
-    engine: AsyncEngine, bucket: str, limit: int, now: float | None = None
-) -> None:
-    """Count one hit on `bucket`; raise RateLimited once it passes `limit` in this minute."""
-    now = time.time() if now is None else now
-    window = int(now // WINDOW_SECONDS) * WINDOW_SECONDS
-    dialect = engine.dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    values = insert(rate_limits).values(bucket=bucket, window_start=window, hits=1)
-    statement = values.on_conflict_do_update(
-        index_elements=[rate_limits.c.bucket, rate_limits.c.window_start],
-        set_={"hits": rate_limits.c.hits + 1},
-    ).returning(rate_limits.c.hits)
-    async with engine.begin() as conn:
-        hits = (await conn.execute(statement)).scalar_one()
-        if hits == 1:
-            # First hit of a new window: forget this bucket's old windows.
-            await conn.execute(
-                delete(rate_limits).where(
-                    rate_limits.c.bucket == bucket, rate_limits.c.window_start < window
-                )
-            )
-    if hits > limit:
-        retry_after = max(1, int(window + WINDOW_SECONDS - now))
-        raise RateLimited(
-            f"Too many attempts from your address; wait {retry_after} seconds and try again.",
-            retry_after=retry_after,
-        )

@@ -1,5 +1,6 @@
 """The portal's long-lived parts, built once from `Settings`: database (opened and migrated),
-vault, job queue, uploads, playback tokens and metrics.
+vault, job queue, uploads, playback tokens, metrics, the licensing plugin manager and the
+watch-time meter.
 
 Every entry point builds them here and nowhere else: the web app's lifespan, `megamovie
 worker`, each CLI command and the tests. Handlers reach them typed, through
@@ -8,15 +9,19 @@ worker`, each CLI command and the tests. Handlers reach them typed, through
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from portal.db import create_engine, create_schema
 from portal.hashing import HashingPool
 from portal.jobs import JobQueue
+from portal.licensing.plugins import Plugins
+from portal.metering import Meter, WatchRecord
 from portal.metrics import Metrics
 from portal.ratelimit import RateLimiter
 from portal.settings import Settings
@@ -24,6 +29,8 @@ from portal.signing import load_secret_key
 from portal.tokens import PlaybackTokens
 from portal.uploads import Uploads
 from portal.vault import Vault, open_vault
+
+log = logging.getLogger("megamovie.services")
 
 
 def prepare_data_dir(settings: Settings) -> None:
@@ -62,6 +69,8 @@ class Services:
     secret_key: bytes
     hashing: HashingPool
     limiter: RateLimiter
+    plugins: Plugins
+    meter: Meter
 
     @classmethod
     def build(cls, settings: Settings, engine: AsyncEngine, vault: Vault) -> Services:
@@ -72,7 +81,13 @@ class Services:
         )
         secret_key = load_secret_key(settings)
         metrics = Metrics()
-        return cls(
+        plugins = Plugins(settings.plugin_modules, extra=optional_plugins(settings))
+        services: Services | None = None
+
+        async def watch_time_recorded(records: list[WatchRecord]) -> None:
+            await plugins.notify("watch_time_recorded", portal=services, records=records)
+
+        services = cls(
             settings=settings,
             engine=engine,
             vault=vault,
@@ -90,7 +105,20 @@ class Services:
                     "token": settings.login_rate_per_second,
                 },
             ),
+            plugins=plugins,
+            meter=Meter(engine, on_recorded=watch_time_recorded),
         )
+        return services
+
+
+def optional_plugins(settings: Settings) -> list[tuple[str, object]]:
+    """The portal's own plugins that settings turn on: Stripe when its key is set (imported
+    only then: the stripe package is large)."""
+    if not settings.stripe_enabled:
+        return []
+    from portal.stripe_payments import payment_plugins
+
+    return payment_plugins(settings)
 
 
 @asynccontextmanager
@@ -105,5 +133,19 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             finally:
                 services.hashing.close()
                 services.metrics.close()
+                await services.plugins.aclose()
         finally:
             await vault.aclose()
+
+
+async def run_metering(services: Services, stop: anyio.Event) -> None:
+    """Flush the meter every `metering_flush_seconds` until `stop`, then once more, so a clean
+    shutdown loses nothing that was earned."""
+    every = services.settings.metering_flush_seconds
+    while not stop.is_set():
+        with anyio.move_on_after(every):
+            await stop.wait()
+        try:
+            await services.meter.flush()
+        except Exception:
+            log.exception("writing watch time failed; it is kept and tried again")

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from portal.money import CURRENCIES
+
 
 class SettingsError(ValueError):
     """A setting in the environment cannot be used; the message names the variable."""
@@ -66,11 +68,16 @@ class Settings:
     s3_secret_access_key: Secret | None = _env("AWS_SECRET_ACCESS_KEY", None, secret=True)
     host: str = _env("MEGAMOVIE_HOST", "127.0.0.1")
     port: int = _env("MEGAMOVIE_PORT", 8000)
+    header_timeout_seconds: float = _env("MEGAMOVIE_HEADER_TIMEOUT_SECONDS", 10.0)
+    keepalive_timeout_seconds: int = _env("MEGAMOVIE_KEEPALIVE_TIMEOUT_SECONDS", 5)
     base_url: str = _env("MEGAMOVIE_BASE_URL", "")
+    allowed_hosts: str = _env("MEGAMOVIE_ALLOWED_HOSTS", "*")
     workers: int = _env("MEGAMOVIE_WORKERS", 1)
     quota_bytes: int = _env("MEGAMOVIE_QUOTA_BYTES", 50 * GB)
     max_upload_bytes: int = _env("MEGAMOVIE_MAX_UPLOAD_BYTES", 50 * GB)
     upload_expiry_seconds: int = _env("MEGAMOVIE_UPLOAD_EXPIRY_SECONDS", 24 * 3600)
+    max_open_uploads: int = _env("MEGAMOVIE_MAX_OPEN_UPLOADS", 20)
+    max_upload_metadata_bytes: int = _env("MEGAMOVIE_MAX_UPLOAD_METADATA_BYTES", 32 * 1024)
     token_ttl_seconds: int = _env("MEGAMOVIE_TOKEN_TTL_SECONDS", 3600)
     session_ttl_seconds: int = _env("MEGAMOVIE_SESSION_TTL_SECONDS", 14 * 24 * 3600)
     max_duration_seconds: float = _env("MEGAMOVIE_MAX_DURATION_SECONDS", 4 * 3600.0)
@@ -97,6 +104,20 @@ class Settings:
     db_statement_timeout_seconds: float = _env("MEGAMOVIE_DB_STATEMENT_TIMEOUT_SECONDS", 30.0)
     s3_timeout_seconds: float = _env("MEGAMOVIE_S3_TIMEOUT_SECONDS", 5.0)
     forwarded_allow_ips: str = _env("MEGAMOVIE_FORWARDED_ALLOW_IPS", "")
+    plugins: str = _env("MEGAMOVIE_PLUGINS", "")
+    max_streams: int = _env("MEGAMOVIE_MAX_STREAMS", 2)
+    stream_idle_seconds: float = _env("MEGAMOVIE_STREAM_IDLE_SECONDS", 150.0)
+    metering_flush_seconds: float = _env("MEGAMOVIE_METERING_FLUSH_SECONDS", 5.0)
+    creator_share_bps: int = _env("MEGAMOVIE_CREATOR_SHARE_BPS", 9000)
+    pass_amount: int = _env("MEGAMOVIE_PASS_AMOUNT", 999)
+    pass_currency: str = _env("MEGAMOVIE_PASS_CURRENCY", "EUR")
+    development_payments: bool = _env("MEGAMOVIE_DEVELOPMENT_PAYMENTS", True)
+    stripe_secret_key: Secret | None = _env("MEGAMOVIE_STRIPE_SECRET_KEY", None, secret=True)
+    stripe_publishable_key: str = _env("MEGAMOVIE_STRIPE_PUBLISHABLE_KEY", "")
+    stripe_webhook_secret: Secret | None = _env(
+        "MEGAMOVIE_STRIPE_WEBHOOK_SECRET", None, secret=True
+    )
+    stripe_api_base: str = _env("MEGAMOVIE_STRIPE_API_BASE", "")
     log_level: str = _env("MEGAMOVIE_LOG_LEVEL", "info")
     metrics_dir: Path | None = _env("MEGAMOVIE_METRICS_DIR", None)
 
@@ -123,6 +144,41 @@ class Settings:
             raise SettingsError("MEGAMOVIE_HASH_THREADS and MEGAMOVIE_HASH_QUEUE must be 0 or more")
         if self.token_ttl_seconds <= 0:
             raise SettingsError("MEGAMOVIE_TOKEN_TTL_SECONDS must be positive")
+        if self.base_url:
+            scheme, _, rest = self.base_url.partition("://")
+            if scheme not in ("http", "https") or not rest or any(c in rest for c in "?#"):
+                raise SettingsError(
+                    "MEGAMOVIE_BASE_URL must be like https://films.example.org (a scheme, a "
+                    f"host and optionally a path), not {self.base_url!r}"
+                )
+            object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        if not 0 <= self.creator_share_bps <= 10_000:
+            raise SettingsError(
+                "MEGAMOVIE_CREATOR_SHARE_BPS must be 0..10000 basis points (9000 is 90%)"
+            )
+        if self.pass_amount <= 0:
+            raise SettingsError("MEGAMOVIE_PASS_AMOUNT must be a positive number of minor units")
+        if self.pass_currency not in CURRENCIES:
+            raise SettingsError(
+                f"MEGAMOVIE_PASS_CURRENCY must be an ISO 4217 code we handle, not "
+                f"{self.pass_currency!r}"
+            )
+
+        if self.stripe_secret_key and not self.stripe_webhook_secret:
+            raise SettingsError(
+                "MEGAMOVIE_STRIPE_SECRET_KEY is set but MEGAMOVIE_STRIPE_WEBHOOK_SECRET is not: "
+                "without it no Stripe webhook can be verified (copy the endpoint's signing "
+                "secret, whsec_..., from the Stripe dashboard)"
+            )
+        if self.stripe_api_base and not self.stripe_api_base.startswith(("https://", "http://")):
+            raise SettingsError(
+                "MEGAMOVIE_STRIPE_API_BASE must be an http(s) URL such as http://127.0.0.1:8420"
+            )
+
+    @property
+    def stripe_enabled(self) -> bool:
+        """Top-ups go through Stripe (`portal.stripe_payments`) when a secret key is set."""
+        return bool(self.stripe_secret_key)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -140,12 +196,22 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    @property
+    def plugin_modules(self) -> list[str]:
+        return [name.strip() for name in self.plugins.split(",") if name.strip()]
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     @classmethod
     def documented_names(cls) -> list[str]:
         return [f.metadata["env"] for f in dataclasses.fields(cls)]
+
+    @property
+    def host_names(self) -> tuple[str, ...]:
+        """`MEGAMOVIE_ALLOWED_HOSTS` as lower-case names; `("*",)` allows any."""
+        names = tuple(n.strip().lower() for n in self.allowed_hosts.split(",") if n.strip())
+        return ("*",) if "*" in names or not names else names
 
     # Derived locations inside the data dir, one place for all of them.
     @property

@@ -12,8 +12,6 @@ lease with a compare-and-set on the offset, so the second one sees a conflict.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import hashlib
 import json
@@ -28,13 +26,14 @@ import anyio
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from portal.db import new_id, utcnow, videos
+from portal.db import is_id, new_id, utcnow, videos
 from portal.db import uploads as uploads_table
 from portal.errors import (
     ChecksumMismatch,
     Conflict,
     NotFound,
     QuotaExceeded,
+    TooManyUploads,
     UploadGone,
     UploadRejected,
     UploadTooLarge,
@@ -90,41 +89,6 @@ class Upload:
         )
 
 
-def parse_metadata(header: str | None) -> dict[str, str]:
-    """tus `Upload-Metadata`: comma-separated `key base64(value)` pairs; values are UTF-8."""
-    result: dict[str, str] = {}
-    for pair in (header or "").split(","):
-        pair = pair.strip()
-        if not pair:
-            continue
-        key, _, encoded = pair.partition(" ")
-        try:
-            value = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            raise ValidationFailed(
-                f"Upload-Metadata value for {key!r} is not base64 of UTF-8 text."
-            ) from None
-        result[key] = value
-    return result
-
-
-def parse_checksum(header: str | None) -> tuple[str, bytes] | None:
-    """`Upload-Checksum: sha1 <base64 digest>` -> ("sha1", digest)."""
-    if not header:
-        return None
-    algorithm, _, encoded = header.strip().partition(" ")
-    if algorithm not in CHECKSUM_ALGORITHMS:
-        raise UploadRejected(
-            f"Checksum algorithm {algorithm!r} is not supported; use "
-            + " or ".join(CHECKSUM_ALGORITHMS)
-            + "."
-        )
-    try:
-        return algorithm, base64.b64decode(encoded.strip(), validate=True)
-    except binascii.Error:
-        raise UploadRejected("Upload-Checksum is not base64.") from None
-
-
 def _clean_tags(raw: str) -> str:
     words = {w.strip("#,;").lower() for w in raw.replace(",", " ").split()}
     return " ".join(sorted(w for w in words if w))[:MAX_TAGS]
@@ -167,6 +131,25 @@ class Uploads:
                 f"{self.settings.quota_bytes:,}-byte quota are free; delete some videos first."
             )
 
+    async def _check_open_uploads(self, creator_id: str) -> None:
+        """Each unfinished upload holds a row, its metadata and a reservation for a day: a
+        creator may keep only `max_open_uploads` of them at once."""
+        async with self.engine.connect() as conn:
+            open_uploads = await conn.scalar(
+                select(func.count())
+                .select_from(uploads_table)
+                .where(
+                    uploads_table.c.creator_id == creator_id,
+                    uploads_table.c.completed_at.is_(None),
+                )
+            )
+        limit = self.settings.max_open_uploads
+        if int(open_uploads or 0) >= limit:
+            raise TooManyUploads(
+                f"You already have {limit} unfinished uploads; finish or cancel one of them "
+                "(they are listed on the upload page) before starting another."
+            )
+
     async def create(self, creator_id: str, length: int, metadata: dict[str, str]) -> Upload:
         """A new upload and its video (status `uploading`, with its own data key)."""
         if length < 0:
@@ -176,6 +159,7 @@ class Uploads:
                 f"The file is {length:,} bytes; the largest upload accepted is "
                 f"{self.settings.max_upload_bytes:,} bytes."
             )
+        await self._check_open_uploads(creator_id)
         await self._check_quota(creator_id, length)
         filename = metadata.get("filename", "")[:255]
         title = (metadata.get("title") or filename.rsplit(".", 1)[0] or "Untitled").strip()
@@ -224,6 +208,8 @@ class Uploads:
 
     async def get(self, creator_id: str, upload_id: str) -> Upload:
         """The creator's upload. Someone else's is NotFound, so ids leak nothing."""
+        if not is_id(upload_id):
+            raise NotFound("There is no such upload; start it again.")
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import ColumnElement
 
 from portal.accounts import User
-from portal.db import renditions, users, videos
+from portal.db import is_id, renditions, users, videos
 from portal.errors import Conflict, NotFound, PermissionDenied
 from portal.layout import POSTER
 from portal.vault import Vault
@@ -129,8 +129,14 @@ class Video:
         return poster_path(self.id) if self.has_poster else None
 
 
+#: The poster route's path (portal.routes.playback mounts it): ids are letters and digits, so
+#: formatting it needs no quoting.
+POSTER_ROUTE = f"/media/{{video_id}}/{POSTER}"
+
+
 def poster_path(video_id: str) -> str:
-    return f"/media/{video_id}/{POSTER}"
+    """A video's poster URL path: pages, the API and the dashboard script all get it here."""
+    return POSTER_ROUTE.format(video_id=video_id)
 
 
 def public_filter() -> ColumnElement[bool]:
@@ -147,6 +153,8 @@ _QUERY = select(videos, users.c.display_name.label("creator_name")).join(
 
 
 async def fetch_video(engine: AsyncEngine, video_id: str) -> Video | None:
+    if not is_id(video_id):  # from a URL: not worth a query, and NUL would fail one
+        return None
     async with engine.connect() as conn:
         row = (await conn.execute(_QUERY.where(videos.c.id == video_id))).first()
     return Video.from_row(row) if row is not None else None

@@ -7,6 +7,7 @@ the request's Host header), and filters for durations and sizes.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, cast
@@ -16,6 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
+from portal.errors import BadRequest
+from portal.money import CURRENCIES, format_amount
+from portal.parsing import read_json
 from portal.security import client_ip
 from portal.services import Services
 from portal.settings import Settings
@@ -24,6 +28,10 @@ from portal.videos import Viewer, poster_path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = PROJECT_ROOT / "templates"
 STATIC_DIR = PROJECT_ROOT / "static"
+
+
+#: JSON bodies of the money and licensing endpoints are small objects.
+API_BODY_LIMIT = 16 * 1024
 
 
 def services_of(request: Request) -> Services:
@@ -42,6 +50,14 @@ def viewer_of(request: Request) -> Viewer:
     if user is not None:
         return Viewer(user)
     return Viewer.anonymous(services_of(request).secret_key, client_ip(request))
+
+
+def public_url(request: Request, path: str) -> str:
+    """The URL clients should use for `path`: under `MEGAMOVIE_BASE_URL` when it is set, or
+    the path alone (relative to wherever the client reached us). Never built from the Host
+    header, which the client chose."""
+    base = settings_of(request).base_url
+    return base + path if base else path
 
 
 def format_duration(seconds: float | None) -> str:
@@ -71,6 +87,32 @@ def _url_for(context: dict[str, Any], name: str, /, **params: Any) -> str:
     return str(request.app.url_path_for(name, **params))
 
 
+def format_money(amount: int | None, currency: str | None) -> str:
+    """499, "EUR" -> "4.99 EUR" (integer arithmetic; the currency's own minor unit)."""
+    if amount is None or not currency:
+        return ""
+    try:
+        return f"{format_amount(int(amount), currency)} {currency}"
+    except KeyError:
+        return f"{amount} {currency}"
+
+
+def format_time_left(seconds: int | None) -> str:
+    """Time left in words, coarse: "2 d 3 h", "5 h 12 min", "8 min"; "ended" below zero."""
+    if seconds is None:
+        return ""
+    if seconds <= 0:
+        return "ended"
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{max(1, minutes)} min"
+
+
 def make_templates() -> Jinja2Templates:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
@@ -80,6 +122,11 @@ def make_templates() -> Jinja2Templates:
     env.globals["poster_path"] = poster_path
     env.filters["duration"] = format_duration
     env.filters["filesize"] = format_size
+    env.filters["time_left"] = format_time_left
+    env.globals["money"] = format_money
+    env.globals["currencies"] = list(CURRENCIES)
+    # For static/js/money.js: each currency's minor unit exponent (EUR 2, JPY 0).
+    env.globals["currency_exponents"] = json.dumps(CURRENCIES, separators=(",", ":"))
     return Jinja2Templates(env=env)
 
 
@@ -96,6 +143,15 @@ def render(
         # Pages hold a CSRF token and personal data: never keep them in a shared cache.
         headers={"Cache-Control": "no-store"},
     )
+
+
+async def json_object(request: Request, limit: int = API_BODY_LIMIT) -> dict[str, Any]:
+    """The request's JSON body, which must be an object: bounded in size and depth by
+    `portal.parsing.read_json` (413, 400), BadRequest (400) when it is not an object."""
+    body = await read_json(request, limit)
+    if not isinstance(body, dict):
+        raise BadRequest("Send a JSON object as the request body.", "body")
+    return body
 
 
 async def check_rate_limit(request: Request, action: str) -> None:

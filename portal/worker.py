@@ -32,11 +32,11 @@ from portal.auth import sweep_expired_logins
 from portal.db import new_id, videos
 from portal.errors import NotFound
 from portal.jobs import Job, JobQueue, LeaseLost
+from portal.licensing.streams import close_idle_streams
 from portal.metrics import Metrics
 from portal.processing import Processor, clean_scratch
-from portal.services import Services
+from portal.services import Services, run_metering
 from portal.settings import Settings
-from portal.uploads import Uploads
 from portal.vault import Vault
 from portal.videos import delete_video
 from transcoder.errors import MediaError, MediaRejected
@@ -164,14 +164,16 @@ async def run_workers(services: Services, count: int) -> None:
         tg.cancel_scope.deadline = anyio.current_time() + SHUTDOWN_GRACE_SECONDS
 
 
-async def sweep_uploads(uploads: Uploads, stop: anyio.Event, every: float = SWEEP_SECONDS) -> None:
-    """Expired uploads, sessions and API tokens go, every `every` seconds."""
+async def sweep(services: Services, stop: anyio.Event, every: float = SWEEP_SECONDS) -> None:
+    """Expired uploads, sessions and API tokens, and streams nobody renews any more, every
+    `every` seconds."""
     while not stop.is_set():
         try:
-            await uploads.sweep_expired()
-            await sweep_expired_logins(uploads.engine)
+            await services.uploads.sweep_expired()
+            await sweep_expired_logins(services.engine)
+            await close_idle_streams(services.engine, services.settings.stream_idle_seconds)
         except Exception:
-            log.exception("the expired-upload sweep failed; trying again later")
+            log.exception("the sweep failed; trying again later")
         with anyio.move_on_after(every):
             await stop.wait()
 
@@ -189,7 +191,8 @@ def worker_for(services: Services, **options: Any) -> Worker:
 
 @asynccontextmanager
 async def media_pipeline(services: Services) -> AsyncIterator[None]:
-    """In-process workers (`settings.workers` of them) and the upload sweep while open."""
+    """In-process workers (`settings.workers` of them), the upload sweep and the watch-time
+    meter's flushes, while open."""
     settings = services.settings
     removed = clean_scratch(settings)
     if removed:
@@ -198,7 +201,8 @@ async def media_pipeline(services: Services) -> AsyncIterator[None]:
     async with anyio.create_task_group() as tg:
         for _ in range(settings.workers):
             tg.start_soon(functools.partial(worker_for(services).run, stop=stop))
-        tg.start_soon(sweep_uploads, services.uploads, stop)
+        tg.start_soon(sweep, services, stop)
+        tg.start_soon(run_metering, services, stop)
         try:
             yield
         finally:
@@ -257,3 +261,4 @@ async def remove_video(services: Services, video_id: str) -> None:
     if found is None:
         raise NotFound(f"There is no video {video_id!r}.")
     await delete_video(services.engine, services.vault, video_id)
+    await services.plugins.notify("video_deleted", portal=services, video_id=video_id)

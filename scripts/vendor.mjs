@@ -5,6 +5,8 @@ import { copyFileSync, mkdirSync } from "node:fs";
 const files = {
   "node_modules/hls.js/dist/hls.min.js": "static/vendor/hls.min.js",
   "node_modules/tus-js-client/dist/tus.min.js": "static/vendor/tus.min.js",
+  "node_modules/uplot/dist/uPlot.iife.min.js": "static/vendor/uPlot.iife.min.js",
+  "node_modules/uplot/dist/uPlot.min.css": "static/vendor/uPlot.min.css",
 };
 
 mkdirSync("static/vendor", { recursive: true });

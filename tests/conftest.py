@@ -75,7 +75,7 @@ class LiveServer:
         import uvicorn
 
         from portal.app import create_app
-        from portal.cli import server_options
+        from portal.server import server_config
 
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
@@ -83,9 +83,8 @@ class LiveServer:
         sock.close()
         self.settings = settings.replace(host="127.0.0.1", port=self.port)
         self.url = f"http://127.0.0.1:{self.port}"
-        # The same uvicorn options as `megamovie serve`, proxy headers included.
-        options = {**server_options(self.settings), "log_level": "warning"}
-        config = uvicorn.Config(create_app(self.settings), lifespan="on", **options)
+        # The configuration `megamovie serve` runs, time limits included.
+        config = server_config(create_app(self.settings), self.settings, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

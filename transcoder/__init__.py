@@ -7,6 +7,7 @@ from transcoder.errors import (
     CorruptMedia,
     EmptyFile,
     HostileInput,
+    ImplausibleDuration,
     MediaError,
     MediaRejected,
     NoDecodableStream,
@@ -14,12 +15,13 @@ from transcoder.errors import (
     SubtitleError,
     TooLarge,
     TooLong,
+    TooManyFrames,
     TooManyStreams,
-    TranscodeCancelled,
     TranscodeFailed,
     TranscodeTimeout,
     UnsupportedFormat,
 )
+from transcoder.guard import Guard
 from transcoder.hls import HlsOptions, HlsResult, Progress, Segment, transcode
 from transcoder.ladder import Rendition, build_ladder
 from transcoder.limits import MediaLimits
@@ -29,9 +31,11 @@ from transcoder.probe import MediaInfo, probe
 __all__ = [
     "CorruptMedia",
     "EmptyFile",
+    "Guard",
     "HlsOptions",
     "HlsResult",
     "HostileInput",
+    "ImplausibleDuration",
     "MediaError",
     "MediaInfo",
     "MediaLimits",
@@ -44,8 +48,8 @@ __all__ = [
     "SubtitleError",
     "TooLarge",
     "TooLong",
+    "TooManyFrames",
     "TooManyStreams",
-    "TranscodeCancelled",
     "TranscodeFailed",
     "TranscodeTimeout",
     "UnsupportedFormat",

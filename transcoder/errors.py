@@ -50,6 +50,19 @@ class TooLarge(MediaRejected):
     default_reason = "The picture is larger than the maximum allowed resolution."
 
 
+class ImplausibleDuration(MediaRejected):
+    """The file claims a duration its size cannot hold: stretched timestamps or edit lists."""
+
+    default_reason = (
+        "The file claims to last far longer than the data it contains: it may be damaged "
+        "or made to look longer than it is. Export it again and re-upload it."
+    )
+
+
+class TooManyFrames(MediaRejected):
+    default_reason = "The video has more frames than we can convert."
+
+
 class TooManyStreams(MediaRejected):
     default_reason = "The file contains too many tracks."
 
@@ -78,7 +91,3 @@ class TranscodeFailed(MediaError):
 
 class TranscodeTimeout(TranscodeFailed):
     default_reason = "The conversion took longer than allowed and was stopped."
-
-
-class TranscodeCancelled(MediaError):
-    default_reason = "The conversion was cancelled."

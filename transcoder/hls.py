@@ -11,23 +11,30 @@ rendered by `transcoder.playlists` from the durations returned here.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import dataclasses
 import inspect
+import math
 import re
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from transcoder.errors import TranscodeCancelled, TranscodeFailed, TranscodeTimeout
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import ffmpeg
+
+from transcoder.errors import TranscodeFailed, TranscodeTimeout
+from transcoder.guard import Guard
 from transcoder.ladder import Rendition
+from transcoder.mp4 import codecs_of
 from transcoder.playlists import parse_playlist
 from transcoder.probe import MediaInfo
-from transcoder.process import describe_failure, input_args, kill_group
+from transcoder.process import compile_command, describe_failure, hardened_input, spawn
 
 _PLAYLIST = "index.m3u8"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -57,6 +64,9 @@ class Segment:
     duration: float
     path: Path
     kind: Literal["init", "media"]
+    #: For an init segment, the RFC 6381 codecs of what was encoded ("avc1.42c01e,mp4a.40.2"),
+    #: read from the segment itself; empty for media segments.
+    codecs: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,7 @@ class Progress:
 
 @dataclass(frozen=True)
 class HlsResult:
+    #: The renditions asked for, each with `codecs` replaced by what was really encoded.
     renditions: list[Rendition]
     #: Media segments of each rendition, in playlist order, with their durations.
     segments: dict[str, list[Segment]]
@@ -92,17 +103,21 @@ async def transcode(
     options: HlsOptions,
     on_segment: OnSegment,
     on_progress: OnProgress | None = None,
-    cancel: asyncio.Event | None = None,
+    *,
+    guard: Guard | None = None,
 ) -> HlsResult:
     """Encode `source` into `renditions` under `workdir`, handing each segment to `on_segment`.
 
     Each segment (the init segment of a rendition first) is handed over exactly once, fully
     written; after `on_segment` returns the caller owns the file and may delete it. Whatever
-    else ffmpeg wrote is removed on every exit path. Raises `TranscodeFailed`,
-    `TranscodeTimeout` or `TranscodeCancelled`; the ffmpeg process group is killed on any exit.
+    else ffmpeg wrote is removed on every exit path. Raises `TranscodeFailed` or
+    `TranscodeTimeout`, or whatever a callback raised. To stop a transcode, cancel the
+    enclosing cancel scope: ffmpeg's process group is killed and reaped and every file not
+    handed over is removed before the cancellation propagates. `guard`, if given, is told
+    about ffmpeg's process group while it runs.
     """
-    job = _Job(source, info, renditions, workdir, options, on_segment, on_progress)
-    return await job.run(cancel)
+    job = _Job(source, info, renditions, workdir, options, on_segment, on_progress, guard)
+    return await job.run()
 
 
 def build_command(
@@ -112,7 +127,11 @@ def build_command(
     workdir: Path,
     options: HlsOptions,
 ) -> list[str]:
-    """The ffmpeg argument list (no shell) that writes all renditions under `workdir`."""
+    """The ffmpeg argument list (no shell) that writes all renditions under `workdir`.
+
+    The graph is built with ffmpeg-python and compiled to a list; the hardening (forced
+    demuxer, file protocol only, `file:` prefix, -nostdin) comes from `transcoder.process`.
+    """
     if not renditions:
         raise ValueError("no renditions to encode")
     for r in renditions:
@@ -123,116 +142,93 @@ def build_command(
     videos = [r for r in renditions if r.has_video]
     if videos and not info.has_video:
         raise ValueError("video renditions requested for a source without video")
-    args = [
-        options.ffmpeg,
-        "-nostdin",
-        "-hide_banner",
-        "-v",
-        "error",
-        "-nostats",
-        "-progress",
-        "pipe:1",
-        *input_args(source, info.format),
-    ]
-    if videos:
-        args += ["-filter_complex", _filter_graph(videos, info)]
+    source_node = hardened_input(source, info.format)
+    sound = source_node[info.audio_map[2:]]  # "0:2" -> stream "2" of input 0
+    pictures = _scaled(source_node, videos, info) if videos else []
+    streams: list[Any] = []
+    opts: dict[str, str | int | float] = {}
     stream_map: list[str] = []
     audio_index = 0
-    for i, r in enumerate(videos):
+    for i, (r, picture) in enumerate(zip(videos, pictures, strict=True)):
+        streams.append(picture)
         entry = f"v:{i}"
-        args += ["-map", f"[v{i}]"]
         if r.audio_bitrate and info.has_audio:
-            args += ["-map", info.audio_map, f"-b:a:{audio_index}", str(r.audio_bitrate)]
+            streams.append(sound)
+            opts[f"b:a:{audio_index}"] = r.audio_bitrate
             entry += f",a:{audio_index}"
             audio_index += 1
         gop = max(1, round(options.keyframe_seconds * r.fps))
-        args += [
-            f"-b:v:{i}",
-            str(r.video_bitrate),
-            f"-maxrate:v:{i}",
-            str(r.maxrate),
-            f"-bufsize:v:{i}",
-            str(2 * r.video_bitrate),
-            f"-level:v:{i}",
-            r.level,
-            f"-g:v:{i}",
-            str(gop),
-            f"-keyint_min:v:{i}",
-            str(gop),
-        ]
+        opts |= {
+            f"b:v:{i}": r.video_bitrate,
+            f"maxrate:v:{i}": r.maxrate,
+            f"bufsize:v:{i}": 2 * r.video_bitrate,
+            f"level:v:{i}": r.level,
+            f"g:v:{i}": gop,
+            f"keyint_min:v:{i}": gop,
+        }
         stream_map.append(f"{entry},name:{r.name}")
     for r in renditions:
         if not r.has_video:
-            args += ["-map", info.audio_map, f"-b:a:{audio_index}", str(r.audio_bitrate)]
+            streams.append(sound)
+            opts[f"b:a:{audio_index}"] = r.audio_bitrate
             stream_map.append(f"a:{audio_index},name:{r.name}")
             audio_index += 1
     if videos:
-        args += [
-            "-c:v",
-            "libx264",
-            "-preset",
-            options.preset,
-            "-profile:v",
-            "high",
+        opts |= {
+            "c:v": "libx264",
+            "preset": options.preset,
+            "profile:v": "high",
             # Keyframes at the same instants in every rendition, and nowhere else, so players
             # can switch rendition at any segment boundary.
-            "-force_key_frames",
-            f"expr:gte(t,n_forced*{options.keyframe_seconds:g})",
-            "-sc_threshold",
-            "0",
-            "-threads",
-            str(options.threads),
-        ]
+            "force_key_frames": f"expr:gte(t,n_forced*{options.keyframe_seconds:g})",
+            "sc_threshold": 0,
+            "threads": options.threads,
+        }
     if audio_index:
-        args += ["-c:a", "aac", "-ac", "2", "-ar", "48000"]
+        opts |= {"c:a": "aac", "ac": 2, "ar": 48000}
     out = workdir.resolve()
-    args += [
+    opts |= {
+        # Never more output than probe() accepted, whatever the timestamps do further on.
+        "t": f"{info.duration + 1:.3f}",
         # Phone videos carry GPS positions and device names in their metadata.
-        "-map_metadata",
-        "-1",
-        "-map_chapters",
-        "-1",
-        "-max_muxing_queue_size",
-        "4096",
-        "-f",
-        "hls",
-        "-hls_time",
-        f"{options.segment_seconds:g}",
-        "-hls_list_size",
-        "0",
-        "-hls_playlist_type",
-        "event",
-        "-hls_segment_type",
-        "fmp4",
-        "-hls_flags",
-        "independent_segments+temp_file",
-        "-hls_fmp4_init_filename",
-        "init.mp4",
-        "-hls_segment_filename",
-        str(out / "%v" / "seg_%05d.m4s"),
-        "-var_stream_map",
-        " ".join(stream_map),
-        str(out / "%v" / _PLAYLIST),
-    ]
-    return args
+        "map_metadata": -1,
+        "map_chapters": -1,
+        "max_muxing_queue_size": 4096,
+        "hls_time": f"{options.segment_seconds:g}",
+        "hls_list_size": 0,
+        "hls_playlist_type": "event",
+        "hls_segment_type": "fmp4",
+        "hls_flags": "independent_segments+temp_file",
+        "hls_fmp4_init_filename": "init.mp4",
+        "hls_segment_filename": str(out / "%v" / "seg_%05d.m4s"),
+        "var_stream_map": " ".join(stream_map),
+    }
+    output = ffmpeg.output(*streams, str(out / "%v" / _PLAYLIST), f="hls", **opts)
+    return compile_command(options.ffmpeg, output, progress=True)
 
 
-def _filter_graph(videos: list[Rendition], info: MediaInfo) -> str:
-    rates = {r.fps for r in videos}
-    # Scaling interlaced fields smears them into combs; deinterlace first, only the frames
-    # flagged as interlaced.
-    prefix = "bwdif=mode=send_frame:deint=interlaced," if info.interlaced else ""
+def _scaled(source: Any, videos: list[Rendition], info: MediaInfo) -> list[Any]:
+    """One filtered picture stream per video rendition, in `videos` order."""
+    picture = source[info.video_map[2:]]
+    if info.interlaced:
+        # Scaling interlaced fields smears them into combs; deinterlace first, only the
+        # frames flagged as interlaced.
+        picture = picture.filter("bwdif", mode="send_frame", deint="interlaced")
     # One constant output rate (variable-rate phone clips included) keeps keyframes aligned;
     # when every rung shares it, convert once before splitting.
-    shared = f"fps={_rate(videos[0].fps)}," if len(rates) == 1 else ""
-    chains = [
-        f"[{info.video_map}]{prefix}{shared}split={len(videos)}"
-        + "".join(f"[s{i}]" for i in range(len(videos)))
-    ]
+    shared = len({r.fps for r in videos}) == 1
+    if shared:
+        picture = picture.filter("fps", _rate(videos[0].fps))
+    branches = picture.split()
+    scaled = []
     for i, r in enumerate(videos):
-        own = "" if shared else f"fps={_rate(r.fps)},"
-        chains.append(f"[s{i}]{own}scale={r.width}:{r.height},setsar=1,format=yuv420p[v{i}]")
-    return ";".join(chains)
+        branch = branches[i] if shared else branches[i].filter("fps", _rate(r.fps))
+        scaled.append(
+            branch.filter("scale", r.width, r.height)
+            .filter("setsar", 1)
+            .filter("format", "yuv420p")
+        )
+    return scaled
 
 
 def _rate(fps: float) -> str:
@@ -250,50 +246,23 @@ class _Job:
     options: HlsOptions
     on_segment: OnSegment
     on_progress: OnProgress | None
+    guard: Guard | None
     segments: dict[str, list[Segment]] = field(default_factory=dict)
     inits: dict[str, Segment] = field(default_factory=dict)
     stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
 
-    async def run(self, cancel: asyncio.Event | None) -> HlsResult:
+    async def run(self) -> HlsResult:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._remove_leftovers()
         args = build_command(self.source, self.info, self.renditions, self.workdir, self.options)
-        deadline = (
-            time.monotonic() + self.options.timeout if self.options.timeout is not None else None
-        )
-        proc = await asyncio.create_subprocess_exec(
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-        readers = [
-            asyncio.create_task(self._read_progress(proc.stdout)),
-            asyncio.create_task(self._read_stderr(proc.stderr)),
-        ]
-        exited = asyncio.create_task(proc.wait())
-        cancelled = asyncio.create_task(cancel.wait()) if cancel is not None else None
+        timeout = math.inf if self.options.timeout is None else self.options.timeout
         try:
-            while not exited.done():
-                waiting = {exited} if cancelled is None else {exited, cancelled}
-                timeout = POLL_SECONDS
-                if deadline is not None:
-                    timeout = max(0.0, min(timeout, deadline - time.monotonic()))
-                await asyncio.wait(waiting, timeout=timeout)
-                for reader in readers:
-                    # A failing on_progress must stop us now: nobody would drain the pipe
-                    # and ffmpeg would block on it until the wall-time limit.
-                    if reader.done() and reader.exception() is not None:
-                        await reader
-                if cancel is not None and cancel.is_set():
-                    raise TranscodeCancelled()
-                if deadline is not None and time.monotonic() >= deadline:
+            async with spawn(args, guard=self.guard) as proc:
+                with anyio.move_on_after(timeout) as deadline:
+                    await self._follow(proc)
+                if deadline.cancelled_caught:
                     raise TranscodeTimeout()
-                await self._hand_over()
-            # Drain the pipes so the last stderr lines and progress are in.
-            await asyncio.gather(*readers)
-            returncode = await proc.wait()
+                returncode = await proc.wait()
             if returncode != 0:
                 raise TranscodeFailed(self._failure_reason(returncode))
             await self._hand_over()
@@ -301,18 +270,38 @@ class _Job:
             if unfinished:
                 raise TranscodeFailed("The conversion stopped before the end of the video.")
         finally:
-            kill_group(proc.pid)
-            for task in (*readers, exited, *([cancelled] if cancelled else [])):
-                task.cancel()
-            with contextlib.suppress(ProcessLookupError):
-                await asyncio.shield(proc.wait())
+            # Runs after `spawn` has killed and reaped ffmpeg, so nothing writes any more.
             self._remove_leftovers()
         durations = [sum(s.duration for s in segs) for segs in self.segments.values()]
-        return HlsResult(self.renditions, self.segments, self.inits, max(durations, default=0.0))
+        encoded = [
+            dataclasses.replace(r, codecs=self.inits[r.name].codecs) for r in self.renditions
+        ]
+        return HlsResult(encoded, self.segments, self.inits, max(durations, default=0.0))
+
+    async def _follow(self, proc: anyio.abc.Process) -> None:
+        """Hand over segments while ffmpeg runs; return once it exited and its pipes drained."""
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            async with anyio.create_task_group() as tg:
+                # Both pipes are drained all the time, or ffmpeg would block writing to one.
+                tg.start_soon(self._read_progress, proc.stdout)
+                tg.start_soon(self._read_stderr, proc.stderr)
+                while True:
+                    with anyio.move_on_after(POLL_SECONDS):
+                        await proc.wait()
+                    if proc.returncode is not None:
+                        break
+                    await self._hand_over()
+        except BaseExceptionGroup as group:
+            # One failure (a callback's, usually) is the story; the task group's wrapping is
+            # not something callers should have to unpack.
+            raise _first(group) from None
 
     async def _hand_over(self) -> None:
         """Give the caller every segment that ffmpeg has listed and we have not yet given."""
         for r in self.renditions:
+            # A cancelled caller gets nothing more, even from a callback that never yields.
+            await anyio.lowlevel.checkpoint_if_cancelled()
             playlist = self.workdir / r.name / _PLAYLIST
             try:
                 parsed = parse_playlist(playlist.read_text())
@@ -320,13 +309,15 @@ class _Job:
                 continue  # not written yet, or caught mid-rename: next poll will see it
             folder = playlist.parent
             if r.name not in self.inits and parsed.init_uri:
-                init = Segment(r.name, -1, 0.0, folder / parsed.init_uri, "init")
+                path = folder / parsed.init_uri
+                init = Segment(r.name, -1, 0.0, path, "init", _encoded_codecs(path))
                 await self.on_segment(init)
                 self.inits[r.name] = init
             done = self.segments.setdefault(r.name, [])
             for index in range(len(done), len(parsed.segments)):
                 uri, duration = parsed.segments[index]
                 segment = Segment(r.name, index, duration, folder / uri, "media")
+                await anyio.lowlevel.checkpoint_if_cancelled()
                 await self.on_segment(segment)
                 done.append(segment)
 
@@ -336,26 +327,28 @@ class _Job:
         except (FileNotFoundError, ValueError):
             return False
 
-    async def _read_progress(self, stream: asyncio.StreamReader | None) -> None:
-        assert stream is not None
+    async def _read_progress(self, stream: anyio.abc.ByteReceiveStream) -> None:
         values: dict[str, str] = {}
-        async for raw in stream:
-            key, _, value = raw.decode("utf-8", "replace").strip().partition("=")
-            values[key] = value
-            if key != "progress" or self.on_progress is None:
-                continue
-            out_time = max(0.0, _number(values.get("out_time_us")) / 1e6)
-            speed = _number(values.get("speed", "").rstrip("x")) or None
-            duration = self.info.duration or 1.0
-            fraction = 1.0 if value == "end" else min(out_time / duration, 1.0)
-            result = self.on_progress(Progress(fraction, speed, out_time))
-            if inspect.isawaitable(result):
-                await result
+        lines = _LineSplitter()
+        async for chunk in stream:
+            for line in lines.feed(chunk):
+                key, _, value = line.strip().partition("=")
+                values[key] = value
+                if key != "progress" or self.on_progress is None:
+                    continue
+                out_time = max(0.0, _number(values.get("out_time_us")) / 1e6)
+                speed = _number(values.get("speed", "").rstrip("x")) or None
+                duration = self.info.duration or 1.0
+                fraction = 1.0 if value == "end" else min(out_time / duration, 1.0)
+                result = self.on_progress(Progress(fraction, speed, out_time))
+                if inspect.isawaitable(result):
+                    await result
 
-    async def _read_stderr(self, stream: asyncio.StreamReader | None) -> None:
-        assert stream is not None
-        async for raw in stream:
-            self.stderr_tail.append(raw.decode("utf-8", "replace"))
+    async def _read_stderr(self, stream: anyio.abc.ByteReceiveStream) -> None:
+        lines = _LineSplitter()
+        async for chunk in stream:
+            self.stderr_tail.extend(lines.feed(chunk))
+        self.stderr_tail.extend(lines.feed(b"\n"))
 
     def _failure_reason(self, returncode: int) -> str:
         hide = [
@@ -383,6 +376,33 @@ class _Job:
                     path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+def _encoded_codecs(init: Path) -> str:
+    try:
+        return codecs_of(init.read_bytes())
+    except ValueError as exc:
+        # ffmpeg wrote it moments ago; if we cannot read it, nothing downstream could.
+        raise TranscodeFailed(f"The conversion wrote an unreadable stream ({exc}).") from None
+
+
+class _LineSplitter:
+    """Bytes in, complete lines out; a line that never ends is cut, not hoarded."""
+
+    MAX_LINE = 1 << 16
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        *lines, self._pending = (self._pending + chunk).split(b"\n")
+        self._pending = self._pending[-self.MAX_LINE :]
+        return [line.decode("utf-8", "replace") for line in lines]
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _number(value: str | None) -> float:

@@ -15,11 +15,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from transcoder.probe import MediaInfo
+if TYPE_CHECKING:
+    # Only for annotations: probe uses output_fps() to bound a job before it is accepted.
+    from transcoder.probe import MediaInfo
 
 RUNGS = (240, 360, 480, 720, 1080, 1440, 2160)
 MAX_FPS = 60.0
+#: Slower sources (slideshows, a podcast's still picture) are sped up to this by repeating
+#: frames, so every keyframe interval and every segment holds pictures.
+MIN_FPS = 1.0
+#: When the file states no rate at all.
+DEFAULT_FPS = 30.0
 
 #: 30 fps bitrates for 16:9 pictures of each height; other sizes interpolate by pixel count.
 _ANCHORS_30FPS = (
@@ -55,6 +63,9 @@ class Rendition:
     #: Peak bits/s including audio and container, for EXT-X-STREAM-INF BANDWIDTH.
     bandwidth: int
     average_bandwidth: int
+    #: RFC 6381 codecs. Here, what we ask for (High profile at the rung's level); the
+    #: encoder may write less (x264's ultrafast writes Constrained Baseline), so transcode()
+    #: returns renditions carrying what its init segments really declare.
     codecs: str
     #: H.264 level as x264 wants it ("3.1"); empty for audio-only.
     level: str = ""
@@ -91,11 +102,12 @@ def build_ladder(
 
 
 def output_fps(source_fps: float) -> float:
-    """The source rate, or an integer fraction of it at or below 60 (120 -> 60, 100 -> 50)."""
+    """The source rate; an integer fraction of it at or below 60 (120 -> 60, 100 -> 50);
+    at least 1 fps (a 0.5 fps slideshow becomes 1 fps, never the 30 it once became)."""
     if source_fps <= 0:
-        return 30.0
+        return DEFAULT_FPS
     divisor = max(1, math.ceil(source_fps / MAX_FPS - 1e-9))
-    return round(source_fps / divisor, 3)
+    return max(MIN_FPS, round(source_fps / divisor, 3))
 
 
 def video_bitrate_for(width: int, height: int, fps: float) -> int:

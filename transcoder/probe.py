@@ -14,15 +14,21 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from transcoder.errors import (
     CorruptMedia,
     EmptyFile,
+    ImplausibleDuration,
     NoDecodableStream,
     TooLarge,
     TooLong,
+    TooManyFrames,
     TooManyStreams,
 )
 from transcoder.formats import sniff_format
+from transcoder.guard import Guard
+from transcoder.ladder import output_fps
 from transcoder.limits import MediaLimits
 from transcoder.process import input_args, run
 
@@ -66,15 +72,20 @@ class MediaInfo:
         return f"0:{self.audio_index}" if self.audio_index is not None else "0:a:0"
 
 
-def probe(path: Path, limits: MediaLimits, *, ffprobe: str = "ffprobe") -> MediaInfo:
-    """Inspect `path` or raise a `MediaRejected` subclass saying what is wrong with it."""
-    size = path.stat().st_size
+async def probe(
+    path: Path, limits: MediaLimits, *, ffprobe: str = "ffprobe", guard: Guard | None = None
+) -> MediaInfo:
+    """Inspect `path` or raise a `MediaRejected` subclass saying what is wrong with it.
+
+    `guard`, if given, is told about every ffprobe process group while it runs.
+    """
+    size = (await anyio.Path(path).stat()).st_size
     if size == 0:
         raise EmptyFile()
     if limits.max_file_bytes is not None and size > limits.max_file_bytes:
         raise TooLarge("The file is larger than the maximum upload size.")
     demuxer = sniff_format(path)
-    data = _ffprobe_json(
+    data = await _ffprobe_json(
         [
             ffprobe,
             "-v",
@@ -87,14 +98,17 @@ def probe(path: Path, limits: MediaLimits, *, ffprobe: str = "ffprobe") -> Media
             *input_args(path, demuxer),
         ],
         limits,
+        guard,
     )
     info, main_end = _media_info(data, demuxer, size, limits)
-    _check_decodes(path, info, main_end, limits, ffprobe)
+    await _check_decodes(path, info, main_end, limits, ffprobe, guard)
     return info
 
 
-def _ffprobe_json(args: list[str], limits: MediaLimits) -> dict[str, Any]:
-    result = run(args, timeout=limits.probe_timeout, max_stdout=4 << 20)
+async def _ffprobe_json(
+    args: list[str], limits: MediaLimits, guard: Guard | None
+) -> dict[str, Any]:
+    result = await run(args, time_limit=limits.probe_timeout, max_stdout=4 << 20, guard=guard)
     if result.timed_out:
         raise CorruptMedia("The file could not be read in a reasonable time; it may be damaged.")
     if result.overflowed:
@@ -144,17 +158,33 @@ def _media_info(
         raise TooLong(
             f"The video lasts {_hms(duration)}; the maximum is {_hms(limits.max_duration)}."
         )
+    if size < duration * limits.min_bytes_per_second:
+        # Checked before anything is decoded: the claim alone decides what the job would cost.
+        raise ImplausibleDuration(
+            f"The file holds {_amount(size)} but claims to last {_hms(duration)}: far too "
+            f"little data for that long (a real recording has at least "
+            f"{limits.min_bytes_per_second:g} bytes for every second). It may be damaged or "
+            "made to look longer than it is; export it again and re-upload it."
+        )
 
     width = height = rotation = 0
     fps = 0.0
     if video is not None:
+        _check_pixels(video, limits)
         width, height, rotation = _display_size(video)
         if width * height > limits.max_pixels:
             raise TooLarge(
-                f"The picture is {width}x{height}; the maximum is "
+                f"The picture is shown at {width}x{height}; the maximum is "
                 f"{limits.max_pixels:,} pixels (for example 3840x2160)."
             )
         fps = _frame_rate(video)
+        frames = math.ceil(duration * output_fps(fps))
+        if frames > limits.max_output_frames:
+            raise TooManyFrames(
+                f"The video would become {frames:,} frames ({_hms(duration)} at "
+                f"{output_fps(fps):g} frames per second); the most we convert is "
+                f"{limits.max_output_frames:,}. Upload a shorter video or a lower frame rate."
+            )
 
     audio_bitrate = _int(audio.get("bit_rate")) or None if audio else None
     video_bitrate = _int(video.get("bit_rate")) or None if video else None
@@ -190,8 +220,13 @@ def _media_info(
     ), main_end
 
 
-def _check_decodes(
-    path: Path, info: MediaInfo, main_end: float, limits: MediaLimits, ffprobe: str
+async def _check_decodes(
+    path: Path,
+    info: MediaInfo,
+    main_end: float,
+    limits: MediaLimits,
+    ffprobe: str,
+    guard: Guard | None,
 ) -> None:
     """Decode the first frames, and read the packets of the last seconds, of the main stream.
 
@@ -201,11 +236,13 @@ def _check_decodes(
     no keyframe to start from, yet the packets are there.
     """
     selector = "v:0" if info.has_video else "a:0"
-    tail_start = max(main_end - 1.5, info.start_time)
+    # The last frame starts one frame before the end: seconds before it in a slideshow.
+    frame = 1 / info.fps if info.has_video and info.fps > 0 else 0.0
+    tail_start = max(main_end - 1.5 - frame, info.start_time)
     # Two runs: frames (decoding) only at the start; at the end packets alone, which costs
     # no decoding at all and stays cheap for a 4K film with 10-second GOPs.
-    head, tail = (
-        _ffprobe_json(
+    head, tail = [
+        await _ffprobe_json(
             [
                 ffprobe,
                 "-v",
@@ -222,12 +259,13 @@ def _check_decodes(
                 *input_args(path, info.format),
             ],
             limits,
+            guard,
         )
         for interval, entries in (
             ("%+#2", "frame=best_effort_timestamp_time"),
             (f"{tail_start:.3f}%", "packet=pts_time"),
         )
-    )
+    ]
     frames = head.get("frames") or []
     packet_times = [
         t for t in (_float(p.get("pts_time")) for p in tail.get("packets") or []) if t is not None
@@ -240,7 +278,7 @@ def _check_decodes(
     # The last packet starts one frame before the end; allow for long audio frames and
     # imprecise container durations, but not for missing seconds.
     last = max(packet_times, default=info.start_time)
-    if last < main_end - max(1.0, 0.01 * info.duration):
+    if last < main_end - max(1.0, 0.01 * info.duration) - frame:
         raise CorruptMedia(
             f"The file stops at {_hms(last - info.start_time)} although it claims to "
             f"last {_hms(info.duration)}: it was probably cut short during the upload."
@@ -256,6 +294,24 @@ def _pick(candidates: Any) -> dict[str, Any] | None:
 def _decodable(stream: dict[str, Any]) -> bool:
     # ffprobe names a codec it has a decoder for; unknown ones come out missing or "none".
     return stream.get("codec_name") not in (None, "", "none", "unknown")
+
+
+def _check_pixels(video: dict[str, Any], limits: MediaLimits) -> None:
+    """The stored frame, not the displayed one, is what the decoder works on.
+
+    A 16384x1024 frame flagged with 1:4 pixels displays as 4096x1024 yet costs sixteen
+    megapixels to decode, and the display size ignores aspect ratios we find absurd. So the
+    limit applies to the coded size (which codecs may pad to whole macroblocks) and the
+    stored size too.
+    """
+    stored = (_int(video.get("width")), _int(video.get("height")))
+    coded = (_int(video.get("coded_width")), _int(video.get("coded_height")))
+    width, height = max((stored, coded), key=lambda size: size[0] * size[1])
+    if width * height > limits.max_pixels:
+        raise TooLarge(
+            f"The picture is stored as {width}x{height} pixels; the maximum is "
+            f"{limits.max_pixels:,} pixels (for example 3840x2160)."
+        )
 
 
 def _display_size(video: dict[str, Any]) -> tuple[int, int, int]:
@@ -282,10 +338,13 @@ def _rotation(video: dict[str, Any]) -> int:
 
 
 def _frame_rate(video: dict[str, Any]) -> float:
+    """Frames per second as the file states it, slow ones included (a slideshow at one
+    picture every ten seconds is 0.1); 0.0 when unknown. Above 1000 is a time base that
+    leaked into the rate field, not a frame rate."""
     for key in ("avg_frame_rate", "r_frame_rate"):
         rate = _ratio(video.get(key))
-        if rate and 1 <= rate <= 1000:
-            return round(float(rate), 3)
+        if rate and rate <= 1000:
+            return float(rate)
     return 0.0
 
 
@@ -311,6 +370,17 @@ def _float(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return result if math.isfinite(result) else None
+
+
+def _amount(size: int) -> str:
+    if size < 1000:
+        return f"{size} bytes"
+    value = size / 1000
+    for unit in ("KB", "MB"):
+        if value < 1000:
+            return f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
 
 
 def _hms(seconds: float) -> str:

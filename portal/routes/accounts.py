@@ -8,7 +8,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from portal.accounts import SIGNUP_ROLES, authenticate, create_user
+from portal.accounts import (
+    MAX_EMAIL_LENGTH,
+    MAX_PASSWORD_LENGTH,
+    SIGNUP_ROLES,
+    authenticate,
+    create_user,
+)
 from portal.auth import (
     clear_session_cookie,
     current_user,
@@ -20,7 +26,11 @@ from portal.auth import (
     verify_csrf_form,
 )
 from portal.errors import InvalidCredentials, PortalError, ValidationFailed
+from portal.parsing import json_object, read_json, text_field
 from portal.web import check_rate_limit, render, services_of
+
+#: Bytes of `POST /api/tokens`: an email and a password, with room to spare.
+TOKEN_BODY_LIMIT = 4096
 
 
 def safe_next(value: object, default: str = "/") -> str:
@@ -108,21 +118,16 @@ async def logout(request: Request) -> Response:
 async def create_token(request: Request) -> Response:
     """`{"email", "password"}` -> `{"token", "expires_at"}` for `Authorization: Bearer`."""
     await check_rate_limit(request, "token")
-    try:
-        body = await request.json()
-    except ValueError:
-        raise ValidationFailed('Send JSON: {"email": "...", "password": "..."}.') from None
-    if not isinstance(body, dict) or not all(
-        isinstance(body.get(k), str) for k in ("email", "password")
-    ):
-        raise ValidationFailed('Send JSON: {"email": "...", "password": "..."}.')
+    body = json_object(
+        await read_json(request, TOKEN_BODY_LIMIT),
+        {"email": str, "password": str},
+        '{"email": "...", "password": "..."}',
+    )
+    email = text_field(body["email"], "email", max_length=MAX_EMAIL_LENGTH)
+    password = text_field(body["password"], "password", max_length=MAX_PASSWORD_LENGTH)
     services = services_of(request)
     user = await authenticate(
-        services.engine,
-        services.settings,
-        body["email"],
-        body["password"],
-        hashing=services.hashing,
+        services.engine, services.settings, email, password, hashing=services.hashing
     )
     token, expires_at = await issue_api_token(
         services_of(request).engine, services_of(request).settings, user

@@ -11,14 +11,15 @@ from starlette.routing import Route
 from portal.accounts import get_user
 from portal.catalog import CatalogPage, list_videos
 from portal.errors import NotFound
+from portal.parsing import query_int
 from portal.web import render, services_of
+
+#: Past the last page shows the last page; this only keeps the number inside an integer.
+MAX_PAGE = 1_000_000
 
 
 def _params(request: Request) -> dict[str, Any]:
-    try:
-        page = int(request.query_params.get("page", "1"))
-    except ValueError:
-        page = 1
+    page = query_int(request.query_params, "page", default=1, minimum=1, maximum=MAX_PAGE)
     return {
         "q": request.query_params.get("q", "")[:200],
         "sort": request.query_params.get("sort", "newest"),

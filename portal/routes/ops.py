@@ -95,6 +95,6 @@ async def metrics(request: Request) -> Response:
 
 
 routes = [
-    Route("/healthz", healthz, methods=["GET"]),
-    Route("/metrics", metrics, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"], name="healthz"),
+    Route("/metrics", metrics, methods=["GET"], name="metrics"),
 ]

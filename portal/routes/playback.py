@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from datetime import UTC, datetime
 
 from sqlalchemy import select
 from starlette.requests import Request
@@ -19,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from portal.db import renditions, segments
-from portal.errors import NotFound, ObjectNotFound
+from portal.errors import LicenseRequired, NotFound, ObjectNotFound
 from portal.layout import (
     INIT_INDEX,
     INIT_SEGMENT,
@@ -31,8 +30,10 @@ from portal.layout import (
     segment_path,
     valid_rendition,
 )
-from portal.videos import Video, fetch_video, playable_video, visible_video
-from portal.views import count_view
+from portal.licensing.grants import grant_playback
+from portal.parsing import digits
+from portal.tokens import PlaybackClaims
+from portal.videos import POSTER_ROUTE, Video, fetch_video, visible_video
 from portal.web import services_of, viewer_of
 from transcoder.ladder import Rendition
 from transcoder.playlists import master_playlist, media_playlist
@@ -43,27 +44,31 @@ _STORYBOARD = {STORYBOARD_VTT: "text/vtt; charset=utf-8", STORYBOARD_IMAGE: "ima
 
 
 async def grant(request: Request) -> Response:
+    """The licence decision, sealed into a token; `?stream=` renews an open stream."""
     services = services_of(request)
-    viewer = viewer_of(request)
-    video = await playable_video(services.engine, viewer, request.path_params["video_id"])
-    token, expires_at = services.tokens.issue(viewer.user_id, video.id)
-    await count_view(services.engine, viewer.key, video.id)
-    base = f"/stream/{token}/{video.id}"
+    stream = request.query_params.get("stream") or None
+    granted = await grant_playback(
+        services, viewer_of(request), request.path_params["video_id"], stream=stream
+    )
+    base = f"/stream/{granted.token}/{granted.video.id}"
+    has_storyboard = granted.video.has_storyboard
     return JSONResponse(
         {
             "url": f"{base}/master.m3u8",
-            "storyboard_url": f"{base}/{STORYBOARD_VTT}" if video.has_storyboard else None,
-            "expires_at": datetime.fromtimestamp(expires_at, UTC).isoformat(),
+            "storyboard_url": f"{base}/{STORYBOARD_VTT}" if has_storyboard else None,
+            "expires_at": granted.expires_at.isoformat(),
+            "stream": granted.stream,
+            "renew_seconds": granted.renew_seconds,
+            "licence": granted.licence.as_json(),
         },
         headers={"Cache-Control": "no-store"},
     )
 
 
-def _authorise(request: Request) -> str:
-    """The video id, once the token in the path is valid for it (TokenInvalid: 403)."""
+def _authorise(request: Request) -> PlaybackClaims:
+    """The token's claims, once it is valid for the video in the path (TokenInvalid: 403)."""
     video_id: str = request.path_params["video_id"]
-    services_of(request).tokens.verify(request.path_params["token"], video_id)
-    return video_id
+    return services_of(request).tokens.verify(request.path_params["token"], video_id)
 
 
 async def _streaming_video(request: Request, video_id: str) -> Video:
@@ -82,7 +87,7 @@ def _playlist(text: str, *, ended: bool) -> Response:
 
 
 async def master(request: Request) -> Response:
-    video_id = _authorise(request)
+    video_id = _authorise(request).video
     video = await _streaming_video(request, video_id)
     async with services_of(request).engine.connect() as conn:
         rows = (
@@ -107,7 +112,8 @@ async def master(request: Request) -> Response:
 
 
 async def media(request: Request) -> Response:
-    video_id = _authorise(request)
+    claims = _authorise(request)
+    video_id = claims.video
     rendition = request.path_params["rendition"]
     if not valid_rendition(rendition):
         raise NotFound("There is no such rendition.")
@@ -128,6 +134,11 @@ async def media(request: Request) -> Response:
         raise NotFound("There is no such rendition, or none of it is ready yet.")
     settings = services_of(request).settings
     ended = video.status == "ready"
+    if claims.limit_index is not None:
+        # A preview's playlist ends where the preview does: the player stops there and
+        # shows the offers, instead of running into refusals.
+        rows = [row for row in rows if claims.allows(row[0])]
+        ended = ended or any(row[0] == claims.limit_index for row in rows)
     # A growing playlist must keep one target duration; the spec rounds each EXTINF.
     target = max(math.ceil(settings.segment_seconds), *(math.floor(d + 0.5) for _, d in rows))
     text = media_playlist(
@@ -141,17 +152,36 @@ async def media(request: Request) -> Response:
 
 
 async def segment(request: Request) -> Response:
-    video_id = _authorise(request)
+    claims = _authorise(request)
     rendition, name = request.path_params["rendition"], request.path_params["name"]
     index = segment_index(name)
     if not valid_rendition(rendition) or index is None:
         raise NotFound("There is no such segment.")
+    if not claims.allows(index):
+        await refuse_past_preview(request, claims.video)
     content_type = "video/mp4" if index == INIT_INDEX else "video/iso.segment"
-    return await send_object(request, video_id, segment_path(rendition, index), content_type)
+    path = segment_path(rendition, index)
+    response = await send_object(request, claims.video, path, content_type)
+    if response.status_code in (200, 206) and request.method == "GET":
+        services_of(request).meter.record(claims, index)
+    return response
+
+
+async def refuse_past_preview(request: Request, video_id: str) -> None:
+    """402 with the offers: the grant's preview ends before this segment."""
+    services = services_of(request)
+    video = await fetch_video(services.engine, video_id)
+    offers = []
+    if video is not None:
+        found = await services.plugins.decide("video_offers", portal=services, video=video)
+        offers = found.as_json()
+    raise LicenseRequired(
+        "The free preview ends here. Buy, rent or subscribe to watch the rest.", offers
+    )
 
 
 async def storyboard(request: Request) -> Response:
-    video_id = _authorise(request)
+    video_id = _authorise(request).video
     name = request.path_params["name"]
     if name not in _STORYBOARD:
         raise NotFound("There is no such file.")
@@ -180,7 +210,8 @@ async def send_object(
     """
     services = services_of(request)
     vault = services.vault
-    conditional = "if-none-match" in request.headers or "range" in request.headers
+    headers_in = request.headers
+    conditional = any(h in headers_in for h in ("if-match", "if-none-match", "range"))
     try:
         if conditional:
             size = await vault.size(video_id, path)
@@ -195,18 +226,24 @@ async def send_object(
     headers = {"ETag": etag, "Cache-Control": cache, "Accept-Ranges": "bytes"}
     status = 200
     if conditional:
-        if etag in _etags(request.headers.get("if-none-match")):
+        # RFC 9110 13.2.2: If-Match, then If-None-Match, then Range (with If-Range).
+        if_match = headers_in.get("if-match")
+        if if_match is not None and not _matches(if_match, etag, weak=False):
+            return Response(status_code=412, headers=headers)
+        if_none_match = headers_in.get("if-none-match")
+        if if_none_match is not None and _matches(if_none_match, etag, weak=True):
             return Response(status_code=304, headers=headers)
         start, end = 0, size
-        byte_range = request.headers.get("range")
+        byte_range = headers_in.get("range")
         if byte_range and _if_range_ok(request, etag):
             parsed = _parse_range(byte_range, size)
-            if parsed is None:
+            if parsed == UNSATISFIABLE:
                 headers["Content-Range"] = f"bytes */{size}"
                 return Response(status_code=416, headers=headers)
-            start, end = parsed
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+            if isinstance(parsed, tuple):
+                start, end = parsed
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
         # Only the chunks covering the range are read and opened.
         body = await vault.read(video_id, path, start, end) if end > start else b""
     # `vault.read` authenticates every byte before we send the first one. The body is
@@ -224,10 +261,20 @@ def _etag(video_id: str, path: str, size: int) -> str:
     return f'"{tag}"'
 
 
-def _etags(header: str | None) -> set[str]:
-    if not header:
-        return set()
-    return {tag.strip().removeprefix("W/") for tag in header.split(",")}
+def _matches(header: str, etag: str, *, weak: bool) -> bool:
+    """Does an If-Match (strong comparison) or If-None-Match (weak) list name `etag`? `*`
+    names any current representation, and the object exists by now."""
+    for tag in header.split(","):
+        tag = tag.strip()
+        if tag == "*":
+            return True
+        if tag.startswith("W/"):
+            if not weak:
+                continue  # a weak tag never matches strongly
+            tag = tag[2:]
+        if tag == etag:
+            return True
+    return False
 
 
 def _if_range_ok(request: Request, etag: str) -> bool:
@@ -235,29 +282,36 @@ def _if_range_ok(request: Request, etag: str) -> bool:
     return condition is None or condition.strip() == etag
 
 
-def _parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """One `bytes=` range -> (start, end exclusive); None when unsatisfiable. Several
-    ranges are answered with the first one, which RFC 9110 allows."""
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes":
+#: `_parse_range`'s answer for a well-formed range no byte of the object satisfies (416).
+UNSATISFIABLE = "unsatisfiable"
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | str | None:
+    """One `bytes=` range -> (start, end exclusive); UNSATISFIABLE (416); or None when the
+    header is to be ignored and the whole object sent: an unknown unit or a malformed range
+    (RFC 9110 14.2: a server MAY ignore Range). Several ranges are answered with the first
+    one, which RFC 9110 allows."""
+    unit, equals, spec = header.partition("=")
+    if not equals or unit.strip().lower() != "bytes":
         return None
     first = spec.split(",")[0].strip()
     start_text, dash, end_text = first.partition("-")
-    try:
-        if not dash:
+    if not dash:
+        return None
+    if start_text == "":
+        suffix = digits(end_text)
+        if suffix is None:
             return None
-        if start_text == "":
-            suffix = int(end_text)
-            if suffix <= 0 or size == 0:
-                return None
-            return max(0, size - suffix), size
-        start = int(start_text)
-        end = int(end_text) + 1 if end_text else size
-    except ValueError:
+        if suffix == 0 or size == 0:
+            return UNSATISFIABLE
+        return max(0, size - suffix), size
+    start = digits(start_text)
+    last = digits(end_text) if end_text else None
+    if start is None or (end_text and (last is None or last < start)):
         return None
-    if start < 0 or start >= size or end <= start:
-        return None
-    return start, min(end, size)
+    if start >= size:
+        return UNSATISFIABLE
+    return start, size if last is None else min(last + 1, size)
 
 
 STREAM = "/stream/{token}/{video_id}"
@@ -268,5 +322,5 @@ routes = [
     Route(f"{STREAM}/{{name:str}}", storyboard, methods=["GET"], name="storyboard"),
     Route(f"{STREAM}/{{rendition}}/index.m3u8", media, methods=["GET"], name="media_playlist"),
     Route(f"{STREAM}/{{rendition}}/{{name}}", segment, methods=["GET"], name="segment"),
-    Route(f"/media/{{video_id}}/{POSTER}", poster, methods=["GET"], name="poster"),
+    Route(POSTER_ROUTE, poster, methods=["GET"], name="poster"),
 ]

@@ -23,8 +23,9 @@ from portal.errors import (
     ValidationFailed,
 )
 from portal.http_errors import portal_error
-from portal.uploads import CHECKSUM_ALGORITHMS, Upload, Uploads, parse_checksum, parse_metadata
-from portal.web import services_of
+from portal.parsing import header_int, upload_checksum, upload_metadata
+from portal.uploads import CHECKSUM_ALGORITHMS, Upload, Uploads
+from portal.web import public_url, services_of
 
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,termination,expiration,checksum"
@@ -61,13 +62,6 @@ def _service(request: Request) -> Uploads:
     return services_of(request).uploads
 
 
-def _int_header(request: Request, name: str) -> int:
-    raw = request.headers.get(name)
-    if raw is None or not raw.isdigit():
-        raise ValidationFailed(f"The {name} header must be a non-negative integer.")
-    return int(raw)
-
-
 def _state_headers(upload: Upload) -> dict[str, str]:
     headers = {
         "Upload-Offset": str(upload.offset),
@@ -98,13 +92,18 @@ async def options(request: Request) -> Response:
 @tus_endpoint
 async def create(request: Request) -> Response:
     user = require_role(request, "creator", "admin")
+    settings = services_of(request).settings
     if "upload-defer-length" in request.headers:
         raise ValidationFailed("Upload-Defer-Length is not supported: send Upload-Length.")
-    length = _int_header(request, "Upload-Length")
-    metadata = parse_metadata(request.headers.get("upload-metadata"))
+    length = header_int(request.headers, "Upload-Length")
+    metadata = upload_metadata(
+        request.headers.get("upload-metadata"), max_bytes=settings.max_upload_metadata_bytes
+    )
     upload = await _service(request).create(user.id, length, metadata)
     headers = _state_headers(upload)
-    headers["Location"] = str(request.url_for("upload", upload_id=upload.id))
+    headers["Location"] = public_url(
+        request, request.app.url_path_for("upload", upload_id=upload.id)
+    )
     headers["Video-Id"] = upload.video_id
     return Response(status_code=201, headers=headers)
 
@@ -126,8 +125,8 @@ async def resource(request: Request) -> Response:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != OFFSET_CONTENT_TYPE:
         raise UnsupportedContentType(f"PATCH bodies must be sent as {OFFSET_CONTENT_TYPE}.")
-    offset = _int_header(request, "Upload-Offset")
-    checksum = parse_checksum(request.headers.get("upload-checksum"))
+    offset = header_int(request.headers, "Upload-Offset")
+    checksum = upload_checksum(request.headers.get("upload-checksum"), CHECKSUM_ALGORITHMS)
     upload = await uploads.append(user.id, upload_id, offset, _body(request), checksum)
     return Response(status_code=204, headers=_state_headers(upload))
 
@@ -142,7 +141,7 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
 
 
 routes = [
-    Route("/api/uploads", options, methods=["OPTIONS"]),
+    Route("/api/uploads", options, methods=["OPTIONS"], name="uploads_options"),
     Route("/api/uploads", create, methods=["POST"], name="uploads"),
     Route(
         "/api/uploads/{upload_id}",

@@ -33,6 +33,8 @@ async def get_video(request: Request) -> Response:
         services.engine, viewer_of(request), request.path_params["video_id"]
     )
     body = await describe(services.engine, video)
+    offers = await services.plugins.decide("video_offers", portal=services, video=video)
+    body.update(preview_seconds=offers.preview_seconds, offers=offers.as_json())
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
@@ -44,6 +46,7 @@ async def remove_video(request: Request) -> Response:
         services.engine, viewer_of(request), request.path_params["video_id"]
     )
     await delete_video(services.engine, services.vault, video.id)
+    await services.plugins.notify("video_deleted", portal=services, video_id=video.id)
     return Response(status_code=204)
 
 
@@ -101,6 +104,6 @@ async def video_events(request: Request) -> Response:
 
 routes = [
     Route("/api/videos/{video_id}", get_video, methods=["GET"], name="video"),
-    Route("/api/videos/{video_id}", remove_video, methods=["DELETE"]),
+    Route("/api/videos/{video_id}", remove_video, methods=["DELETE"], name="delete_video"),
     Route("/api/events/videos", video_events, methods=["GET"], name="video_events"),
 ]

@@ -34,11 +34,11 @@
     error.textContent = update.error || "";
     error.hidden = !update.error;
     item.querySelector('[data-field="watch"]').hidden = !(update.status === "ready" || update.playable);
-    if (update.status === "ready") showPoster(item, update.id);
+    if (update.status === "ready") showPoster(item);
   }
 
   // The poster is made during processing; swap it in for the placeholder once it exists.
-  function showPoster(item, id) {
+  function showPoster(item) {
     var placeholder = item.querySelector(".thumb .placeholder");
     if (!placeholder) return;
     var img = new Image(160, 90);
@@ -46,7 +46,7 @@
     img.onload = function () {
       placeholder.replaceWith(img);
     };
-    img.src = "/media/" + encodeURIComponent(id) + "/poster.jpg";
+    img.src = item.dataset.posterUrl;
   }
 
   function connect() {

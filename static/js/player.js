@@ -1,7 +1,10 @@
 // The watch page player: hls.js when the browser has MediaSource (Hls.isSupported()), native
 // HLS otherwise. Quality menu, storyboard previews on the seek bar, resume, keyboard shortcuts,
-// and a fresh playback grant before the old one expires. Configuration comes from data-
-// attributes on #player (the CSP forbids inline scripts).
+// a grant renewed every `renew_seconds` on the same stream, and the paywall: when a preview
+// ends (the playlist's ENDLIST, or a 402 from a segment) the offers show in place, the purchase
+// (and a top-up if the wallet is short) happens in place, and playback goes on from where it
+// stopped with a new grant. Configuration comes from data- attributes on #player (the CSP
+// forbids inline scripts).
 (function () {
   "use strict";
 
@@ -33,7 +36,15 @@
     errors: [],
     token: null,
     expiresAt: 0,
+    stream: null,
+    renewSeconds: 0,
+    licence: null,
     storyboard: [],
+    paywall: false, // the offers are showing
+    paywallReason: null, // "ended" (the preview playlist ended) or "402" (a segment refused)
+    blocked: null, // {at, offers}: a segment was refused at `at` seconds
+    purchases: [], // what was bought here: {id, kind, offer_id}
+    resumedAt: null, // where playback went on after a purchase
   };
   window.mmPlayer = state;
 
@@ -74,7 +85,9 @@
   }
 
   function fetchGrant() {
-    return fetch(root.dataset.playbackUrl, {
+    var url = root.dataset.playbackUrl;
+    if (state.stream) url += (url.indexOf("?") < 0 ? "?" : "&") + "stream=" + encodeURIComponent(state.stream);
+    return fetch(url, {
       credentials: "same-origin",
       headers: { Accept: "application/json", "X-CSRF-Token": csrf },
     }).then(function (response) {
@@ -108,24 +121,51 @@
 
   function acceptGrant(grant) {
     state.token = tokenOf(grant.url);
+    state.url = grant.url;
     state.expiresAt = Date.parse(grant.expires_at) || 0;
+    state.stream = grant.stream || state.stream;
+    state.renewSeconds = grant.renew_seconds || 0;
+    state.licence = grant.licence || { kind: "full", offers: [] };
     scheduleRenewal();
+    return grant;
+  }
+
+  function isPreview() {
+    return !!state.licence && state.licence.kind === "preview";
   }
 
   var renewalTimer = null;
   function scheduleRenewal() {
     clearTimeout(renewalTimer);
-    if (!state.expiresAt) return;
-    // Renew a minute early (or halfway, for very short grants).
-    var left = state.expiresAt - Date.now();
-    var wait = Math.max(5000, Math.min(left - 60000, left / 2));
-    renewalTimer = setTimeout(renewGrant, wait);
+    if (!state.expiresAt && !state.renewSeconds) return;
+    // Every renew_seconds (that keeps the stream open), and always before the token expires:
+    // a minute early, or halfway for very short grants.
+    var wait = state.renewSeconds ? state.renewSeconds * 1000 : Infinity;
+    if (state.expiresAt) {
+      var left = state.expiresAt - Date.now();
+      wait = Math.min(wait, Math.max(5000, Math.min(left - 60000, left / 2)));
+    }
+    renewalTimer = setTimeout(function () {
+      renewGrant().then(function () {
+        // Bought in another tab while this one played the preview: play on here too.
+        if (state.paywall && !isPreview()) playOn();
+      });
+    }, Math.max(1000, wait));
   }
 
   function renewGrant() {
-    return fetchGrant().then(acceptGrant, function (error) {
-      showMessage(error.message || "Could not renew access to this film.");
-    });
+    var wasPreview = isPreview();
+    return fetchGrant().then(
+      function (grant) {
+        acceptGrant(grant);
+        state.upgraded = state.upgraded || (wasPreview && !isPreview());
+        return grant;
+      },
+      function (error) {
+        showMessage(error.message || "Could not renew access to this film.");
+        throw error;
+      }
+    );
   }
 
   // -- storyboard ----------------------------------------------------------------------------
@@ -239,6 +279,24 @@
     var networkRetries = 0;
     var mediaRecoveries = 0;
     var hls = new window.Hls({
+      // A 402 (past the preview) or 403 is an answer, not a hiccup: no retry storms.
+      fragLoadPolicy: {
+        default: {
+          maxTimeToFirstByteMs: 10000,
+          maxLoadTimeMs: 120000,
+          timeoutRetry: { maxNumRetry: 4, retryDelayMs: 0, maxRetryDelayMs: 0 },
+          errorRetry: {
+            maxNumRetry: 6,
+            retryDelayMs: 1000,
+            maxRetryDelayMs: 8000,
+            shouldRetry: function (retryConfig, retryCount, isTimeout, loaderResponse, retry) {
+              var code = loaderResponse && loaderResponse.code;
+              if (code === 402 || code === 403) return false;
+              return retry;
+            },
+          },
+        },
+      },
       startPosition: resumeAt > 0 ? resumeAt : -1,
       xhrSetup: function (xhr, requestUrl) {
         xhr.open("GET", withCurrentToken(requestUrl), true);
@@ -257,13 +315,33 @@
     });
     hls.on(window.Hls.Events.ERROR, function (_event, data) {
       state.errors.push(data.type + ":" + data.details + (data.fatal ? " (fatal)" : ""));
+      var code = data.response && data.response.code;
+      if (code === 402) {
+        // Past the preview: the offers, from the refusal's body when it has them.
+        var offers = null;
+        try {
+          var body = data.networkDetails && data.networkDetails.response;
+          if (body instanceof ArrayBuffer) body = new TextDecoder().decode(body);
+          if (typeof body === "string" && body) offers = JSON.parse(body).offers || null;
+        } catch (e) {
+          offers = null;
+        }
+        // Play what is buffered up to the refused segment, then show the offers there.
+        hls.stopLoad();
+        state.blocked = { at: data.frag ? data.frag.start : video.currentTime, offers: offers };
+        checkBlocked();
+        return;
+      }
       if (!data.fatal) return;
       if (data.type === window.Hls.ErrorTypes.NETWORK_ERROR && networkRetries < 3) {
         // Most often an expired grant (403): renew it and carry on where we were.
         networkRetries += 1;
-        renewGrant().then(function () {
-          hls.startLoad(video.currentTime || -1);
-        });
+        renewGrant().then(
+          function () {
+            hls.startLoad(video.currentTime || -1);
+          },
+          function () {}
+        );
         return;
       }
       if (data.type === window.Hls.ErrorTypes.MEDIA_ERROR && mediaRecoveries < 2) {
@@ -277,6 +355,39 @@
     });
     hls.loadSource(url);
     hls.attachMedia(video);
+  }
+
+  // After a purchase: the new grant's master playlist, from where the preview stopped.
+  function switchSource(url, position) {
+    if (state.engine === "hls.js" && state.hls) {
+      var hls = state.hls;
+      hls.config.startPosition = position;
+      hls.once(window.Hls.Events.MANIFEST_PARSED, function () {
+        var attempt = video.play();
+        if (attempt && attempt.catch) attempt.catch(function () {});
+      });
+      // loadSource re-attaches the media element with a fresh MediaSource (the preview's
+      // one has ended) and starts loading at startPosition.
+      hls.loadSource(url);
+      video.addEventListener(
+        "loadedmetadata",
+        function () {
+          if (Math.abs(video.currentTime - position) > 1) video.currentTime = position;
+        },
+        { once: true }
+      );
+    } else {
+      video.addEventListener(
+        "loadedmetadata",
+        function () {
+          video.currentTime = position;
+          var attempt = video.play();
+          if (attempt && attempt.catch) attempt.catch(function () {});
+        },
+        { once: true }
+      );
+      video.src = url;
+    }
   }
 
   function startNative(url) {
@@ -312,7 +423,7 @@
         state.fatalError = "grant " + (error.status || "network");
         if (error.status === 401) {
           showMessage(error.message || "Log in to watch this film.", {
-            href: "/login?next=" + encodeURIComponent(location.pathname),
+            href: root.dataset.loginUrl + "?next=" + encodeURIComponent(location.pathname),
             label: "Log in",
           });
         } else {
@@ -321,6 +432,283 @@
       }
     );
   }
+
+
+  // -- the paywall ---------------------------------------------------------------------------
+
+  var paywall = document.getElementById("paywall");
+  var offerList = document.getElementById("paywall-offers");
+  var paywallLogin = document.getElementById("paywall-login");
+  var paywallTopUp = document.getElementById("paywall-top-up");
+  var paywallShort = document.getElementById("paywall-short");
+  var paywallProvider = document.getElementById("paywall-provider");
+  var paywallStatus = document.getElementById("paywall-status");
+  var money = window.mmMoney;
+  var intent = null; // {offer, key}: the purchase being tried; its key is reused on retry
+  var topUpIntent = null; // {amount, currency, key}
+  var stoppedAt = 0;
+  var busy = false;
+
+  function say(text, bad) {
+    paywallStatus.textContent = text || "";
+    paywallStatus.classList.toggle("bad", !!bad);
+    paywallStatus.hidden = !text;
+  }
+
+  function priceOf(offer) {
+    if (offer.kind === "buy" || offer.kind === "rent") {
+      return { amount: offer.amount, currency: offer.currency };
+    }
+    if (offer.kind === "pass" && root.dataset.passAmount) {
+      return { amount: +root.dataset.passAmount, currency: root.dataset.passCurrency };
+    }
+    if (offer.kind === "channel" && root.dataset.channelAmount) {
+      return { amount: +root.dataset.channelAmount, currency: root.dataset.channelCurrency };
+    }
+    return null;
+  }
+
+  function offerText(offer) {
+    var price = priceOf(offer);
+    var amount = price ? money.format(price.amount, price.currency) : "";
+    if (offer.kind === "buy") return { label: "Buy", detail: "watch forever", price: amount };
+    if (offer.kind === "rent") return { label: "Rent", detail: "48 h from the first play", price: amount };
+    if (offer.kind === "channel") {
+      return {
+        label: "Subscribe to " + (root.dataset.creatorName || "the channel"),
+        detail: "every film of this channel offered this way",
+        price: amount ? amount + " / month" : "",
+      };
+    }
+    if (offer.kind === "pass") {
+      return { label: "Mega Movie Pass", detail: "films across the portal", price: amount ? amount + " / month" : "" };
+    }
+    return { label: offer.kind, detail: "", price: amount };
+  }
+
+  function renderOffers(offers) {
+    offerList.textContent = "";
+    offers.forEach(function (offer) {
+      var text = offerText(offer);
+      var li = document.createElement("li");
+      li.className = "paywall-offer";
+      li.dataset.kind = offer.kind;
+      var button = document.createElement("button");
+      button.type = "button";
+      button.className = "button offer-button";
+      button.dataset.offerId = offer.id;
+      button.dataset.kind = offer.kind;
+      button.disabled = !loggedIn;
+      var label = document.createElement("span");
+      label.className = "offer-label";
+      label.textContent = text.label + (offer.kind === "rent" ? " 48 h" : "");
+      var price = document.createElement("span");
+      price.className = "offer-price";
+      price.textContent = text.price;
+      button.appendChild(label);
+      if (text.price) button.appendChild(price);
+      var detail = document.createElement("span");
+      detail.className = "offer-detail muted small";
+      detail.textContent = text.detail;
+      li.appendChild(button);
+      li.appendChild(detail);
+      offerList.appendChild(li);
+      button.addEventListener("click", function () {
+        choose(offer);
+      });
+    });
+  }
+
+  // The preview is over: from the playlist's end (ENDLIST) or a 402 from a segment.
+  function previewEnded(offers) {
+    if (state.paywall || !isPreview()) return;
+    stoppedAt = Math.max(video.currentTime || 0, stoppedAt);
+    video.pause();
+    // Bought meanwhile (another tab)? A fresh grant knows.
+    renewGrant().then(
+      function () {
+        if (!isPreview()) {
+          playOn();
+          return;
+        }
+        showPaywall(offers || state.licence.offers || []);
+      },
+      function () {
+        showPaywall(offers || (state.licence && state.licence.offers) || []);
+      }
+    );
+  }
+
+  function showPaywall(offers) {
+    if (!money) {
+      showMessage("The free preview ends here. Reload the page to see the offers.");
+      return;
+    }
+    state.paywall = true;
+    root.classList.add("paywalled");
+    renderOffers(offers);
+    paywallLogin.hidden = loggedIn;
+    paywallTopUp.hidden = true;
+    say(offers.length ? "" : "This film cannot be bought right now.");
+    paywall.hidden = false;
+    var first = paywall.querySelector(loggedIn ? ".offer-button" : "#paywall-login a");
+    if (first) first.focus();
+  }
+
+  function hidePaywall() {
+    state.paywall = false;
+    root.classList.remove("paywalled");
+    paywall.hidden = true;
+    paywallTopUp.hidden = true;
+    say("");
+  }
+
+  function setBusy(value) {
+    busy = value;
+    Array.prototype.forEach.call(paywall.querySelectorAll("button"), function (b) {
+      b.disabled = value || (!loggedIn && b.classList.contains("offer-button"));
+    });
+  }
+
+  function choose(offer) {
+    if (busy || !loggedIn) return;
+    // A new intent gets a new key; pressing the same offer again after a failure (or after
+    // a top-up) retries with the same key, so it can never be charged twice.
+    if (!intent || intent.offer.id !== offer.id) intent = { offer: offer, key: money.newKey() };
+    pay();
+  }
+
+  function pay() {
+    var offer = intent.offer;
+    var request;
+    if (offer.kind === "buy" || offer.kind === "rent") {
+      request = money.call("POST", root.dataset.purchaseUrl, { offer_id: offer.id }, intent.key);
+    } else {
+      var body = offer.kind === "pass" ? { plan: "pass" } : { plan: "channel", creator_id: root.dataset.creatorId };
+      request = money.call("POST", root.dataset.subscriptionUrl, body, intent.key);
+    }
+    setBusy(true);
+    say(offer.kind === "buy" ? "Buying…" : offer.kind === "rent" ? "Renting…" : "Subscribing…");
+    request
+      .then(
+        function (done) {
+          state.purchases.push({ id: done.id, kind: done.kind || offer.kind, offer_id: offer.id });
+          intent = null;
+          say("Done. Playing on…");
+          return renewGrant().then(function () {
+            if (isPreview()) throw new money.ApiError(409, { message: "The purchase went through, but the film still plays as a preview; reload the page." });
+            playOn();
+          });
+        },
+        function (error) {
+          if (error.code === "insufficient_funds" || error.code === "payment_required") {
+            offerTopUp(priceOf(offer));
+            say(error.message, true);
+            return;
+          }
+          if (error.status === 404 && offer.kind !== "buy" && offer.kind !== "rent") {
+            intent = null;
+            say("Subscriptions cannot be taken here yet.", true);
+            return;
+          }
+          if (error.status !== 0) intent = null; // the server answered: a new try is a new intent
+          say(error.message, true);
+        }
+      )
+      .catch(function (error) {
+        say(error.message || "Something went wrong; reload the page.", true);
+      })
+      .finally(function () {
+        setBusy(false);
+      });
+  }
+
+  // The wallet is short: say by how much and top it up right here.
+  function offerTopUp(price) {
+    paywallTopUp.hidden = false;
+    paywallShort.textContent = "Your wallet is short.";
+    paywallProvider.textContent = "";
+    money.call("GET", root.dataset.walletUrl).then(
+      function (wallet) {
+        var currency = price ? price.currency : wallet.balance.currency;
+        var held = 0;
+        (wallet.balances || [wallet.balance]).forEach(function (b) {
+          if (b.currency === currency) held = b.amount;
+        });
+        var needed = price ? Math.max(price.amount - held, 1) : 1000;
+        var unit = Math.pow(10, money.exponentOf(currency));
+        var amount = Math.ceil(needed / unit) * unit; // whole units: 3.01 short -> 4.00
+        if (!topUpIntent || topUpIntent.amount !== amount || topUpIntent.currency !== currency) {
+          topUpIntent = { amount: amount, currency: currency, key: money.newKey() };
+        }
+        paywallShort.textContent =
+          "Your wallet holds " + money.format(held, currency) + ". Top up " + money.format(amount, currency) + " to continue.";
+        paywallProvider.textContent = wallet.provider ? wallet.provider.label : "";
+        paywallProvider.classList.toggle("dev", !!wallet.provider && wallet.provider.name === "development");
+        paywallTopUp.querySelector('[data-action="top-up"]').textContent = "Top up " + money.format(amount, currency);
+      },
+      function (error) {
+        paywallShort.textContent = error.message;
+      }
+    );
+  }
+
+  function topUp() {
+    if (busy || !topUpIntent) return;
+    setBusy(true);
+    say("Topping up " + money.format(topUpIntent.amount, topUpIntent.currency) + "…");
+    money
+      .call("POST", root.dataset.topUpUrl, { amount: topUpIntent.amount, currency: topUpIntent.currency }, topUpIntent.key)
+      .then(
+        function () {
+          topUpIntent = null;
+          paywallTopUp.hidden = true;
+          setBusy(false);
+          // Then the purchase that was short, with its own key again.
+          if (intent) pay();
+        },
+        function (error) {
+          if (error.status !== 0) topUpIntent = null;
+          setBusy(false);
+          say(error.message, true);
+        }
+      );
+  }
+
+  paywall.addEventListener("click", function (event) {
+    var button = event.target.closest('button[data-action="top-up"]');
+    if (button) topUp();
+  });
+
+  // The licence is full now: the new grant's playlist, from where the preview stopped.
+  function playOn() {
+    hidePaywall();
+    state.blocked = null;
+    var position = stoppedAt || video.currentTime || 0;
+    state.resumedAt = position;
+    switchSource(state.url, position);
+  }
+
+  video.addEventListener("ended", function () {
+    if (isPreview()) {
+      state.paywallReason = state.paywallReason || "ended";
+      previewEnded(null);
+    }
+  });
+
+  // A segment was refused (402): the paywall once playback reaches it, or runs dry before.
+  function checkBlocked(event) {
+    var blocked = state.blocked;
+    if (!blocked || state.paywall) return;
+    var starved = event && event.type === "waiting";
+    if (starved || video.currentTime >= blocked.at - 0.25) {
+      state.blocked = null;
+      state.paywallReason = "402";
+      previewEnded(blocked.offers);
+    }
+  }
+  video.addEventListener("timeupdate", checkBlocked);
+  video.addEventListener("waiting", checkBlocked);
 
   // -- saving the position -------------------------------------------------------------------
 
@@ -351,6 +739,7 @@
   // -- controls ------------------------------------------------------------------------------
 
   function togglePlay() {
+    if (state.paywall) return;
     if (video.paused || video.ended) {
       var attempt = video.play();
       if (attempt && attempt.catch) attempt.catch(function () {});

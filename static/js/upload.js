@@ -122,7 +122,7 @@
         item.bar.value = 100;
         setStatus(item, "Uploaded. Processing has started: follow it on your dashboard.", "done");
         var link = document.createElement("a");
-        link.href = item.videoId ? "/dashboard#" + item.videoId : "/dashboard";
+        link.href = item.videoId ? root.dataset.dashboard + "#" + item.videoId : root.dataset.dashboard;
         link.textContent = " Open the dashboard";
         item.status.appendChild(link);
         show(item, []);

@@ -91,7 +91,9 @@ def test_token_endpoint_refuses_wrong_passwords_and_bad_json(settings):
         garbage = client.post("/api/tokens", content=b"{not json")
     assert wrong.status_code == 401
     assert wrong.json()["error"] == "invalid_credentials"
-    assert shape.status_code == garbage.status_code == 422
+    assert (shape.status_code, shape.json()["error"]) == (422, "validation_failed")
+    # Not JSON at all is a malformed request, not a wrong shape.
+    assert (garbage.status_code, garbage.json()["error"]) == (400, "bad_request")
 
 
 def test_form_without_csrf_token_is_refused(settings):

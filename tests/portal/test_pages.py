@@ -131,3 +131,40 @@ def test_every_page_carries_the_csrf_meta_tag_and_mobile_viewport(settings):
     for html in anonymous + mine:
         assert re.search(r'<meta name="csrf-token" content="[^"]+">', html)
         assert 'name="viewport" content="width=device-width, initial-scale=1"' in html
+
+
+# A path written into a template: href="/...", src="/...", action="/...", data-x-url="/...".
+HARD_CODED_URL = re.compile(r"""(?:href|src|action|poster|data-[a-z-]+)\s*=\s*["']/""")
+
+
+def test_templates_and_scripts_build_urls_from_route_names():
+    from portal.web import TEMPLATES_DIR
+
+    for template in sorted(TEMPLATES_DIR.glob("*.html")):
+        found = HARD_CODED_URL.findall(template.read_text())
+        assert not found, f"{template.name} hard-codes {found}: use url_for or poster_path"
+    for script in sorted((STATIC_DIR / "js").glob("*.js")):
+        text = script.read_text()
+        for path in ("/media/", "/login", "/dashboard", "/api/"):
+            assert f'"{path}' not in text, f"{script.name} hard-codes {path}: use a data- URL"
+
+
+def test_every_route_has_a_name_of_its_own_and_posters_use_the_poster_route(settings):
+    from starlette.routing import Route
+
+    from portal.videos import poster_path
+
+    app = create_app(settings)
+    names = [route.name for route in app.routes if isinstance(route, Route)]
+    assert all(names) and len(names) == len(set(names)), names
+    assert app.url_path_for("poster", video_id="abc123") == poster_path("abc123")
+
+
+def test_the_dashboard_script_gets_each_poster_url_from_the_page(settings):
+    with TestClient(create_app(settings)) as client:
+        me = add_user(client, "me@example.org", role="creator")
+        video_id = add_ready_video(client, me.id, status="processing", progress=0.5)
+        log_in(client, "me@example.org")
+        page = client.get("/dashboard")
+    assert f'data-poster-url="/media/{video_id}/poster.jpg"' in page.text
+    assert "item.dataset.posterUrl" in (STATIC_DIR / "js" / "dashboard.js").read_text()

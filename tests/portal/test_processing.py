@@ -168,6 +168,8 @@ async def test_master_playlist_bandwidths_are_measured_from_the_stored_segments(
                 select(segments).where(segments.c.video_id == video_id, segments.c.idx >= 0)
             )
         ).all()
+    # CODECS as encoded: the portal's preset (ultrafast) writes Constrained Baseline.
+    assert rendition["codecs"] == "avc1.42c01e,mp4a.40.2"
     peak = max(r.size * 8 / r.duration for r in rows)
     average = sum(r.size for r in rows) * 8 / sum(r.duration for r in rows)
     assert rendition["bandwidth"] == pytest.approx(peak, abs=1)

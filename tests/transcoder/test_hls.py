@@ -1,24 +1,23 @@
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
 
+import anyio
 import pytest
 
-from tests.transcoder.conftest import ffprobe_json
+from tests.transcoder.conftest import X264, ffprobe_json, run_ffmpeg
 from transcoder.errors import (
     HostileInput,
-    TranscodeCancelled,
     TranscodeFailed,
     TranscodeTimeout,
 )
 from transcoder.hls import HlsOptions, HlsResult, Progress, Segment, transcode
 from transcoder.ladder import Rendition, build_ladder
 from transcoder.limits import MediaLimits
-from transcoder.playlists import master_playlist, media_playlist
+from transcoder.playlists import master_playlist, media_playlist, parse_playlist
 from transcoder.probe import MediaInfo, probe
 
 pytestmark = pytest.mark.anyio
@@ -106,7 +105,7 @@ async def run(
     options: HlsOptions = FAST,
     renditions: list[Rendition] | None = None,
 ) -> tuple[HlsResult, Vault, Path]:
-    info = probe(source, MediaLimits())
+    info = await probe(source, MediaLimits())
     workdir = tmp_path / "work"
     vault = Vault(tmp_path / "vault")
     result = await transcode(
@@ -121,8 +120,8 @@ async def run(
     return result, vault, workdir
 
 
-def assert_nothing_left(workdir: Path) -> None:
-    assert not workdir.exists() or list(workdir.rglob("*")) == []
+def ffmpeg_processes_using(workdir: Path) -> list[str]:
+    """Pids of live processes whose command line names `workdir` (zombies have none)."""
     running = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
@@ -130,7 +129,12 @@ def assert_nothing_left(workdir: Path) -> None:
                 running.append(cmdline.parent.name)
         except OSError:
             continue
-    assert running == [], "ffmpeg still running"
+    return running
+
+
+def assert_nothing_left(workdir: Path) -> None:
+    assert not workdir.exists() or list(workdir.rglob("*")) == []
+    assert ffmpeg_processes_using(workdir) == [], "ffmpeg still running"
 
 
 def play(master: Path) -> subprocess.CompletedProcess[bytes]:
@@ -178,14 +182,50 @@ async def test_1080p_source_is_encoded_into_every_rung_and_plays(
     for r in result.renditions:
         stream = video_stream(vault.joined(r.name))
         assert (stream["width"], stream["height"]) == (r.width, r.height)
-        # CODECS may promise more than is used (ultrafast drops to Constrained Baseline),
-        # never less: the declared level covers the stream's.
-        assert int(stream["level"]) <= int(r.codecs[9:11], 16)  # type: ignore[call-overload]
+        assert r.codecs == declared_codecs(stream, audio=True)
         assert [s.duration for s in result.segments[r.name]] == pytest.approx([2.0], abs=0.05)
     assert result.duration == pytest.approx(2.0, abs=0.05)
     played = play(vault.write_playlists(result))
     assert played.returncode == 0, played.stderr
     assert_nothing_left(workdir)
+
+
+#: profile_idc of each profile name ffprobe reports (H.264 Annex A).
+PROFILE_IDC = {"Constrained Baseline": 0x42, "Baseline": 0x42, "Main": 0x4D, "High": 0x64}
+
+
+def declared_codecs(stream: dict[str, object], *, audio: bool) -> str:
+    """The CODECS a stream deserves, from ffprobe's reading of its SPS: profile and level.
+    Constrained Baseline is Baseline with constraint_set1 (and x264 sets set0 too)."""
+    constraints = 0xC0 if stream["profile"] == "Constrained Baseline" else 0x00
+    video = f"avc1.{PROFILE_IDC[str(stream['profile'])]:02x}{constraints:02x}"
+    video += f"{int(stream['level']):02x}"  # type: ignore[call-overload]
+    return f"{video},mp4a.40.2" if audio else video
+
+
+@pytest.mark.parametrize(
+    ("preset", "profile"), [("ultrafast", "Constrained Baseline"), ("veryfast", "High")]
+)
+async def test_codecs_describe_what_was_encoded_not_what_was_asked(
+    clips: dict[str, Path], tmp_path: Path, preset: str, profile: str
+) -> None:
+    """Asked for High, ultrafast writes Constrained Baseline; CODECS must say so, or a
+    player may refuse (or mis-decode) a variant it could play."""
+    result, vault, _ = await run(clips["landscape.mp4"], tmp_path, HlsOptions(preset=preset))
+    [only] = result.renditions
+    stream = video_stream(vault.joined(only.name))
+    assert stream["profile"] == profile
+    assert only.codecs == declared_codecs(stream, audio=True)
+    assert result.inits[only.name].codecs == only.codecs
+    [variant] = parse_playlist(vault.write_playlists(result).read_text()).variants
+    assert variant.attributes["CODECS"] == only.codecs
+
+
+async def test_audio_only_codecs_are_read_from_the_init_segment(
+    clips: dict[str, Path], tmp_path: Path
+) -> None:
+    result, _, _ = await run(clips["audio_only.mp3"], tmp_path)
+    assert [r.codecs for r in result.renditions] == ["mp4a.40.2"]
 
 
 async def test_segments_are_fixed_length_and_start_on_aligned_keyframes(
@@ -270,7 +310,7 @@ async def test_video_without_sound_gives_video_only_segments(
 ) -> None:
     result, vault, workdir = await run(clips["no_audio.mp4"], tmp_path)
     [only] = result.renditions
-    assert only.codecs == "avc1.64001e"
+    assert only.codecs == "avc1.42c01e"  # ultrafast: Constrained Baseline, level 3.0
     streams = ffprobe_json(vault.joined(only.name), "-show_streams")["streams"]
     assert [s["codec_type"] for s in streams] == ["video"]
     assert play(vault.write_playlists(result)).returncode == 0
@@ -334,24 +374,30 @@ async def test_common_containers_transcode_and_play(
     assert_nothing_left(workdir)
 
 
-async def test_cancelling_stops_ffmpeg_and_cleans_up(
+async def test_cancelling_the_callers_scope_kills_ffmpeg_and_leaves_no_segments(
     clips: dict[str, Path], tmp_path: Path
 ) -> None:
-    source = clips["hd.mp4"]
-    info = probe(source, MediaLimits())
-    workdir, cancel = tmp_path / "work", asyncio.Event()
+    source = clips["segmented.mp4"]
+    info = await probe(source, MediaLimits())
+    workdir = tmp_path / "work"
     vault = Vault(tmp_path / "vault")
-    with pytest.raises(TranscodeCancelled):
-        await transcode(
-            source,
-            info,
-            build_ladder(info),
-            workdir,
-            HlsOptions(preset="veryslow"),
-            vault.take,
-            lambda progress: cancel.set(),
-            cancel,
-        )
+    running_at_cancel: list[str] = []
+
+    with anyio.move_on_after(60) as scope:
+
+        async def take_then_cancel(segment: Segment) -> None:
+            await vault.take(segment)
+            if segment.kind == "media":
+                # Mid-way for certain: ffmpeg is still encoding the rest.
+                running_at_cancel.extend(ffmpeg_processes_using(workdir))
+                scope.cancel()
+
+        slow = HlsOptions(preset="veryslow", threads=1, segment_seconds=1.0, keyframe_seconds=1.0)
+        await transcode(source, info, build_ladder(info), workdir, slow, take_then_cancel)
+
+    assert scope.cancelled_caught
+    assert running_at_cancel, "ffmpeg had already finished: nothing was cancelled"
+    assert len([s for s in vault.received if s.kind == "media"]) == 1
     assert_nothing_left(workdir)
 
 
@@ -370,7 +416,7 @@ async def test_ffmpeg_failure_is_reported_without_leaking_paths(
     source = tmp_path / "secret-name" / "film.mp4"
     source.parent.mkdir()
     shutil.copyfile(clips["landscape.mp4"], source)
-    info = probe(source, MediaLimits())
+    info = await probe(source, MediaLimits())
     # The file changes between probe and encode: a damaged disk, or a race in a worker.
     source.write_bytes(source.read_bytes()[:4000])
     workdir = tmp_path / "work"
@@ -388,7 +434,7 @@ async def test_an_error_in_the_callback_stops_ffmpeg_and_propagates(
     clips: dict[str, Path], tmp_path: Path
 ) -> None:
     source = clips["segmented.mp4"]
-    info = probe(source, MediaLimits())
+    info = await probe(source, MediaLimits())
     workdir = tmp_path / "work"
 
     async def broken_store(segment: Segment) -> None:
@@ -402,7 +448,7 @@ async def test_an_error_in_the_callback_stops_ffmpeg_and_propagates(
 async def test_a_hand_made_media_info_cannot_select_the_hls_demuxer(
     clips: dict[str, Path], tmp_path: Path
 ) -> None:
-    info = probe(clips["landscape.mp4"], MediaLimits())
+    info = await probe(clips["landscape.mp4"], MediaLimits())
     hostile: MediaInfo = dataclasses.replace(info, format="hls")
     with pytest.raises(HostileInput):
         await transcode(
@@ -419,7 +465,7 @@ async def test_an_error_in_the_progress_callback_stops_ffmpeg_and_propagates(
     clips: dict[str, Path], tmp_path: Path
 ) -> None:
     source = clips["hd.mp4"]
-    info = probe(source, MediaLimits())
+    info = await probe(source, MediaLimits())
     workdir = tmp_path / "work"
 
     def broken_progress(progress: Progress) -> None:
@@ -435,4 +481,23 @@ async def test_an_error_in_the_progress_callback_stops_ffmpeg_and_propagates(
             Vault(tmp_path / "vault").take,
             broken_progress,
         )
+    assert_nothing_left(workdir)
+
+
+async def test_a_slideshow_below_one_fps_becomes_one_fps_not_thirty(tmp_path: Path) -> None:
+    # Five pictures, one every 2 s: 10 s at 0.5 fps. Sub-1-fps rates were once read as
+    # "unknown" and encoded at 30 fps: 300 frames for 5 pictures.
+    source = tmp_path / "slides.mp4"
+    run_ffmpeg(
+        "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=1/2", "-frames:v", "5", *X264,
+        str(source),
+    )  # fmt: skip
+    result, vault, workdir = await run(source, tmp_path)
+    [only] = result.renditions
+    assert only.fps == 1.0
+    packets = ffprobe_json(
+        vault.joined(only.name), "-select_streams", "v:0", "-show_entries", "packet=pts_time"
+    )["packets"]
+    assert len(packets) == pytest.approx(10, abs=1)
+    assert result.duration == pytest.approx(10.0, abs=1.0)
     assert_nothing_left(workdir)

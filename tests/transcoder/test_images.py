@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 from pathlib import Path
@@ -11,6 +12,8 @@ from transcoder.errors import NoDecodableStream
 from transcoder.images import poster, storyboard
 from transcoder.limits import MediaLimits
 from transcoder.probe import probe
+
+pytestmark = pytest.mark.anyio
 
 
 def luma(image: Path, *, seek: float | None = None) -> bytes:
@@ -39,44 +42,44 @@ def luma(image: Path, *, seek: float | None = None) -> bytes:
     ).stdout
 
 
-def test_poster_skips_a_black_opening(clips: dict[str, Path], tmp_path: Path) -> None:
+async def test_poster_skips_a_black_opening(clips: dict[str, Path], tmp_path: Path) -> None:
     source = clips["dark_opening.mp4"]
-    info = probe(source, MediaLimits())
+    info = await probe(source, MediaLimits())
     # The control: where a naive "frame at 5%" poster would land, the picture is black.
     assert statistics.pvariance(luma(source, seek=info.duration * 0.05)) < 10
-    out = poster(source, info, tmp_path / "poster.jpg")
+    out = await poster(source, info, tmp_path / "poster.jpg")
     assert out.read_bytes()[:3] == b"\xff\xd8\xff"
     assert statistics.pvariance(luma(out)) > 500
     stream = ffprobe_json(out, "-show_streams")["streams"][0]
     assert (stream["width"], stream["height"]) == (320, 180)
-    assert [p.name for p in tmp_path.iterdir()] == ["poster.jpg"]
+    assert os.listdir(tmp_path) == ["poster.jpg"]
 
 
-def test_poster_of_a_rotated_video_is_upright(clips: dict[str, Path], tmp_path: Path) -> None:
+async def test_poster_of_a_rotated_video_is_upright(clips: dict[str, Path], tmp_path: Path) -> None:
     source = clips["rotated.mp4"]
-    out = poster(source, probe(source, MediaLimits()), tmp_path / "poster.jpg")
+    out = await poster(source, await probe(source, MediaLimits()), tmp_path / "poster.jpg")
     stream = ffprobe_json(out, "-show_streams")["streams"][0]
     assert (stream["width"], stream["height"]) == (180, 320)
 
 
-def test_poster_can_be_webp(clips: dict[str, Path], tmp_path: Path) -> None:
+async def test_poster_can_be_webp(clips: dict[str, Path], tmp_path: Path) -> None:
     source = clips["landscape.mp4"]
-    out = poster(source, probe(source, MediaLimits()), tmp_path / "poster.webp")
+    out = await poster(source, await probe(source, MediaLimits()), tmp_path / "poster.webp")
     data = out.read_bytes()
     assert data[:4] == b"RIFF" and data[8:12] == b"WEBP"
 
 
-def test_audio_has_no_poster(clips: dict[str, Path], tmp_path: Path) -> None:
+async def test_audio_has_no_poster(clips: dict[str, Path], tmp_path: Path) -> None:
     source = clips["audio_only.mp3"]
     with pytest.raises(NoDecodableStream):
-        poster(source, probe(source, MediaLimits()), tmp_path / "poster.jpg")
+        await poster(source, await probe(source, MediaLimits()), tmp_path / "poster.jpg")
 
 
-def test_storyboard_sprite_and_cues_match(clips: dict[str, Path], tmp_path: Path) -> None:
+async def test_storyboard_sprite_and_cues_match(clips: dict[str, Path], tmp_path: Path) -> None:
     source = clips["segmented.mp4"]  # 9 s
-    board = storyboard(
+    board = await storyboard(
         source,
-        probe(source, MediaLimits()),
+        await probe(source, MediaLimits()),
         tmp_path,
         interval=2.0,
         tile_width=160,
@@ -94,11 +97,13 @@ def test_storyboard_sprite_and_cues_match(clips: dict[str, Path], tmp_path: Path
     assert board.sprite == tmp_path / "thumbs.jpg"
 
 
-def test_storyboard_default_interval_wraps_rows(clips: dict[str, Path], tmp_path: Path) -> None:
+async def test_storyboard_default_interval_wraps_rows(
+    clips: dict[str, Path], tmp_path: Path
+) -> None:
     source = clips["segmented.mp4"]
-    info = probe(source, MediaLimits())
-    board = storyboard(source, info, tmp_path, interval=0.5)
+    info = await probe(source, MediaLimits())
+    board = await storyboard(source, info, tmp_path, interval=0.5)
     assert (board.columns, board.rows) == (10, 2)
     stream = ffprobe_json(board.sprite, "-show_streams")["streams"][0]
     assert (stream["width"], stream["height"]) == (1600, 180)
-    assert storyboard(source, info, tmp_path / "..", tile_width=120).interval == 1.0
+    assert (await storyboard(source, info, tmp_path / "..", tile_width=120)).interval == 1.0

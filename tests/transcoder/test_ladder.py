@@ -76,6 +76,7 @@ def test_frame_rate_is_capped_at_60_by_an_integer_divisor() -> None:
     assert output_fps(59.94) == 59.94
     assert output_fps(23.976) == 23.976
     assert output_fps(0) == 30  # unknown
+    assert output_fps(0.5) == output_fps(0.001) == 1  # slideshows: frames repeated up to 1 fps
     assert {r.fps for r in build_ladder(source(fps=120.0))} == {60.0}
 
 

@@ -3,25 +3,35 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests.transcoder.conftest import X264, ffprobe_json, run_ffmpeg
 from transcoder.errors import (
     CorruptMedia,
     EmptyFile,
     HostileInput,
+    ImplausibleDuration,
     MediaRejected,
     NoDecodableStream,
     NotMedia,
     TooLarge,
     TooLong,
+    TooManyFrames,
     TooManyStreams,
 )
+from transcoder.ladder import output_fps
 from transcoder.limits import MediaLimits
 from transcoder.probe import probe
+
+pytestmark = pytest.mark.anyio
 
 LIMITS = MediaLimits()
 
@@ -40,10 +50,10 @@ LIMITS = MediaLimits()
         ("hd.mp4", "mov", (1920, 1080), True),
     ],
 )
-def test_probe_reports_what_is_in_the_file(
+async def test_probe_reports_what_is_in_the_file(
     clips: dict[str, Path], name: str, fmt: str, size: tuple[int, int], has_audio: bool
 ) -> None:
-    info = probe(clips[name], LIMITS)
+    info = await probe(clips[name], LIMITS)
     assert info.format == fmt
     assert info.has_video
     assert (info.width, info.height) == size
@@ -54,94 +64,94 @@ def test_probe_reports_what_is_in_the_file(
     assert info.size_bytes == clips[name].stat().st_size
 
 
-def test_rotated_video_reports_display_dimensions(clips: dict[str, Path]) -> None:
-    info = probe(clips["rotated.mp4"], LIMITS)
+async def test_rotated_video_reports_display_dimensions(clips: dict[str, Path]) -> None:
+    info = await probe(clips["rotated.mp4"], LIMITS)
     assert info.rotation in (90, 270)
     assert (info.width, info.height) == (180, 320)
 
 
-def test_interlaced_video_is_flagged(clips: dict[str, Path]) -> None:
-    assert probe(clips["interlaced.mp4"], LIMITS).interlaced
-    assert not probe(clips["landscape.mp4"], LIMITS).interlaced
+async def test_interlaced_video_is_flagged(clips: dict[str, Path]) -> None:
+    assert (await probe(clips["interlaced.mp4"], LIMITS)).interlaced
+    assert not (await probe(clips["landscape.mp4"], LIMITS)).interlaced
 
 
-def test_the_default_soundtrack_is_chosen(clips: dict[str, Path]) -> None:
-    info = probe(clips["two_soundtracks.mkv"], LIMITS)
+async def test_the_default_soundtrack_is_chosen(clips: dict[str, Path]) -> None:
+    info = await probe(clips["two_soundtracks.mkv"], LIMITS)
     assert (info.video_index, info.audio_index) == (0, 2)
     assert info.audio_map == "0:2"
 
 
-def test_audio_only_file_has_no_video(clips: dict[str, Path]) -> None:
-    info = probe(clips["audio_only.mp3"], LIMITS)
+async def test_audio_only_file_has_no_video(clips: dict[str, Path]) -> None:
+    info = await probe(clips["audio_only.mp3"], LIMITS)
     assert (info.format, info.has_video, info.has_audio) == ("mp3", False, True)
     assert info.audio_codec == "mp3"
     assert (info.width, info.height) == (0, 0)
 
 
-def test_file_with_only_subtitles_has_no_decodable_stream(clips: dict[str, Path]) -> None:
+async def test_file_with_only_subtitles_has_no_decodable_stream(clips: dict[str, Path]) -> None:
     with pytest.raises(NoDecodableStream):
-        probe(clips["subtitles_only.mkv"], LIMITS)
+        await probe(clips["subtitles_only.mkv"], LIMITS)
 
 
-def test_empty_file_is_refused(tmp_path: Path) -> None:
+async def test_empty_file_is_refused(tmp_path: Path) -> None:
     upload = tmp_path / "film.mp4"
     upload.touch()
     with pytest.raises(EmptyFile):
-        probe(upload, LIMITS)
+        await probe(upload, LIMITS)
 
 
-def test_text_file_is_not_media(tmp_path: Path) -> None:
+async def test_text_file_is_not_media(tmp_path: Path) -> None:
     upload = tmp_path / "film.mp4"
     upload.write_text("This is my film script, not my film.\n")
     with pytest.raises(NotMedia) as caught:
-        probe(upload, LIMITS)
+        await probe(upload, LIMITS)
     assert caught.value.reason == "This is not a video or audio file."
 
 
 @pytest.mark.parametrize("name", ["landscape.mp4", "moov_at_end.mp4", "webm.webm"])
-def test_truncated_upload_is_corrupt(clip: Callable[[str], Path], name: str) -> None:
+async def test_truncated_upload_is_corrupt(clip: Callable[[str], Path], name: str) -> None:
     upload = clip(name)
     data = upload.read_bytes()
     upload.write_bytes(data[: len(data) // 3])
     with pytest.raises(CorruptMedia) as caught:
-        probe(upload, LIMITS)
+        await probe(upload, LIMITS)
     assert str(upload.parent) not in caught.value.reason
 
 
-def test_container_header_followed_by_garbage_is_corrupt(tmp_path: Path) -> None:
+async def test_container_header_followed_by_garbage_is_corrupt(tmp_path: Path) -> None:
     upload = tmp_path / "film.mp4"
     upload.write_bytes(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + os.urandom(4096))
     with pytest.raises(CorruptMedia):
-        probe(upload, LIMITS)
+        await probe(upload, LIMITS)
 
 
-def test_longer_than_allowed_is_refused(clips: dict[str, Path]) -> None:
+async def test_longer_than_allowed_is_refused(clips: dict[str, Path]) -> None:
     with pytest.raises(TooLong) as caught:
-        probe(clips["landscape.mp4"], MediaLimits(max_duration=1.0))
+        await probe(clips["landscape.mp4"], MediaLimits(max_duration=1.0))
     assert "0:00:02" in caught.value.reason
 
 
-def test_more_pixels_than_allowed_is_refused(clips: dict[str, Path]) -> None:
+async def test_more_pixels_than_allowed_is_refused(clips: dict[str, Path]) -> None:
     with pytest.raises(TooLarge) as caught:
-        probe(clips["hd.mp4"], MediaLimits(max_pixels=1280 * 720))
+        await probe(clips["hd.mp4"], MediaLimits(max_pixels=1280 * 720))
     assert "1920x1080" in caught.value.reason
 
 
-def test_bigger_file_than_allowed_is_refused(clips: dict[str, Path]) -> None:
+async def test_bigger_file_than_allowed_is_refused(clips: dict[str, Path]) -> None:
     with pytest.raises(TooLarge):
-        probe(clips["landscape.mp4"], MediaLimits(max_file_bytes=1000))
+        await probe(clips["landscape.mp4"], MediaLimits(max_file_bytes=1000))
 
 
-def test_too_many_streams_is_refused(clips: dict[str, Path]) -> None:
+async def test_too_many_streams_is_refused(clips: dict[str, Path]) -> None:
     with pytest.raises(TooManyStreams):
-        probe(clips["landscape.mp4"], MediaLimits(max_streams=1))
+        await probe(clips["landscape.mp4"], MediaLimits(max_streams=1))
 
 
-def test_every_refusal_is_a_media_rejected_with_a_sentence(tmp_path: Path) -> None:
+async def test_every_refusal_is_a_media_rejected_with_a_sentence(tmp_path: Path) -> None:
     upload = tmp_path / "film.mp4"
     upload.write_bytes(b"#EXTM3U\n")
     with pytest.raises(MediaRejected) as caught:
-        probe(upload, LIMITS)
+        await probe(upload, LIMITS)
     assert caught.value.reason.endswith(".")
     assert str(tmp_path) not in caught.value.reason
 
@@ -194,13 +204,13 @@ def _hls_playlist_pointing_at(target: Path) -> bytes:
     ).encode()
 
 
-def test_hls_playlist_disguised_as_mp4_is_refused_without_opening_what_it_names(
+async def test_hls_playlist_disguised_as_mp4_is_refused_without_opening_what_it_names(
     tmp_path: Path, secret_fifo: FifoWatch
 ) -> None:
     upload = tmp_path / "holiday.mp4"
     upload.write_bytes(_hls_playlist_pointing_at(secret_fifo.path))
     with pytest.raises(HostileInput):
-        probe(upload, MediaLimits(probe_timeout=5))
+        await probe(upload, MediaLimits(probe_timeout=5))
     assert not secret_fifo.opened.wait(0.5), "the file named by the playlist was opened"
 
 
@@ -217,3 +227,100 @@ def test_fifo_watch_catches_ffprobe_autodetecting_the_playlist(
         check=False,
     )
     assert secret_fifo.opened.wait(5)
+
+
+# Bounding the work a job may cost: hostile files made with real ffmpeg.
+
+
+def make(folder: Path, name: str, *args: str) -> Path:
+    out = folder / name
+    run_ffmpeg(*args, str(out))
+    return out
+
+
+async def test_pixel_limit_applies_to_the_stored_frame_not_the_displayed_one(
+    tmp_path: Path,
+) -> None:
+    # 16384x1024 stored, pixels 1:4 wide: shown as 4096x1024, under the limit; decoding it
+    # costs 16.8 megapixels a frame.
+    wide = make(
+        tmp_path, "wide.mp4", "-f", "lavfi", "-i", "color=size=16384x1024:rate=1", "-t", "1",
+        "-vf", "setsar=1/4", *X264,
+    )  # fmt: skip
+    stream = ffprobe_json(wide, "-show_streams")["streams"][0]
+    assert (stream["width"], stream["sample_aspect_ratio"]) == (16384, "1:4")
+    assert 4096 * 1024 < LIMITS.max_pixels < 16384 * 1024
+    with pytest.raises(TooLarge) as caught:
+        await probe(wide, LIMITS)
+    assert "stored as 16384x1024" in caught.value.reason
+
+
+async def test_a_few_kilobytes_claiming_hours_is_refused_before_any_decoding(
+    tmp_path: Path,
+) -> None:
+    # Eleven 64x64 frames, one every 1000 s: 1.6 KB that once became 300,000 frames a rung.
+    tiny = make(
+        tmp_path, "tiny.mp4", "-f", "lavfi", "-i", "color=size=64x64:rate=1/1000", "-t",
+        "10001", *X264,
+    )  # fmt: skip
+    assert tiny.stat().st_size < 4096
+    with pytest.raises(ImplausibleDuration) as caught:
+        await probe(tiny, LIMITS)
+    assert "2:46:40" in caught.value.reason and "KB" in caught.value.reason
+    assert caught.value.reason.endswith(".")
+
+
+async def test_an_edit_list_stretching_a_short_clip_is_refused(tmp_path: Path) -> None:
+    short = make(
+        tmp_path, "short.mp4", "-f", "lavfi", "-i", "testsrc2=size=64x36:rate=1/2", "-t", "6",
+        *X264,
+    )  # fmt: skip
+    # -itsoffset makes the MP4 muxer write an empty edit: the file claims 10,006 s.
+    stretched = make(tmp_path, "stretched.mp4", "-itsoffset", "10000", "-i", str(short), "-c",
+                     "copy")  # fmt: skip
+    assert float(ffprobe_json(stretched, "-show_format")["format"]["duration"]) > 10000
+    with pytest.raises(ImplausibleDuration):
+        await probe(stretched, LIMITS)
+
+
+async def test_output_frames_over_the_budget_are_refused(clips: dict[str, Path]) -> None:
+    # 2 s at 24 fps is 48 frames a rendition.
+    assert await probe(clips["landscape.mp4"], MediaLimits(max_output_frames=48))
+    with pytest.raises(TooManyFrames) as caught:
+        await probe(clips["landscape.mp4"], MediaLimits(max_output_frames=47))
+    assert "48 frames" in caught.value.reason and "24 frames per second" in caught.value.reason
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    frames=st.integers(min_value=2, max_value=40),
+    seconds_per_frame=st.sampled_from([2, 3, 7, 10, 60, 250, 1000, 3600]),
+    offset=st.sampled_from([0, 0, 600, 10_000]),
+)
+def test_slow_and_stretched_files_never_cost_more_than_their_bytes_allow(
+    frames: int, seconds_per_frame: int, offset: int
+) -> None:
+    """Whatever rate and stretch a file declares, it is refused with a typed reason or its
+    job is bounded by its size, and its output rate follows its own (never the 30 fps that
+    sub-1-fps sources once got)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        made = make(
+            folder, "slow.mp4", "-f", "lavfi", "-i",
+            f"testsrc2=size=64x36:rate=1/{seconds_per_frame}", "-frames:v", str(frames),
+            *X264,
+        )  # fmt: skip
+        if offset:
+            made = make(folder, "offset.mp4", "-itsoffset", str(offset), "-i", str(made), "-c",
+                        "copy")  # fmt: skip
+        size = made.stat().st_size
+        try:
+            info = anyio.run(probe, made, LIMITS)
+        except (ImplausibleDuration, TooLong, TooManyFrames) as refused:
+            assert refused.reason.endswith(".") and tmp not in refused.reason
+            return
+    assert info.duration * LIMITS.min_bytes_per_second <= size
+    assert info.fps == pytest.approx(1 / seconds_per_frame, rel=0.1)
+    assert output_fps(info.fps) == 1.0
+    # The most frames the job may write: bounded by what was uploaded.
+    assert info.duration * output_fps(info.fps) <= size / LIMITS.min_bytes_per_second
