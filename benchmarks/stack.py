@@ -412,6 +412,8 @@ class Stack:
 
     @contextmanager
     def running(self, extra_env: dict[str, str] | None = None, workers: int = 1) -> Iterator[Stack]:
+        """The site's shared services (PostgreSQL database, SeaweedFS) and settings; the
+        portals start later with `start_servers`, once data is prepared."""
         with ExitStack() as stack:
             self.env = {
                 "MEGAMOVIE_DATA_DIR": str(self.tmp / "data"),
@@ -419,20 +421,18 @@ class Stack:
                 "MEGAMOVIE_SECRET_KEY": secrets.token_urlsafe(32),
                 **(extra_env or {}),
             }
-            logs = self.tmp / "logs"
-            logs.mkdir(parents=True, exist_ok=True)
+            (self.tmp / "logs").mkdir(parents=True, exist_ok=True)
             if self.shape == "embedded":
-                self.env["MEGAMOVIE_WORKERS"] = str(workers)
-                yield self
-                return
-            self.env["MEGAMOVIE_DATABASE_URL"] = stack.enter_context(shared_postgres_database())
-            s3 = SeaweedFS(self.tmp / "seaweedfs").start()
-            stack.callback(s3.stop)
-            self.env.update(s3.env())
-            self.env["MEGAMOVIE_WORKERS"] = "0"
-            self.env["MEGAMOVIE_FORWARDED_ALLOW_IPS"] = "127.0.0.1"
+                self.env.setdefault("MEGAMOVIE_WORKERS", str(workers))
+            else:
+                database = stack.enter_context(shared_postgres_database())
+                self.env["MEGAMOVIE_DATABASE_URL"] = database
+                s3 = SeaweedFS(self.tmp / "seaweedfs").start()
+                stack.callback(s3.stop)
+                self.env.update(s3.env())
+                self.env["MEGAMOVIE_WORKERS"] = "0"
+                self.env["MEGAMOVIE_FORWARDED_ALLOW_IPS"] = "127.0.0.1"
             yield self
-            return
 
     def start_servers(self, workers: int = 1) -> ExitStack:
         """Start the site's processes (after data was prepared); close the result to stop."""

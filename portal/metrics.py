@@ -155,7 +155,9 @@ class Metrics:
             with contextlib.suppress(OSError):
                 multiprocess.mark_process_dead(os.getpid())
 
-    def render(self, job_counts: dict[str, int], queue_depth: int, queue_age: float) -> bytes:
+    def render(
+        self, job_counts: dict[str, int], queue_depth: int = 0, queue_age: float = 0.0
+    ) -> str:
         """The text exposition of every process's metrics plus the database's job figures."""
         if multiprocess_mode():
             processes = CollectorRegistry()
@@ -165,7 +167,7 @@ class Metrics:
             text = generate_latest(self.registry)
         jobs = CollectorRegistry()
         jobs.register(_JobFigures(job_counts, queue_depth, queue_age))
-        return text + generate_latest(jobs)
+        return (text + generate_latest(jobs)).decode()
 
 
 class _JobFigures:

@@ -32,24 +32,26 @@ def negotiated_protocol(port: int, cafile: str) -> str | None:
 def test_api_journey_through_nginx_with_tls_in_front_of_two_portals(
     tmp_path, sync_postgres_url, clip
 ):
+    port = free_port()
+    base = f"https://localhost:{port}"
     settings = pipeline_settings(
         tmp_path,
         database_url=sync_postgres_url,
         forwarded_allow_ips="127.0.0.1",
         secure_cookies=True,
+        base_url=base,
+        allowed_hosts="localhost",
     )
     create_account(settings, "maker@example.org")
     portals = [LiveServer(settings.replace(workers=1)), LiveServer(settings)]
     for portal in portals:
         portal.start()
     cert, key = self_signed_certificate(tmp_path)
-    port = free_port()
     site = render_site([p.port for p in portals], port, (cert, key))
     nginx = Nginx(tmp_path / "nginx", site, port)
     nginx.start()
     try:
         assert negotiated_protocol(port, str(cert)) == "h2"
-        base = f"https://localhost:{port}"
         trust = ssl.create_default_context(cafile=str(cert))
         with httpx.Client(base_url=base, verify=trust, timeout=30) as client:
             auth = bearer(client, "maker@example.org")
@@ -68,8 +70,7 @@ def test_api_journey_through_nginx_with_tls_in_front_of_two_portals(
             )  # fmt: skip
             assert created.status_code == 201, created.text
             location = created.headers["location"]
-            # The portal built the URL from what nginx forwarded: https and the public host.
-            assert location.startswith(f"{base}/api/uploads/")
+            assert location.startswith(f"{base}/api/uploads/")  # under MEGAMOVIE_BASE_URL
             video_id = created.headers["video-id"]
             half = len(body) // 2
             for offset, chunk in ((0, body[:half]), (half, body[half:])):
