@@ -167,6 +167,7 @@ def run_load(config: dict[str, object]) -> dict[str, object]:
     assert isinstance(counts, dict)
     logins = list(config["logins"])  # type: ignore[call-overload]
     started = time.monotonic()
+    print("START", flush=True)  # the parent samples CPU by phase from here
 
     def phase_now() -> str:
         index = int((time.monotonic() - started) // phase_seconds)
@@ -416,6 +417,9 @@ def report(
                 f"{s['errors']:7d} {s['refused']:8d}"
             )
         print(f"{phase:9} {'viewers':14} on time {data['on_time']} of {data['viewers']}")
+        cpu = result["cpu"][phase]  # type: ignore[index]
+        print(f"{phase:9} {'cpu (cores)':14} portal {cpu['portal']:.2f}, "
+              f"load generator {cpu['load']:.2f}")  # fmt: skip
     peer = result["peer"]["on_time"] or 1  # type: ignore[index]
     signups = result["overload"]["kinds"].get("signup", {"count": 0})  # type: ignore[index,union-attr]
     seg = result["overload"]["kinds"].get("segment", {"p99": 0})  # type: ignore[index,union-attr]
@@ -517,13 +521,10 @@ def main() -> None:
                         flush=True,
                     )
                     ceiling = [ceiling_now(child, env)]
-                    subprocess.run(
-                        [*child, "load", str(spec_file)],
-                        env=env,
-                        check=True,
-                        timeout=args.phase * len(PHASES) + 120,
-                    )
+                    pids = [p.proc.pid for p in site.portals if p.proc is not None]
+                    cpu = run_load_child([*child, "load", str(spec_file)], env, args.phase, pids)
                     result = json.loads(spec_file.read_text())
+                    result["cpu"] = cpu
                     ceiling.append(ceiling_now(child, env))
                     result["argon2"] = sum(ceiling) / len(ceiling)
                 finally:
@@ -531,6 +532,46 @@ def main() -> None:
         report(result, args.phase, counts, args.shape)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_load_child(
+    command: list[str], env: dict[str, str], phase: float, portals: list[int]
+) -> dict[str, dict[str, float]]:
+    """Run the Locust child; returns, per phase, the cores busy in the portal processes
+    (together) and in the load generator, sampled at the phase boundaries."""
+    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        while child.stdout.readline().strip() != "START":
+            if child.poll() is not None:
+                raise RuntimeError("the load generator exited before starting")
+        began = time.monotonic()
+        samples = []
+        for boundary in range(len(PHASES) + 1):
+            time.sleep(max(0.0, began + boundary * phase - time.monotonic()))
+            samples.append(
+                (sum(cpu_seconds(pid) for pid in portals), cpu_seconds(child.pid), time.monotonic())
+            )
+        child.wait(timeout=phase + 120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    if child.returncode != 0:
+        raise RuntimeError(f"the load generator failed ({child.returncode})")
+    usage = {}
+    for name, before, after in zip(PHASES, samples, samples[1:], strict=False):
+        wall = after[2] - before[2]
+        usage[name] = {
+            "portal": (after[0] - before[0]) / wall,
+            "load": (after[1] - before[1]) / wall,
+        }
+    return usage
 
 
 def ceiling_now(child: list[str], env: dict[str, str]) -> float:

@@ -31,8 +31,11 @@ HASH_NICENESS = 10
 
 def _lower_priority() -> None:
     # On Linux a thread id names one thread for setpriority; elsewhere this may not apply.
+    # Relative to the process's own niceness: a portal run at -5 hashes at +5, not at +10.
     with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_NICENESS)
+        thread = threading.get_native_id()
+        niceness = os.getpriority(os.PRIO_PROCESS, thread) + HASH_NICENESS
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, niceness))
 
 
 class HashingPool:
