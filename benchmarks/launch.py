@@ -204,12 +204,16 @@ def run_load(config: dict[str, object]) -> dict[str, object]:
         peer = False
 
         def _mark(self, phase: str, late: bool) -> None:
+            # A viewer counts only in its own server's phases, also for a request that was
+            # in flight when the phase ended.
+            if self.peer or phase == "peer":
+                phase = "peer" if self.peer else "before"
             marks = viewers.setdefault(self.key, {})
             marks[phase] = marks.get(phase, False) or late
 
         @task
         def watch(self) -> None:
-            self.key = f"{type(self).__name__}-{id(self)}"
+            self.key = getattr(self, "key", f"{type(self).__name__}-{id(self)}")
             if self.peer:
                 base = f"/plain/{film}"
             else:
