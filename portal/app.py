@@ -21,7 +21,6 @@ from portal.admission import Admission, AdmissionMiddleware
 from portal.auth import AuthMiddleware
 from portal.http_errors import UnexpectedErrorMiddleware, exception_handlers
 from portal.metrics import MetricsMiddleware
-from portal.outages import OutageMiddleware
 from portal.playback import tune_allocator
 from portal.routes import (
     accounts,
@@ -80,7 +79,6 @@ def build_middleware(settings: Settings, admission: Admission) -> list[Middlewar
         Middleware(UnexpectedErrorMiddleware),
         Middleware(AllowedHostsMiddleware, allowed=settings.host_names),
         Middleware(AdmissionMiddleware, admission=admission),
-        Middleware(OutageMiddleware),
         Middleware(AuthMiddleware, settings=settings),
     ]
 

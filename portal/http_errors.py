@@ -27,6 +27,7 @@ from portal.errors import (
     Unavailable,
     VaultError,
 )
+from portal.outages import outage_of
 from transcoder.errors import MediaError
 
 log = logging.getLogger("megamovie.http")
@@ -119,7 +120,8 @@ class UnexpectedErrorMiddleware:
     outside every user middleware, so its 500 went out without CSP, nosniff or frame options.
 
     The exception is raised again once the answer is sent, as Starlette does, so servers and
-    test clients still see it."""
+    test clients still see it. A database outage (portal.outages) is no bug: it is answered
+    503 `unavailable` with Retry-After, and not raised again."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -139,6 +141,12 @@ class UnexpectedErrorMiddleware:
         try:
             await self.app(scope, receive, send_tracking)
         except Exception as exc:
+            outage = outage_of(exc)
+            if outage is not None and not started:
+                # The database is down, not our code: a 503 naming it, and nothing to raise.
+                response = await portal_error(Request(scope), outage)
+                await response(scope, receive, send)
+                return
             if not started:
                 response = await unexpected_error(Request(scope), exc)
                 await response(scope, receive, send)

@@ -2,21 +2,18 @@
 
 `outage_of` recognises the database driver's and the network's ways of saying "not there"
 (refused, reset, timed out, restarting, a pooled connection that died with its server) and
-turns them into `Unavailable(part="database")`. Object-store failures are already typed by
-the vault (`StorageError`, 503). `OutageMiddleware` answers any such failure that escapes a
-handler, or the auth middleware's session lookup, with the 503 before a response has
-started; the engine's pre-ping replaces dead connections, so the next request after the
-database is back simply works.
+turns them into `Unavailable(part="database")`; `portal.http_errors.UnexpectedErrorMiddleware`
+answers such a failure, from a handler or from the auth middleware's session lookup, with
+that 503 instead of a 500. Object-store failures are already typed by the vault
+(`StorageError`, 503). The engine's pre-ping replaces dead connections, so the next request
+after the database is back simply works.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import exc as sa_exc
-from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from portal.errors import Unavailable
-from portal.http_errors import portal_error
 
 DATABASE_DOWN = "The database is not answering right now; try again in a few seconds."
 
@@ -53,29 +50,3 @@ def outage_of(exc: BaseException) -> Unavailable | None:
     if type(exc).__module__.startswith("asyncpg") and type(exc).__name__ in _ASYNCPG_OUTAGES:
         return down
     return None
-
-
-class OutageMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception as exc:
-            outage = outage_of(exc)
-            if outage is None or started:
-                raise
-            response = await portal_error(Request(scope), outage)
-            await response(scope, receive, send)
