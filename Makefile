@@ -67,11 +67,15 @@ test: setup test-system-deps
 	bash .ci/services
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/deptry .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: python-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/deptry .
 
 bench: setup test-system-deps
 	bash .ci/services
@@ -80,6 +84,7 @@ bench: setup test-system-deps
 	$(BIN)/python benchmarks/stream.py
 	$(BIN)/python benchmarks/catalog.py
 	$(BIN)/python benchmarks/launch.py
+	$(BIN)/python benchmarks/ingest.py
 
 lock: | $(BIN)/python
 	$(BIN)/pip install -q uv

@@ -27,7 +27,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from portal.db import create_engine, create_schema, new_id
+from portal.db import create_engine, new_id
+from portal.migrations import upgrade
+from portal.services import vault_config
 from portal.settings import Settings
 from portal.vault import open_vault
 from portal.vault.format import HEADER_SIZE, Header, ObjectCipher, seal_object
@@ -105,8 +107,8 @@ async def vault_row(rounds: int, chunk: int, tmp: str) -> tuple[str, int, float,
     )
     settings.data_dir.mkdir(parents=True)
     engine = create_engine(settings.database_url)
-    await create_schema(engine)
-    vault = await open_vault(settings, engine)
+    await upgrade(engine)
+    vault = await open_vault(vault_config(settings), engine)
     owner = new_id()
     await vault.create_key(owner)
     plaintext = os.urandom(SEGMENT)

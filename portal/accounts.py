@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 import anyio.to_thread
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from portal.db import is_id, new_id, users, utcnow
+from portal.db import api_tokens, is_id, new_id, sessions, users, utcnow
 from portal.errors import Conflict, InvalidCredentials, ValidationFailed
 from portal.hashing import HashingPool
 from portal.parsing import clean_text
@@ -198,3 +198,16 @@ async def get_user_by_email(engine: AsyncEngine, email: str) -> User | None:
             await conn.execute(select(users).where(users.c.email == normalise_email(email)))
         ).first()
     return User.from_row(row) if row is not None else None
+
+
+async def sweep_expired_logins(engine: AsyncEngine) -> int:
+    """Delete expired sessions and API tokens; returns how many. Run by the periodic sweep
+    (portal.worker), not per log-in: the delete scans both tables under SQLite's one write
+    lock, which at a million accounts would make every log-in wait for it."""
+    now = utcnow()
+    async with engine.begin() as conn:
+        gone = (await conn.execute(delete(sessions).where(sessions.c.expires_at < now))).rowcount
+        gone += (
+            await conn.execute(delete(api_tokens).where(api_tokens.c.expires_at < now))
+        ).rowcount
+    return int(gone)

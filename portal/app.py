@@ -20,7 +20,6 @@ from starlette.staticfiles import StaticFiles
 from portal.admission import Admission, AdmissionMiddleware
 from portal.auth import AuthMiddleware
 from portal.http_errors import UnexpectedErrorMiddleware, exception_handlers
-from portal.metrics import MetricsMiddleware
 from portal.playback import tune_allocator
 from portal.routes import (
     accounts,
@@ -39,7 +38,8 @@ from portal.routes import (
 from portal.security import AllowedHostsMiddleware, SecurityHeadersMiddleware
 from portal.services import open_services
 from portal.settings import Settings
-from portal.web import STATIC_DIR, make_templates
+from portal.streaming import SegmentFastPath
+from portal.web import STATIC_DIR, MetricsMiddleware, make_templates
 from portal.worker import media_pipeline
 
 log = logging.getLogger("megamovie")
@@ -80,6 +80,12 @@ def build_middleware(settings: Settings, admission: Admission) -> list[Middlewar
         Middleware(AllowedHostsMiddleware, allowed=settings.host_names),
         Middleware(AdmissionMiddleware, admission=admission),
         Middleware(AuthMiddleware, settings=settings),
+        # Innermost: segment GETs go straight to their endpoint, not through the router.
+        Middleware(
+            SegmentFastPath,
+            endpoint=playback.segment,
+            handlers=exception_handlers(),
+        ),
     ]
 
 

@@ -102,19 +102,6 @@ async def start_session(engine: AsyncEngine, settings: Settings, user: User) -> 
     return token
 
 
-async def sweep_expired_logins(engine: AsyncEngine) -> int:
-    """Delete expired sessions and API tokens; returns how many. Run by the periodic sweep
-    (portal.worker), not per log-in: the delete scans both tables under SQLite's one write
-    lock, which at a million accounts would make every log-in wait for it."""
-    now = utcnow()
-    async with engine.begin() as conn:
-        gone = (await conn.execute(delete(sessions).where(sessions.c.expires_at < now))).rowcount
-        gone += (
-            await conn.execute(delete(api_tokens).where(api_tokens.c.expires_at < now))
-        ).rowcount
-    return int(gone)
-
-
 async def end_session(engine: AsyncEngine, token: str) -> None:
     async with engine.begin() as conn:
         await conn.execute(delete(sessions).where(sessions.c.id == _digest(token)))

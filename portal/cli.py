@@ -96,7 +96,7 @@ def users_create(email: str, role: str, display_name: str | None) -> None:
     import sys
 
     from portal.accounts import create_user
-    from portal.errors import PortalError
+    from portal.errors import EXPECTED_ERRORS
     from portal.services import open_database
 
     if sys.stdin.isatty():
@@ -119,8 +119,8 @@ def users_create(email: str, role: str, display_name: str | None) -> None:
 
     try:
         click.echo(asyncio.run(run()))
-    except PortalError as exc:
-        raise click.ClickException(exc.message) from None
+    except EXPECTED_ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.group()
@@ -131,8 +131,8 @@ def keys() -> None:
 def _run_keys(action: str) -> None:
     import asyncio
 
-    from portal.errors import PortalError
-    from portal.services import open_database
+    from portal.errors import EXPECTED_ERRORS
+    from portal.services import open_database, vault_config
     from portal.vault.rotation import key_status_lines, rotate_keys
 
     settings = load_settings()
@@ -140,12 +140,12 @@ def _run_keys(action: str) -> None:
 
     async def run() -> list[str]:
         async with open_database(settings) as engine:
-            return await command(settings, engine)
+            return await command(vault_config(settings), engine)
 
     try:
         lines = asyncio.run(run())
-    except PortalError as exc:
-        raise click.ClickException(exc.message) from None
+    except EXPECTED_ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
     for line in lines:
         click.echo(line)
 
@@ -177,7 +177,7 @@ def _with_services(settings: Settings, action: Any, *args: Any) -> Any:
     """Run `await action(services, *args)` with the engine, vault and queue open."""
     import asyncio
 
-    from portal.errors import PortalError
+    from portal.errors import EXPECTED_ERRORS
     from portal.services import open_services
 
     async def run() -> Any:
@@ -186,8 +186,8 @@ def _with_services(settings: Settings, action: Any, *args: Any) -> Any:
 
     try:
         return asyncio.run(run())
-    except PortalError as exc:
-        raise click.ClickException(exc.message) from None
+    except EXPECTED_ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
@@ -351,7 +351,7 @@ def payments_reconcile(older_than: int) -> None:
     few minutes: each payment is credited once."""
     from datetime import timedelta
 
-    from portal.routes.payments import stripe_provider
+    from portal.stripe_payments import stripe_provider
     from portal.top_ups import reconcile
 
     async def run(services: Any) -> tuple[int, int] | None:

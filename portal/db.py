@@ -1,6 +1,7 @@
 """The database schema (SQLAlchemy Core) and the engine, for SQLite and PostgreSQL alike.
 
-The schema is defined once here; Alembic migrations in portal/migrations create it. Ids are
+The schema is defined once here (the vault's own tables in portal/vault/tables.py);
+Alembic migrations in portal/migrations create it (`portal.migrations.upgrade`). Ids are
 random URL-safe strings made by `new_id`, so they can be shown in URLs without leaking counts.
 Times are timezone-aware UTC datetimes.
 """
@@ -22,7 +23,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     String,
     Table,
@@ -132,15 +132,19 @@ videos = Table(
     Column("ready_at", UTCDateTime(), nullable=True),
     # Paid films play their first `preview_seconds` for everyone; free films ignore it.
     Column("preview_seconds", Integer, nullable=False, default=120, server_default="120"),
-    # The catalog's newest-first page walks this instead of sorting every ready video.
-    Index("ix_videos_catalog", "status", "ready_at"),
+    # The catalog walks these in the order it shows (portal/catalog.py), one page at a time,
+    # instead of sorting every public film; their key is also the paging cursor.
+    Index("ix_videos_newest", "ready_at", "id"),
+    Index("ix_videos_popular", "views", "ready_at", "id"),
 )
 
 uploads = Table(
     "uploads",
     metadata,
     Column("id", String(32), primary_key=True),
-    Column("video_id", String(32), ForeignKey("videos.id", ondelete="CASCADE"), nullable=False),
+    # None for a partial upload (tus concatenation): its bytes wait under its own data key
+    # (vault owner = the upload's id) until a final upload gathers them into a film.
+    Column("video_id", String(32), ForeignKey("videos.id", ondelete="CASCADE"), nullable=True),
     Column("creator_id", String(32), ForeignKey("users.id"), nullable=False, index=True),
     Column("length", BigInteger, nullable=False),
     Column("offset", BigInteger, nullable=False, default=0),
@@ -149,8 +153,8 @@ uploads = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False, index=True),
     Column("completed_at", UTCDateTime(), nullable=True),
-    # A PATCH is writing until then: two PATCHes on one upload must never both succeed.
-    Column("locked_until", UTCDateTime(), nullable=True),
+    # tus concatenation: None, "partial", or "final;<partial id> <partial id> ...".
+    Column("concat", Text, nullable=True),
 )
 
 renditions = Table(
@@ -193,25 +197,6 @@ jobs = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_jobs_claim", "state", "run_after"),
-)
-
-data_keys = Table(
-    "data_keys",
-    metadata,
-    Column("owner", String(64), primary_key=True),  # the video id
-    Column("key_id", String(32), nullable=False, index=True),  # the KEK that wraps it
-    Column("wrapped", LargeBinary, nullable=False),
-    Column("created_at", UTCDateTime(), nullable=False),
-)
-
-# One row per master key (KEK) ever used: a value sealed under that key, so a wrong key in the
-# keyring is caught at start-up instead of producing garbage later (see docs/vault-format.md).
-vault_keys = Table(
-    "vault_keys",
-    metadata,
-    Column("key_id", String(32), primary_key=True),
-    Column("check_value", LargeBinary, nullable=False),
-    Column("created_at", UTCDateTime(), nullable=False),
 )
 
 watch_progress = Table(
@@ -458,9 +443,11 @@ rate_limits = Table(
 )
 
 
-# Full-text search over the catalog (queried in portal/catalog.py). SQLite keeps an FTS5
-# table in step with triggers (video text plus the creator's name); PostgreSQL searches a GIN
-# expression index on the video text and the creator's name separately.
+# Full-text search over the catalog (queried in portal/catalog.py): one document per film,
+# its title, description, tags and its creator's name, kept in step by triggers. SQLite keeps
+# an FTS5 table; PostgreSQL a weighted tsvector column (title A, tags and creator B,
+# description D) with a GIN index. Neither is a SQLAlchemy table or column: the schema
+# comparison leaves them out (portal.migrations.SEARCH_OBJECTS).
 _FTS_INSERT = (
     "INSERT INTO videos_fts(video_id, title, description, tags, creator) "
     "SELECT new.id, new.title, coalesce(new.description, ''), coalesce(new.tags, ''), "
@@ -484,11 +471,34 @@ SQLITE_SEARCH_DDL = [
     "UPDATE videos_fts SET creator = new.display_name "
     "WHERE video_id IN (SELECT id FROM videos WHERE creator_id = new.id); END",
 ]
+
+
+def _search_vector(row: str) -> str:
+    """The weighted tsvector of the videos row `row` (NEW in a trigger, or `videos`)."""
+    creator = f"(SELECT display_name FROM users WHERE id = {row}.creator_id)"  # noqa: S608
+    return (
+        f"setweight(to_tsvector('simple', coalesce({row}.title, '')), 'A') || "
+        f"setweight(to_tsvector('simple', coalesce({row}.tags, '')), 'B') || "
+        f"setweight(to_tsvector('simple', coalesce({creator}, '')), 'B') || "
+        f"setweight(to_tsvector('simple', coalesce({row}.description, '')), 'D')"
+    )
+
+
 POSTGRES_SEARCH_DDL = [
-    "CREATE INDEX IF NOT EXISTS ix_videos_search ON videos USING GIN "
-    "((to_tsvector('simple', title || ' ' || description || ' ' || tags)))",
-    "CREATE INDEX IF NOT EXISTS ix_users_search ON users USING GIN "
-    "((to_tsvector('simple', display_name)))",
+    "ALTER TABLE videos ADD COLUMN IF NOT EXISTS search_vector tsvector",
+    "CREATE OR REPLACE FUNCTION videos_search_vector() RETURNS trigger LANGUAGE plpgsql AS "
+    f"$$ BEGIN NEW.search_vector := {_search_vector('NEW')}; RETURN NEW; END $$",
+    "DROP TRIGGER IF EXISTS videos_search_vector ON videos",
+    "CREATE TRIGGER videos_search_vector BEFORE INSERT OR UPDATE OF title, description, tags, "
+    "creator_id ON videos FOR EACH ROW EXECUTE FUNCTION videos_search_vector()",
+    "CREATE OR REPLACE FUNCTION users_search_rename() RETURNS trigger LANGUAGE plpgsql AS "  # noqa: S608 (constants)
+    f"$$ BEGIN UPDATE videos SET search_vector = {_search_vector('videos')} "
+    "WHERE creator_id = NEW.id; RETURN NULL; END $$",
+    "DROP TRIGGER IF EXISTS users_search_rename ON users",
+    "CREATE TRIGGER users_search_rename AFTER UPDATE OF display_name ON users "
+    "FOR EACH ROW EXECUTE FUNCTION users_search_rename()",
+    f"UPDATE videos SET search_vector = {_search_vector('videos')} WHERE search_vector IS NULL",  # noqa: S608
+    "CREATE INDEX IF NOT EXISTS ix_videos_search ON videos USING GIN (search_vector)",
 ]
 
 
@@ -502,9 +512,17 @@ def create_search_index(connection: Connection) -> None:
 def drop_search_index(connection: Connection) -> None:
     if connection.dialect.name == "sqlite":
         connection.exec_driver_sql("DROP TABLE IF EXISTS videos_fts")
-    else:
-        connection.exec_driver_sql("DROP INDEX IF EXISTS ix_videos_search")
-        connection.exec_driver_sql("DROP INDEX IF EXISTS ix_users_search")
+        return
+    for statement in (
+        "DROP TRIGGER IF EXISTS videos_search_vector ON videos",
+        "DROP TRIGGER IF EXISTS users_search_rename ON users",
+        "DROP FUNCTION IF EXISTS videos_search_vector()",
+        "DROP FUNCTION IF EXISTS users_search_rename()",
+        "DROP INDEX IF EXISTS ix_videos_search",
+        "DROP INDEX IF EXISTS ix_users_search",  # made by the first migrations
+        "ALTER TABLE videos DROP COLUMN IF EXISTS search_vector",
+    ):
+        connection.exec_driver_sql(statement)
 
 
 def create_engine(
@@ -558,10 +576,3 @@ async def begin_write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
             await conn.rollback()
             raise
         await conn.commit()
-
-
-async def create_schema(engine: AsyncEngine) -> None:
-    """Bring the database to the newest schema by running the Alembic migrations."""
-    from portal.migrations import upgrade
-
-    await upgrade(engine)

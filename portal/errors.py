@@ -8,6 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
+# The vault is a leaf with its own errors (no HTTP in them); they are re-exported here so the
+# portal names every error it raises from one module. `portal.http_errors` maps them too.
+from portal.vault.errors import DataKeyExists as DataKeyExists
+from portal.vault.errors import DataKeyMissing as DataKeyMissing
+from portal.vault.errors import KeyringError as KeyringError
+from portal.vault.errors import ObjectNameInvalid as ObjectNameInvalid
+from portal.vault.errors import ObjectNotFound as ObjectNotFound
+from portal.vault.errors import StorageError as StorageError
+from portal.vault.errors import StorageFull as StorageFull
+from portal.vault.errors import VaultError as VaultError
+from portal.vault.errors import VaultTampered as VaultTampered
+
 
 class PortalError(Exception):
     """Base of every error the portal raises on purpose."""
@@ -209,56 +221,5 @@ class ChecksumMismatch(UploadRejected):
     code = "checksum_mismatch"
 
 
-class VaultError(PortalError):
-    """Base of the vault's errors: storage and encryption at rest."""
-
-    status_code = 500
-    code = "vault_error"
-
-
-class KeyringError(VaultError):
-    """The key-encryption keys are missing, malformed, or not the ones the data was wrapped with."""
-
-    code = "keyring_error"
-
-
-class DataKeyMissing(VaultError):
-    """No data key exists for this owner: never created, or destroyed (crypto-shredded)."""
-
-    status_code = 404
-    code = "data_key_missing"
-
-
-class VaultTampered(VaultError):
-    """Stored ciphertext failed authentication: modified, truncated, reordered, swapped,
-    or opened with the wrong key. No plaintext of the bad chunk is released."""
-
-    code = "vault_tampered"
-
-
-class ObjectNotFound(VaultError):
-    status_code = 404
-    code = "object_not_found"
-
-
-class ObjectNameInvalid(VaultError):
-    """An owner or object path the vault refuses: `..`, absolute, empty segments, odd characters."""
-
-    status_code = 400
-    code = "object_name_invalid"
-
-
-class StorageError(VaultError):
-    """The storage backend failed (disk full, S3 unreachable, ...)."""
-
-    status_code = 503
-    code = "storage_error"
-    retry_after = 5
-
-
-class StorageFull(StorageError):
-    """The disk (or quota) under the object store is full: nothing of the write was kept."""
-
-    status_code = 507
-    code = "insufficient_storage"
-    retry_after = 60
+#: Every error whose message is meant for a person: the CLI prints these instead of a traceback.
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (PortalError, VaultError)

@@ -19,12 +19,21 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from portal.errors import Overloaded
-from portal.metrics import Metrics
 
 T = TypeVar("T")
+
+
+class PoolWatcher(Protocol):
+    """Told what the pool does (portal.metrics.Metrics is one), for live gauges."""
+
+    def hashing_capacity(self, change: int) -> None: ...
+    def hashing_in_use(self, change: int) -> None: ...
+    def hashing_refused(self) -> None: ...
+
+
 #: Niceness of the hashing threads: the event loop (nice 0) wins the CPU when it needs it.
 HASH_NICENESS = 10
 
@@ -41,14 +50,16 @@ def _lower_priority() -> None:
 class HashingPool:
     """Runs hash and verify calls on `threads` threads, with at most `queue` waiting."""
 
-    def __init__(self, threads: int = 0, queue: int = 16, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, threads: int = 0, queue: int = 16, watcher: PoolWatcher | None = None
+    ) -> None:
         self.threads = threads or os.cpu_count() or 1
         self.capacity = self.threads + queue
         self.in_use = 0  # running + waiting; touched only from the event loop
         self.refused = 0
-        self.metrics = metrics
-        if metrics is not None:
-            metrics.hashing_capacity.inc(self.capacity)
+        self.watcher = watcher
+        if watcher is not None:
+            watcher.hashing_capacity(self.capacity)
         self._executor = ThreadPoolExecutor(
             self.threads, thread_name_prefix="argon2", initializer=_lower_priority
         )
@@ -56,23 +67,23 @@ class HashingPool:
     async def run(self, work: Callable[..., T], *args: object) -> T:
         if self.in_use >= self.capacity:
             self.refused += 1
-            if self.metrics is not None:
-                self.metrics.hashing_refused.inc()
+            if self.watcher is not None:
+                self.watcher.hashing_refused()
             raise Overloaded(
                 "Too many people are signing up or logging in right now; try again in a moment.",
                 retry_after=1,
             )
         self.in_use += 1
-        if self.metrics is not None:
-            self.metrics.hashing_in_use.inc()
+        if self.watcher is not None:
+            self.watcher.hashing_in_use(1)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
         finally:
             self.in_use -= 1
-            if self.metrics is not None:
-                self.metrics.hashing_in_use.dec()
+            if self.watcher is not None:
+                self.watcher.hashing_in_use(-1)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-        if self.metrics is not None:
-            self.metrics.hashing_capacity.dec(self.capacity)
+        if self.watcher is not None:
+            self.watcher.hashing_capacity(-self.capacity)

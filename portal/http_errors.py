@@ -19,13 +19,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from portal.errors import (
     BearerTokenRequired,
+    DataKeyExists,
+    DataKeyMissing,
+    KeyringError,
+    ObjectNameInvalid,
+    ObjectNotFound,
     Overloaded,
     PayloadTooLarge,
     PortalError,
     RateLimited,
     StorageError,
+    StorageFull,
     Unavailable,
     VaultError,
+    VaultTampered,
 )
 from portal.outages import outage_of
 from transcoder.errors import MediaError
@@ -73,15 +80,45 @@ def render_error(
     )
 
 
-async def portal_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, PortalError)
-    if isinstance(exc, VaultError) and exc.status_code >= 500:
+#: The vault's errors know nothing of HTTP (the vault is a leaf); their status and code are
+#: here. Most specific first: the first class the error is an instance of wins.
+VAULT_STATUSES: list[tuple[type[VaultError], int, str]] = [
+    (DataKeyMissing, 404, "data_key_missing"),
+    (DataKeyExists, 409, "conflict"),
+    (ObjectNotFound, 404, "object_not_found"),
+    (ObjectNameInvalid, 400, "object_name_invalid"),
+    (StorageFull, 507, "insufficient_storage"),
+    (StorageError, 503, "storage_error"),
+    (KeyringError, 500, "keyring_error"),
+    (VaultTampered, 500, "vault_tampered"),
+    (VaultError, 500, "vault_error"),
+]
+
+
+def vault_status(exc: VaultError) -> tuple[int, str]:
+    """The HTTP status and error code for a vault error."""
+    return next((status, code) for kind, status, code in VAULT_STATUSES if isinstance(exc, kind))
+
+
+async def vault_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, VaultError)
+    status, code = vault_status(exc)
+    if status >= 500:
         # Tampering or a storage failure is an operator's problem: log it loudly, tell the
         # client only that it failed. Never send bytes that did not authenticate.
         log.error("vault failure on %s %s: %s", request.method, request.url.path, exc.message)
+    response = render_error(request, status, code, exc.message)
+    if isinstance(exc, StorageError):
+        # The store is unreachable or full: worth trying again, not at once.
+        response.headers["Retry-After"] = "60" if isinstance(exc, StorageFull) else "5"
+    return response
+
+
+async def portal_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PortalError)
     response = render_error(request, exc.status_code, exc.code, exc.message, exc.details())
     retry_after = getattr(exc, "retry_after", None)
-    if isinstance(exc, RateLimited | Overloaded | Unavailable | StorageError) and retry_after:
+    if isinstance(exc, RateLimited | Overloaded | Unavailable) and retry_after:
         response.headers["Retry-After"] = str(retry_after)
     if isinstance(exc, BearerTokenRequired):
         response.headers["WWW-Authenticate"] = "Bearer"
@@ -156,6 +193,7 @@ class UnexpectedErrorMiddleware:
 def exception_handlers() -> dict[type[Exception] | int, object]:
     return {
         PortalError: portal_error,
+        VaultError: vault_error,
         MediaError: media_error,
         HTTPException: http_exception,
         Exception: unexpected_error,

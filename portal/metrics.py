@@ -9,14 +9,14 @@ registry in memory.
 
 Job counts, queue depth and the age of the oldest waiting job are read from the database when
 scraped, so they are true across machines. No label takes a value from the request path: a
-scraper must not be able to grow our memory by asking for random URLs.
+scraper must not be able to grow our memory by asking for random URLs. The web layer counts
+responses and times segments with `portal.web.MetricsMiddleware`; workers count transcodes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import time
 from pathlib import Path
 
 import prometheus_client
@@ -31,7 +31,6 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.core import GaugeMetricFamily
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 JOB_STATES = ("queued", "running", "done", "failed")
 ADMISSION_CLASSES = ("ongoing", "new", "exempt")  # portal.admission
@@ -95,19 +94,19 @@ class Metrics:
             ["kind"],
             registry=registry,
         )
-        self.hashing_in_use = Gauge(
+        self.hashing_in_use_gauge = Gauge(
             "megamovie_hashing_in_use",
             "Password hashes running or waiting for a hashing thread.",
             registry=registry,
             multiprocess_mode="livesum",
         )
-        self.hashing_capacity = Gauge(
+        self.hashing_capacity_gauge = Gauge(
             "megamovie_hashing_capacity",
             "Password hashes that may run or wait at once (threads + queue).",
             registry=registry,
             multiprocess_mode="livesum",
         )
-        self.hashing_refused = Counter(
+        self.hashing_refused_total = Counter(
             "megamovie_hashing_refused",
             "Password hashes refused because the hashing pool was full (503).",
             registry=registry,
@@ -138,6 +137,16 @@ class Metrics:
             self.in_flight.labels(kind)
             if kind != "exempt":
                 self.shed.labels(kind)
+
+    # What the hashing pool tells us (portal.hashing.PoolWatcher).
+    def hashing_capacity(self, change: int) -> None:
+        self.hashing_capacity_gauge.inc(change)
+
+    def hashing_in_use(self, change: int) -> None:
+        self.hashing_in_use_gauge.inc(change)
+
+    def hashing_refused(self) -> None:
+        self.hashing_refused_total.inc()
 
     def count_request(self, method: str, status: int) -> None:
         self.requests.labels(method if method in _METHODS else "OTHER", str(status)).inc()
@@ -191,35 +200,3 @@ class _JobFigures:
             "How long the oldest due job has waited for a worker (0: none waits).",
             self.age,
         )
-
-
-def _is_segment(path: str) -> bool:
-    return path.startswith("/stream/") and path.endswith((".m4s", ".mp4"))
-
-
-class MetricsMiddleware:
-    """Counts every HTTP response by method and status, and times segment requests."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        services = getattr(scope["app"].state, "services", None)
-        metrics: Metrics | None = services.metrics if services is not None else None
-        if metrics is None:
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        timed = _is_segment(scope["path"])
-
-        async def counting_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                metrics.count_request(scope["method"], message["status"])
-            await send(message)
-            if timed and message["type"] == "http.response.body" and not message.get("more_body"):
-                metrics.segment_seconds.observe(time.perf_counter() - started)
-
-        await self.app(scope, receive, counting_send)

@@ -109,7 +109,6 @@ class Processor:
         )
         self.options = HlsOptions(
             segment_seconds=settings.segment_seconds,
-            keyframe_seconds=_keyframe_seconds(settings.segment_seconds),
             preset=settings.transcode_preset,
             timeout=settings.transcode_timeout_seconds,
             ffmpeg=settings.ffmpeg,
@@ -299,9 +298,3 @@ class Processor:
             await conn.execute(
                 update(videos).where(videos.c.id == video_id).values(updated_at=utcnow(), **values)
             )
-
-
-def _keyframe_seconds(segment_seconds: float) -> float:
-    """A divisor of the segment length near 2 s, so every segment starts on a keyframe."""
-    count = max(1, round(segment_seconds / 2))
-    return segment_seconds / count

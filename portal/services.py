@@ -17,18 +17,20 @@ from dataclasses import dataclass
 import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from portal.db import create_engine, create_schema
+from portal.db import create_engine
 from portal.hashing import HashingPool
 from portal.jobs import JobQueue
+from portal.leases import leases_for
 from portal.licensing.plugins import Plugins
 from portal.metering import Meter, WatchRecord
 from portal.metrics import Metrics
+from portal.migrations import upgrade
 from portal.ratelimit import RateLimiter
 from portal.settings import Settings
 from portal.signing import load_secret_key
 from portal.tokens import PlaybackTokens
 from portal.uploads import Uploads
-from portal.vault import Vault, open_vault
+from portal.vault import StorageConfig, Vault, VaultConfig, open_vault
 
 log = logging.getLogger("megamovie.services")
 
@@ -49,10 +51,29 @@ async def open_database(settings: Settings) -> AsyncIterator[AsyncEngine]:
         statement_timeout=settings.db_statement_timeout_seconds,
     )
     try:
-        await create_schema(engine)
+        await upgrade(engine)
         yield engine
     finally:
         await engine.dispose()
+
+
+def vault_config(settings: Settings) -> VaultConfig:
+    """What the vault is told: it never reads Settings itself."""
+    secret = settings.s3_secret_access_key
+    master_keys = settings.master_keys
+    return VaultConfig(
+        key_file=settings.key_file,
+        master_keys=master_keys.reveal() if master_keys else None,
+        chunk_size=settings.vault_chunk_size,
+        storage=StorageConfig(
+            url=settings.storage_url,
+            s3_endpoint_url=settings.s3_endpoint_url,
+            s3_region=settings.s3_region,
+            s3_access_key_id=settings.s3_access_key_id,
+            s3_secret_access_key=secret.reveal() if secret else None,
+            s3_timeout_seconds=settings.s3_timeout_seconds,
+        ),
+    )
 
 
 @dataclass
@@ -92,7 +113,7 @@ class Services:
             engine=engine,
             vault=vault,
             jobs=jobs,
-            uploads=Uploads(settings, engine, vault, jobs),
+            uploads=Uploads(settings, engine, vault, jobs, leases_for(settings, engine)),
             tokens=PlaybackTokens(secret_key, settings.token_ttl_seconds),
             metrics=metrics,
             secret_key=secret_key,
@@ -125,12 +146,13 @@ def optional_plugins(settings: Settings) -> list[tuple[str, object]]:
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     """Open everything `Services` holds; closes the vault and the engine on exit."""
     async with open_database(settings) as engine:
-        vault = await open_vault(settings, engine)
+        vault = await open_vault(vault_config(settings), engine)
         try:
             services = Services.build(settings, engine, vault)
             try:
                 yield services
             finally:
+                await services.uploads.leases.aclose()
                 services.hashing.close()
                 services.metrics.close()
                 await services.plugins.aclose()

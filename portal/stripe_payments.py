@@ -20,7 +20,7 @@ Amounts: the portal's minor units are Stripe's, except that Stripe counts the Ic
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import stripe
 from stripe.params import PaymentIntentCreateParams
@@ -31,6 +31,9 @@ from portal.money import CURRENCIES, Money
 from portal.payments import CANCELED, PENDING, SUCCEEDED, PaymentState
 from portal.settings import Settings
 from portal.top_ups import PaymentsUnavailable
+
+if TYPE_CHECKING:
+    from portal.services import Services
 
 log = logging.getLogger("megamovie.payments.stripe")
 
@@ -189,3 +192,10 @@ def payment_plugins(settings: Settings) -> list[tuple[str, object]]:
     if not settings.stripe_enabled:
         return []
     return [(NAME, StripePlugin(StripeProvider(settings)))]
+
+
+def stripe_provider(services: Services) -> Any:
+    """The built-in Stripe provider when it is on (whoever answers the hook), else None.
+    Here, not in the routes: `megamovie payments reconcile` needs it too."""
+    plugin = services.plugins.manager.get_plugin("stripe")
+    return getattr(plugin, "provider", None)

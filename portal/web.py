@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,8 +17,10 @@ import jinja2
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from portal.errors import BadRequest
+from portal.metrics import Metrics
 from portal.money import CURRENCIES, format_amount
 from portal.parsing import read_json
 from portal.security import client_ip
@@ -158,3 +161,35 @@ async def check_rate_limit(request: Request, action: str) -> None:
     """Rate-limit `action` (login, signup, token) per client and for everyone together
     (portal.ratelimit); RateLimited (429 + Retry-After) when over."""
     services_of(request).limiter.hit(action, client_ip(request))
+
+
+def _is_segment(path: str) -> bool:
+    return path.startswith("/stream/") and path.endswith((".m4s", ".mp4"))
+
+
+class MetricsMiddleware:
+    """Counts every HTTP response by method and status, and times segment requests."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        services = getattr(scope["app"].state, "services", None)
+        metrics: Metrics | None = services.metrics if services is not None else None
+        if metrics is None:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        timed = _is_segment(scope["path"])
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                metrics.count_request(scope["method"], message["status"])
+            await send(message)
+            if timed and message["type"] == "http.response.body" and not message.get("more_body"):
+                metrics.segment_seconds.observe(time.perf_counter() - started)
+
+        await self.app(scope, receive, counting_send)

@@ -27,8 +27,7 @@ import anyio
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from portal.accounts import get_user_by_email
-from portal.auth import sweep_expired_logins
+from portal.accounts import get_user_by_email, sweep_expired_logins
 from portal.db import new_id, videos
 from portal.errors import NotFound
 from portal.jobs import Job, JobQueue, LeaseLost

@@ -14,15 +14,15 @@ from pathlib import Path
 
 from alembic import command
 
-from portal.db import create_engine, create_schema
-from portal.migrations import alembic_config
+from portal.db import create_engine
+from portal.migrations import alembic_config, upgrade
 
 
 def main(message: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite+aiosqlite:///{Path(tmp) / 'head.db'}"
         engine = create_engine(url)
-        asyncio.run(create_schema(engine))
+        asyncio.run(upgrade(engine))
         asyncio.run(engine.dispose())
         command.revision(alembic_config(url), message=message, autogenerate=True)
 

@@ -11,10 +11,18 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
 
+from portal.app import create_app
 from portal.settings import Settings
+from tests.helpers import POSTGRES_ADMIN_DSN, LiveServer
 
-POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+# Tests never assert on timings: hypothesis' per-example deadline is one (a loaded 2-core CI
+# machine made a 75 ms example take 283 ms and fail), so it is off for every property test.
+hypothesis_settings.register_profile("megamovie", deadline=None)
+hypothesis_settings.load_profile("megamovie")
 
 
 @pytest.fixture
@@ -59,48 +67,24 @@ def database_url(request: pytest.FixtureRequest, settings: Settings) -> Iterator
 
 
 @pytest.fixture
+def app(settings: Settings) -> Starlette:
+    """The whole portal, built by its factory from the test's settings (no lifespan yet)."""
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: Starlette) -> Iterator[TestClient]:
+    """A client of `app`, entered: the lifespan has opened the database, vault and workers,
+    and closes them after the test."""
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture
 def sample_dir(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "samples"
     path.mkdir()
     yield path
-
-
-class LiveServer:
-    """The real portal under uvicorn on a free loopback port, in a background thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        import socket
-        import threading
-
-        import uvicorn
-
-        from portal.app import create_app
-        from portal.server import server_config
-
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
-        self.settings = settings.replace(host="127.0.0.1", port=self.port)
-        self.url = f"http://127.0.0.1:{self.port}"
-        # The configuration `megamovie serve` runs, time limits included.
-        config = server_config(create_app(self.settings), self.settings, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> None:
-        import time
-
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the portal did not start within 30 s")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 @pytest.fixture

@@ -1,19 +1,15 @@
-from starlette.testclient import TestClient
-
-from portal.app import create_app
 
 
-def test_healthz_answers_ok_when_the_database_is_up(settings):
-    with TestClient(create_app(settings)) as client:
-        response = client.get("/healthz")
+
+def test_healthz_answers_ok_when_the_database_is_up(client, settings):
+    response = client.get("/healthz")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "database": "up", "storage": "up"}
     assert (settings.data_dir.stat().st_mode & 0o777) == 0o700
 
 
-def test_unknown_api_path_gets_a_json_404(settings):
-    with TestClient(create_app(settings)) as client:
-        response = client.get("/api/nope")
+def test_unknown_api_path_gets_a_json_404(client):
+    response = client.get("/api/nope")
     assert response.status_code == 404
     assert response.json()["error"] == "http_error"
 

@@ -6,7 +6,8 @@ import anyio
 import pytest
 from sqlalchemy import func, select
 
-from portal.db import create_engine, create_schema, new_id, users, utcnow
+from portal.db import create_engine, new_id, users, utcnow
+from portal.migrations import upgrade
 
 pytestmark = pytest.mark.anyio
 
@@ -23,7 +24,7 @@ async def _add_user(engine) -> None:  # type: ignore[no-untyped-def]
 async def test_concurrent_writers_all_commit(settings):
     settings.data_dir.mkdir(parents=True)
     engine = create_engine(settings.database_url)
-    await create_schema(engine)
+    await upgrade(engine)
     try:
         async with anyio.create_task_group() as tg:
             for _ in range(40):
@@ -37,7 +38,7 @@ async def test_concurrent_writers_all_commit(settings):
 async def test_a_writer_cancelled_mid_transaction_frees_the_gate(settings):
     settings.data_dir.mkdir(parents=True)
     engine = create_engine(settings.database_url)
-    await create_schema(engine)
+    await upgrade(engine)
     holding = anyio.Event()
 
     async def write_then_hang() -> None:

@@ -153,7 +153,8 @@ def _janitor() -> None:
             op, value = json.loads(raw)
         except ValueError:
             continue  # a line cut short by our parent's death
-        if op == "add_path" and isinstance(value, str) and os.path.isabs(value):
+        # Absolute paths only, and never the root: a bug upstream must not become rm -rf /.
+        if op == "add_path" and isinstance(value, str) and os.path.isabs(value) and value != "/":
             paths[value] = None
         elif op == "drop_path":
             paths.pop(value, None)

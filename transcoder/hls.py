@@ -45,9 +45,21 @@ POLL_SECONDS = 0.2
 @dataclass(frozen=True)
 class HlsOptions:
     segment_seconds: float = 4.0
-    #: Keyframe interval; a divisor of segment_seconds so every segment starts on one.
-    keyframe_seconds: float = 2.0
+    #: The first segments are this short, then double up to segment_seconds (1, 1, 2, 4,
+    #: 4...): a viewer can start about a second of video after the encode starts.
+    first_segment_seconds: float = 1.0
+    #: x264 preset of the top rung, whose quality is the film's best.
     preset: str = "veryfast"
+    #: x264 preset of every rung below the top (never slower than `preset`); None: `preset`.
+    #: The rungs below a 1080p top are 45% of the pixels; superfast keeps CABAC, B-frames
+    #: and the deblocking filter, and brings a 5-rung 1080p30 ladder past real time on two
+    #: cores (benchmarks/transcode.py).
+    lower_preset: str | None = "superfast"
+    #: x264 options added to the top rung's preset. Two cheap refinements (a longer
+    #: rate-control lookahead, trellis quantisation) that keep the top rung at or above the
+    #: SSIM and PSNR it had with a 2-s-keyframe, one-preset ladder, for about a tenth of
+    #: what the faster lower rungs save.
+    top_x264_params: str = "rc-lookahead=20:trellis=1"
     #: Wall-time limit in seconds for the whole encode; None for no limit.
     timeout: float | None = None
     ffmpeg: str = "ffmpeg"
@@ -137,8 +149,8 @@ def build_command(
     for r in renditions:
         if not _SAFE_NAME.match(r.name):
             raise ValueError(f"rendition name {r.name!r} is not a safe directory name")
-    if options.segment_seconds % options.keyframe_seconds > 1e-6:
-        raise ValueError("segment_seconds must be a multiple of keyframe_seconds")
+    if options.first_segment_seconds <= 0 or options.segment_seconds <= 0:
+        raise ValueError("segment lengths must be positive")
     videos = [r for r in renditions if r.has_video]
     if videos and not info.has_video:
         raise ValueError("video renditions requested for a source without video")
@@ -149,7 +161,9 @@ def build_command(
     opts: dict[str, str | int | float] = {}
     stream_map: list[str] = []
     audio_index = 0
-    for i, (r, picture) in enumerate(zip(videos, pictures, strict=True)):
+    presets = rung_presets(videos, options) if videos else []
+    top = max(videos, key=lambda r: r.width * r.height) if videos else None
+    for i, (r, picture, preset) in enumerate(zip(videos, pictures, presets, strict=True)):
         streams.append(picture)
         entry = f"v:{i}"
         if r.audio_bitrate and info.has_audio:
@@ -157,15 +171,18 @@ def build_command(
             opts[f"b:a:{audio_index}"] = r.audio_bitrate
             entry += f",a:{audio_index}"
             audio_index += 1
-        gop = max(1, round(options.keyframe_seconds * r.fps))
         opts |= {
             f"b:v:{i}": r.video_bitrate,
             f"maxrate:v:{i}": r.maxrate,
             f"bufsize:v:{i}": 2 * r.video_bitrate,
             f"level:v:{i}": r.level,
-            f"g:v:{i}": gop,
-            f"keyint_min:v:{i}": gop,
+            # Twice the longest segment: x264 never adds a keyframe of its own, which the
+            # muxer would take for a segment boundary (see segment_starts).
+            f"g:v:{i}": 2 * math.ceil(options.segment_seconds * r.fps),
         }
+        opts[f"preset:v:{i}"] = preset
+        if r is top and options.top_x264_params:
+            opts[f"x264-params:v:{i}"] = options.top_x264_params
         stream_map.append(f"{entry},name:{r.name}")
     for r in renditions:
         if not r.has_video:
@@ -176,11 +193,10 @@ def build_command(
     if videos:
         opts |= {
             "c:v": "libx264",
-            "preset": options.preset,
             "profile:v": "high",
-            # Keyframes at the same instants in every rendition, and nowhere else, so players
-            # can switch rendition at any segment boundary.
-            "force_key_frames": f"expr:gte(t,n_forced*{options.keyframe_seconds:g})",
+            # Keyframes at the segment boundaries, the same instants in every rendition, and
+            # nowhere else: players switch rendition at any boundary.
+            "force_key_frames": _keyframe_expression(options),
             "sc_threshold": 0,
             "threads": options.threads,
         }
@@ -194,7 +210,7 @@ def build_command(
         "map_metadata": -1,
         "map_chapters": -1,
         "max_muxing_queue_size": 4096,
-        "hls_time": f"{options.segment_seconds:g}",
+        "hls_time": f"{_hls_time(options, bool(videos)):g}",
         "hls_list_size": 0,
         "hls_playlist_type": "event",
         "hls_segment_type": "fmp4",
@@ -205,6 +221,75 @@ def build_command(
     }
     output = ffmpeg.output(*streams, str(out / "%v" / _PLAYLIST), f="hls", **opts)
     return compile_command(options.ffmpeg, output, progress=True)
+
+
+#: x264's presets, fastest first.
+X264_PRESETS = (
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+    "veryslow", "placebo",
+)  # fmt: skip
+
+
+def rung_presets(videos: list[Rendition], options: HlsOptions) -> list[str]:
+    """The x264 preset of each video rendition: `preset` for the largest, `lower_preset`
+    (or `preset` if that is faster) for the others."""
+    for name in (options.preset, options.lower_preset):
+        if name is not None and name not in X264_PRESETS:
+            raise ValueError(f"unknown x264 preset {name!r}")
+    lower = options.lower_preset or options.preset
+    lower = min(lower, options.preset, key=X264_PRESETS.index)
+    top = max(range(len(videos)), key=lambda i: videos[i].width * videos[i].height)
+    return [options.preset if i == top else lower for i in range(len(videos))]
+
+
+def segment_starts(options: HlsOptions, count: int) -> list[float]:
+    """Where the first `count` video segments start: 0, then F, 2F, 4F... while at most
+    segment_seconds S, then every S (F=1, S=4: 0, 1, 2, 4, 8, 12: segments 1, 1, 2, 4, 4)."""
+    first, length = options.first_segment_seconds, options.segment_seconds
+    starts = [0.0]
+    boundary = first
+    while boundary <= length and boundary > starts[-1] and len(starts) < count:
+        starts.append(boundary)
+        boundary *= 2
+    while len(starts) < count:
+        starts.append(starts[-1] + length)
+    return starts
+
+
+def _ramp(options: HlsOptions) -> list[float]:
+    """The boundaries of the short opening segments (without 0)."""
+    starts = segment_starts(options, 64)
+    return [t for t in starts[1:] if t <= options.segment_seconds and t < starts[-1]]
+
+
+def _keyframe_expression(options: HlsOptions) -> str:
+    """x264 keyframe n (n_forced) goes on the first frame at or after segment_starts()[n].
+
+    ffmpeg 5.1's `-hls_init_time` would be the obvious tool, but with an unbounded playlist
+    (which EVENT playlists are) it makes every segment that short. So the muxer is told to
+    cut often (`_hls_time`) and we decide where it can: it cuts at the first keyframe after
+    each multiple of hls_time, and we place keyframes only at the boundaries we want.
+    """
+    ramp = _ramp(options)
+    last = ramp[-1] if ramp else 0.0
+    # Grid after the ramp: last + (n - len(ramp)) * S; nested ifs for the ramp itself.
+    expression = f"{last:g}+(n_forced-{len(ramp)})*{options.segment_seconds:g}"
+    for n, t in reversed(list(enumerate(ramp, start=1))):
+        expression = f"if(lte(n_forced,{n}),{t:g},{expression})"
+    expression = f"if(eq(n_forced,0),0,{expression})"
+    # A millisecond of slack: t is a double, and 30 * (1/30) may come out just under 1.
+    return f"expr:gte(t+0.001,{expression})"
+
+
+def _hls_time(options: HlsOptions, video: bool) -> float:
+    """The muxer ends segment n at the first keyframe at or after (n + 1) * hls_time. With
+    keyframes only at our boundaries, any hls_time below every boundary's n-th multiple cuts
+    at each of them; 0.9 x the first length leaves room for timestamps that arrive a frame
+    early. Audio-only output has no keyframes to steer by: every packet is one, so it gets
+    plain segment_seconds segments."""
+    if not video or options.first_segment_seconds >= options.segment_seconds:
+        return options.segment_seconds
+    return 0.9 * options.first_segment_seconds
 
 
 def _scaled(source: Any, videos: list[Rendition], info: MediaInfo) -> list[Any]:
@@ -220,11 +305,16 @@ def _scaled(source: Any, videos: list[Rendition], info: MediaInfo) -> list[Any]:
     if shared:
         picture = picture.filter("fps", _rate(videos[0].fps))
     branches = picture.split()
+    top = max(videos, key=lambda r: r.width * r.height)
     scaled = []
     for i, r in enumerate(videos):
         branch = branches[i] if shared else branches[i].filter("fps", _rate(r.fps))
+        # Below the top, area averaging: a proper downscaling filter at half bicubic's cost,
+        # which with four rungs from 1080p is a tenth of the whole encode. The top rung keeps
+        # swscale's default (and is not scaled at all when it is the source's own size).
+        flags = {} if r is top else {"flags": "area"}
         scaled.append(
-            branch.filter("scale", r.width, r.height)
+            branch.filter("scale", r.width, r.height, **flags)
             .filter("setsar", 1)
             .filter("format", "yuv420p")
         )

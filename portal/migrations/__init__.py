@@ -11,15 +11,24 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from portal import db
+from portal.vault import tables as vault_tables
 
 HERE = Path(__file__).resolve().parent
 
 
+def declared_schema() -> list[MetaData]:
+    """Every table the migrations build: the portal's (portal.db) and the vault's own."""
+    return [db.metadata, vault_tables.metadata]
+
+
 # The catalog's search structures are made by raw DDL (portal.db.create_search_index), not
 # declared as tables: schema comparison leaves them out.
-SEARCH_OBJECTS = ("videos_fts", "ix_videos_search", "ix_users_search")
+SEARCH_OBJECTS = ("videos_fts", "ix_videos_search", "ix_users_search", "search_vector")
 
 
 def include_name(name: str | None, type_: str, parent_names: object) -> bool:

@@ -8,8 +8,8 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from portal.db import create_engine, metadata
-from portal.migrations import include_name
+from portal.db import create_engine
+from portal.migrations import declared_schema, include_name
 
 config = context.config
 
@@ -17,7 +17,7 @@ config = context.config
 def run_on(connection: Connection) -> None:
     context.configure(
         connection=connection,
-        target_metadata=metadata,
+        target_metadata=declared_schema(),
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite cannot ALTER much
         compare_type=True,
         include_name=include_name,

@@ -22,8 +22,9 @@ def _params(request: Request) -> dict[str, Any]:
     page = query_int(request.query_params, "page", default=1, minimum=1, maximum=MAX_PAGE)
     return {
         "q": request.query_params.get("q", "")[:200],
-        "sort": request.query_params.get("sort", "newest"),
+        "sort": request.query_params.get("sort", ""),
         "page": page,
+        "after": request.query_params.get("after", "")[:500] or None,
     }
 
 
@@ -65,6 +66,8 @@ async def api_videos(request: Request) -> Response:
             "page": result.page,
             "pages": result.pages,
             "total": result.total,
+            "total_capped": result.total_capped,
+            "next": result.next_cursor,
             "q": result.query,
             "sort": result.sort,
         }

@@ -27,6 +27,7 @@ from portal.payments import (
     PaymentState,
 )
 from portal.services import Services
+from portal.stripe_payments import stripe_provider
 from portal.top_ups import (
     ProviderPayment,
     begin_top_up,
@@ -47,12 +48,6 @@ MAX_WEBHOOK_BYTES = 512 * 1024
 class PayloadTooLarge(PortalError):
     status_code = 413
     code = "payload_too_large"
-
-
-def stripe_provider(services: Services) -> Any:
-    """The built-in Stripe provider when it is on (whoever answers the hook), else None."""
-    plugin = services.plugins.manager.get_plugin("stripe")
-    return getattr(plugin, "provider", None)
 
 
 async def deferred_provider(

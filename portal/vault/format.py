@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from portal.errors import VaultError, VaultTampered
+from portal.vault.errors import VaultError, VaultTampered
 
 MAGIC = b"MMVF"
 VERSION = 1
@@ -118,7 +118,7 @@ class ObjectCipher:
         return self._prefix + _COUNTER.pack(index, last)
 
     def seal_into(
-        self, index: int, last: bool, plaintext: bytes | memoryview, out: memoryview
+        self, index: int, last: bool, plaintext: bytes | bytearray | memoryview, out: memoryview
     ) -> None:
         if index >= MAX_CHUNKS:
             raise VaultError("the object is too large for the vault format (2**32 chunks)")
@@ -183,41 +183,66 @@ class Sealer:
         self._pending = bytearray()
         self._index = 0
         self.written = 0
+        self.stride = cipher.chunk_size + TAG_SIZE  # a sealed chunk's size
 
     def header(self) -> bytes:
         return self._cipher.header.pack()
 
     def feed(self, data: bytes | bytearray | memoryview) -> bytearray:
         """Add plaintext; return the chunks that could be sealed (possibly none)."""
-        self._pending += data
-        self.written += len(data)
-        size = self._cipher.chunk_size
-        # Keep the tail (1..size bytes) back: it may be the last chunk.
-        ready = (len(self._pending) - 1) // size if self._pending else 0
-        if ready <= 0:
-            return bytearray()
-        out = bytearray(ready * (size + TAG_SIZE))
-        target = memoryview(out)
-        source = memoryview(self._pending)
-        for n in range(ready):
-            self._cipher.seal_into(
-                self._index,
-                False,
-                source[n * size : (n + 1) * size],
-                target[n * (size + TAG_SIZE) : (n + 1) * (size + TAG_SIZE)],
-            )
-            self._index += 1
-        source.release()
-        del self._pending[: ready * size]
+        view = memoryview(data)
+        out = bytearray(((len(self._pending) + len(view)) // self._cipher.chunk_size) * self.stride)
+        used, produced = self.feed_into(view, memoryview(out))
+        assert used == len(view)
+        del out[produced:]
         return out
+
+    def feed_into(self, data: memoryview, out: memoryview) -> tuple[int, int]:
+        """Add plaintext from `data`, sealing every chunk that more data follows straight into
+        `out`, as far as it has room; returns (bytes of `data` taken, bytes of `out` written).
+        Whole chunks are sealed from `data` itself: only a chunk's worth of tail is copied
+        aside. Less than all of `data` is taken only when `out` is full."""
+        size, stride = self._cipher.chunk_size, self.stride
+        seal = self._cipher.seal_into
+        total = len(data)
+        used = produced = 0
+        if self._pending:
+            used = min(size - len(self._pending), total)
+            self._pending += data[:used]
+            if len(self._pending) < size or used == total:
+                self.written += used
+                return used, 0  # not full yet, or nothing after it yet: it may be the last
+            if len(out) < stride:
+                self.written += used
+                return used, 0
+            seal(self._index, False, self._pending, out[:stride])
+            self._index += 1
+            self._pending.clear()
+            produced = stride
+        while total - used > size and len(out) - produced >= stride:
+            seal(self._index, False, data[used : used + size], out[produced : produced + stride])
+            self._index += 1
+            used += size
+            produced += stride
+        if total - used <= size:
+            self._pending += data[used:]  # the tail (1..size bytes): it may be the last chunk
+            used = total
+        self.written += used
+        return used, produced
 
     def finish(self) -> bytearray:
         """Seal the last chunk (empty when the object is empty) with the last-chunk flag."""
         out = bytearray(len(self._pending) + TAG_SIZE)
-        self._cipher.seal_into(self._index, True, bytes(self._pending), memoryview(out))
+        self.finish_into(memoryview(out))
+        return out
+
+    def finish_into(self, out: memoryview) -> int:
+        """`finish` into `out` (room for the pending bytes and a tag); returns bytes written."""
+        length = len(self._pending) + TAG_SIZE
+        self._cipher.seal_into(self._index, True, bytes(self._pending), out[:length])
         self._pending.clear()
         self._index += 1
-        return out
+        return length
 
 
 @dataclass(frozen=True)

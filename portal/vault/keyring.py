@@ -1,6 +1,6 @@
 """The keyring of master keys (key-encryption keys, KEKs): 256-bit keys with ids, newest last.
 
-Keys come from `settings.master_keys` (MEGAMOVIE_MASTER_KEYS, `id:base64key,id:base64key`) or
+Keys come from `VaultConfig.master_keys` (MEGAMOVIE_MASTER_KEYS, `id:base64key,id:base64key`) or
 from the key file in the data dir (one `id:base64key` a line), which is created on first run.
 The newest key wraps new data keys; older keys stay to unwrap until rotation re-wraps them.
 Key material never appears in `repr`, logs or error messages.
@@ -16,11 +16,11 @@ import os
 import re
 import secrets
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
-from portal.db import utcnow
-from portal.errors import KeyringError
-from portal.settings import Settings
+from portal.vault.config import VaultConfig
+from portal.vault.errors import KeyringError
 
 log = logging.getLogger("megamovie.vault")
 
@@ -58,7 +58,7 @@ class Keyring:
 
 def new_key_id() -> str:
     # Readable and roughly sortable by age; random so two machines never collide.
-    return f"k{utcnow():%Y%m%d}-{secrets.token_hex(3)}"
+    return f"k{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(3)}"
 
 
 def generate_entry() -> str:
@@ -101,17 +101,17 @@ def parse_keys(text: str, origin: str) -> tuple[MasterKey, ...]:
     return tuple(keys)
 
 
-def keyring_configured(settings: Settings) -> bool:
+def keyring_configured(config: VaultConfig) -> bool:
     """Whether keys exist already (in the environment or a key file), before any is made."""
-    return bool(settings.master_keys) or settings.key_file.exists()
+    return bool(config.master_keys) or config.key_file.exists()
 
 
-def load_keyring(settings: Settings, *, create: bool) -> Keyring:
+def load_keyring(config: VaultConfig, *, create: bool) -> Keyring:
     """The keyring from MEGAMOVIE_MASTER_KEYS, else from the key file; with `create`, a missing
     key file is made with one new key (and a loud warning to back it up)."""
-    if settings.master_keys:
-        return Keyring(parse_keys(settings.master_keys.reveal(), "MEGAMOVIE_MASTER_KEYS"), "env")
-    path = settings.key_file
+    if config.master_keys:
+        return Keyring(parse_keys(config.master_keys, "MEGAMOVIE_MASTER_KEYS"), "env")
+    path = config.key_file
     if not path.exists():
         if not create:
             raise KeyringError(

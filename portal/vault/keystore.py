@@ -12,6 +12,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -19,10 +20,10 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from portal.db import data_keys, utcnow, vault_keys
-from portal.errors import Conflict, DataKeyMissing, KeyringError, VaultTampered
+from portal.vault.errors import DataKeyExists, DataKeyMissing, KeyringError, VaultTampered
 from portal.vault.format import length_prefixed
 from portal.vault.keyring import Keyring, MasterKey
+from portal.vault.tables import data_keys, vault_keys
 
 DATA_KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -105,18 +106,32 @@ class KeyStore:
         self._cache: OrderedDict[str, bytes] = OrderedDict()
 
     async def verify(self) -> None:
-        """Prove every configured key is the one used before, record new ones, and refuse to
-        start when data keys are wrapped by a key that is not configured."""
-        for kek in self.keyring.keys:
-            await self._verify_one(kek)
+        """Prove every configured key is the one used before, refuse to start when data keys
+        are wrapped by a key that is not configured, and only then record new keys: a refused
+        start-up writes nothing, so a wrong key is never remembered as the right one."""
         async with self.engine.connect() as conn:
+            checks = dict(
+                (await conn.execute(select(vault_keys.c.key_id, vault_keys.c.check_value))).all()
+            )
             wrapping = (await conn.execute(select(data_keys.c.key_id).distinct())).scalars().all()
+        for kek in self.keyring.keys:
+            if kek.key_id in checks and not key_matches(kek, checks[kek.key_id]):
+                raise self._wrong_key(kek)
         missing = sorted(set(wrapping) - set(self.keyring.ids))
         if missing:
             raise KeyringError(
                 f"data keys are wrapped by master key(s) {', '.join(missing)}, which the keyring "
                 f"({self._origin()}) lacks; restore them from your backup"
             )
+        for kek in self.keyring.keys:
+            if kek.key_id not in checks:
+                await self._verify_one(kek)
+
+    def _wrong_key(self, kek: MasterKey) -> KeyringError:
+        return KeyringError(
+            f"master key {kek.key_id!r} ({self._origin()}) is not the key that "
+            "was first used under that id; restore the right key from backup"
+        )
 
     async def _verify_one(self, kek: MasterKey) -> None:
         for _attempt in range(2):
@@ -128,17 +143,14 @@ class KeyStore:
                 ).first()
                 if row is not None:
                     if not key_matches(kek, row.check_value):
-                        raise KeyringError(
-                            f"master key {kek.key_id!r} ({self._origin()}) is not the key that "
-                            "was first used under that id; restore the right key from backup"
-                        )
+                        raise self._wrong_key(kek)
                     return
                 try:
                     await conn.execute(
                         vault_keys.insert().values(
                             key_id=kek.key_id,
                             check_value=key_check_value(kek),
-                            created_at=utcnow(),
+                            created_at=datetime.now(UTC),
                         )
                     )
                     return
@@ -160,11 +172,11 @@ class KeyStore:
                         owner=owner,
                         key_id=kek.key_id,
                         wrapped=wrap_data_key(kek, owner, data_key),
-                        created_at=utcnow(),
+                        created_at=datetime.now(UTC),
                     )
                 )
         except IntegrityError:
-            raise Conflict(f"a data key for {owner!r} exists already") from None
+            raise DataKeyExists(f"a data key for {owner!r} exists already") from None
         self._remember(owner, data_key)
         return data_key
 

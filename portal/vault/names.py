@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from portal.errors import ObjectNameInvalid
+from portal.vault.errors import ObjectNameInvalid
 
 _OWNER = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from portal.settings import Settings
+from portal.vault.config import VaultConfig
 from portal.vault.keyring import add_key_to_file
 from portal.vault.vault import open_keystore
 
@@ -20,9 +20,9 @@ ENV_NOTICE = (
 )
 
 
-async def rotate_keys(settings: Settings, engine: AsyncEngine) -> list[str]:
+async def rotate_keys(config: VaultConfig, engine: AsyncEngine) -> list[str]:
     """Add a key (key file only), re-wrap every data key under the newest; lines to show."""
-    keystore = await open_keystore(settings, engine)
+    keystore = await open_keystore(config, engine)
     lines: list[str] = []
     if keystore.keyring.source == "file":
         new = add_key_to_file(keystore.keyring)
@@ -30,7 +30,7 @@ async def rotate_keys(settings: Settings, engine: AsyncEngine) -> list[str]:
             f"Added master key {new.key_id} to {keystore.keyring.path}. BACK UP the key file "
             "again now."
         )
-        keystore = await open_keystore(settings, engine)
+        keystore = await open_keystore(config, engine)
     else:
         lines.append(ENV_NOTICE)
     report = await keystore.rewrap_all()
@@ -45,8 +45,8 @@ async def rotate_keys(settings: Settings, engine: AsyncEngine) -> list[str]:
     return lines
 
 
-async def key_status_lines(settings: Settings, engine: AsyncEngine) -> list[str]:
-    keystore = await open_keystore(settings, engine)
+async def key_status_lines(config: VaultConfig, engine: AsyncEngine) -> list[str]:
+    keystore = await open_keystore(config, engine)
     source = (
         f"key file {keystore.keyring.path}"
         if keystore.keyring.source == "file"

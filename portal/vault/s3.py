@@ -1,9 +1,9 @@
 """S3-compatible object storage (AWS, SeaweedFS, MinIO, ...) through aiobotocore.
 
-`storage_url` is `s3://bucket/prefix`; endpoint, region and credentials come from the
-Settings s3_* fields. Small objects are one PUT; large ones a multipart upload whose parts are
-sent as they fill, so memory stays bounded. Both become visible only when complete (S3 writes
-are atomic per object), and an aborted multipart upload is cleaned up.
+The URL is `s3://bucket/prefix`; endpoint, region and credentials come from the
+`StorageConfig` s3_* fields. Small objects are one PUT; large ones a multipart upload whose
+parts are sent as they fill, so memory stays bounded. Both become visible only when complete
+(S3 writes are atomic per object), and an aborted multipart upload is cleaned up.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from portal.errors import ObjectNotFound, StorageError
-from portal.settings import Settings
+from portal.vault.backend import put_stream
+from portal.vault.config import StorageConfig
+from portal.vault.errors import ObjectNotFound, StorageError
 from portal.vault.names import validate_name, validate_prefix
-from portal.vault.storage import put_stream
 
 # Parts must be at least 5 MiB except the last; 8 MiB keeps memory small and requests few.
 PART_SIZE = 8 * 1024 * 1024
@@ -41,26 +41,24 @@ class S3Storage:
         self.prefix = prefix  # "" or "some/prefix/"
 
     @classmethod
-    async def open(cls, settings: Settings) -> S3Storage:
-        parts = urlsplit(settings.storage_url)
+    async def open(cls, config: StorageConfig) -> S3Storage:
+        parts = urlsplit(config.url)
         bucket = parts.netloc
         if not bucket:
             raise StorageError(
-                f"MEGAMOVIE_STORAGE_URL {settings.storage_url!r} names no bucket: "
-                "use s3://bucket/prefix"
+                f"MEGAMOVIE_STORAGE_URL {config.url!r} names no bucket: use s3://bucket/prefix"
             )
         prefix = parts.path.strip("/")
         prefix = f"{prefix}/" if prefix else ""
-        secret = settings.s3_secret_access_key
-        config = AioConfig(
+        client_config = AioConfig(
             # Path-style addressing and checksums only when required work with every
             # S3-compatible server, not just AWS.
             s3={"addressing_style": "path"},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             # Bounded: an unreachable store fails a request in seconds (503), never hangs it.
-            connect_timeout=settings.s3_timeout_seconds,
-            read_timeout=settings.s3_timeout_seconds,
+            connect_timeout=config.s3_timeout_seconds,
+            read_timeout=config.s3_timeout_seconds,
             retries={"max_attempts": 2, "mode": "standard"},
             max_pool_connections=32,
         )
@@ -68,11 +66,11 @@ class S3Storage:
         client = await stack.enter_async_context(
             get_session().create_client(
                 "s3",
-                endpoint_url=settings.s3_endpoint_url,
-                region_name=settings.s3_region,
-                aws_access_key_id=settings.s3_access_key_id,
-                aws_secret_access_key=secret.reveal() if secret else None,
-                config=config,
+                endpoint_url=config.s3_endpoint_url,
+                region_name=config.s3_region,
+                aws_access_key_id=config.s3_access_key_id,
+                aws_secret_access_key=config.s3_secret_access_key,
+                config=client_config,
             )
         )
         storage = cls(client, stack, bucket, prefix)
@@ -85,7 +83,7 @@ class S3Storage:
             raise StorageError(f"cannot use the S3 bucket {bucket!r}: {_code(exc)}") from None
         except BotoCoreError as exc:
             await stack.aclose()
-            raise StorageError(f"cannot reach S3 at {settings.s3_endpoint_url}: {exc}") from None
+            raise StorageError(f"cannot reach S3 at {config.s3_endpoint_url}: {exc}") from None
         return storage
 
     def key_of(self, name: str) -> str:

@@ -1,84 +1,38 @@
-"""Where sealed objects rest: one small async interface, a local directory or S3.
+"""Where sealed objects rest: a local directory (here) or S3 (`portal.vault.s3`), chosen by
+the storage URL. The interface both implement is `portal.vault.backend.Storage`.
 
-Backends store opaque bytes under validated names (`owner/path`, see `names`). They never see
-plaintext or keys. Writes are all-or-nothing: an upload becomes visible only on `commit`, and
-an aborted one leaves nothing behind.
+The local backend's file work goes through aiofiles, off the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
+import re
 import secrets
-from collections.abc import AsyncIterable, Callable
+import threading
+from collections.abc import AsyncIterable, Iterator
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import anyio.to_thread
+import aiofiles
+import aiofiles.os
+import anyio
 
-from portal.errors import ObjectNotFound, StorageError, StorageFull
-from portal.settings import Settings
+from portal.vault.backend import Storage, Upload, put_stream
+from portal.vault.config import StorageConfig
+from portal.vault.errors import ObjectNotFound, StorageError, StorageFull
 from portal.vault.names import validate_name, validate_prefix
 
-T = TypeVar("T")
+__all__ = ["LocalStorage", "LocalUpload", "Storage", "Upload", "open_storage", "put_stream"]
 
-
-class Upload(Protocol):
-    """An object being written: `write` pieces, then `commit` (atomic) or `abort`."""
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None: ...
-    async def commit(self) -> int: ...
-    async def abort(self) -> None: ...
-
-
-class Storage(Protocol):
-    async def put(self, name: str, stream: AsyncIterable[bytes | bytearray | memoryview]) -> int:
-        """Store a stream under `name`, replacing any old object atomically; returns its size."""
-        ...
-
-    def upload(self, name: str) -> Upload:
-        """Start writing `name` piece by piece (what `put` does with a stream)."""
-        ...
-
-    async def read(self, name: str, start: int = 0, end: int | None = None) -> bytes:
-        """Bytes [start, end) (end clamped to the size; b"" past the end)."""
-        ...
-
-    async def size(self, name: str) -> int: ...
-    async def delete(self, name: str) -> None:
-        """Delete one object; deleting a missing object is not an error."""
-        ...
-
-    async def delete_prefix(self, prefix: str) -> int:
-        """Delete every object whose name starts with `prefix`; returns how many."""
-        ...
-
-    async def list(self, prefix: str = "") -> list[str]:
-        """Names starting with `prefix`, sorted."""
-        ...
-
-    async def ping(self) -> None:
-        """Raise StorageError unless the store answers now (for /healthz)."""
-        ...
-
-    async def aclose(self) -> None: ...
-
-
-async def put_stream(
-    storage: Storage, name: str, stream: AsyncIterable[bytes | bytearray | memoryview]
-) -> int:
-    """`Storage.put` in terms of `Storage.upload`, shared by the backends."""
-    upload = storage.upload(name)
-    try:
-        async for piece in stream:
-            await upload.write(piece)
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await upload.abort()
-        raise
-    return await upload.commit()
+# An unfinished write, beside the object it will become: `.tmp-<16 hex>-<its file name>`.
+_TEMP = re.compile(r"^\.tmp-[0-9a-f]{16}-(?P<name>.+)$")
+#: preadv2 flag: fail with EAGAIN instead of waiting for the disk (Linux 4.14+).
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
 
 def _storage_error(action: str, name: str, exc: OSError) -> StorageError:
@@ -90,10 +44,74 @@ def _storage_error(action: str, name: str, exc: OSError) -> StorageError:
     return StorageError(f"cannot {action} {name}: {exc.strerror or exc}")
 
 
+@contextlib.contextmanager
+def _vault_errors(action: str, name: str) -> Iterator[None]:
+    """File errors as the vault's: a missing file is ObjectNotFound, the rest StorageError."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise ObjectNotFound(f"no object {name}") from None
+    except OSError as exc:
+        raise _storage_error(action, name, exc) from None
+
+
+def _uncancelled() -> anyio.CancelScope:
+    """aiofiles runs each call in a thread, and a cancelled await abandons that thread: a
+    file opened there would never be closed, or closed while another thread still reads it.
+    File work runs shielded, so a cancellation lands once the work is done and the file is
+    closed, as it did with anyio.to_thread (whose threads are never abandoned)."""
+    return anyio.CancelScope(shield=True)
+
+
+def _private(path: str, flags: int) -> int:
+    """`opener` for aiofiles.open: new files are the owner's alone."""
+    return os.open(path, flags, 0o600)
+
+
+def _fsync_directory_sync(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_fsync = aiofiles.os.wrap(os.fsync)
+_fsync_directory = aiofiles.os.wrap(_fsync_directory_sync)
+
+#: (name, file, whether it is an unfinished write), sorted by name.
+_Found = list[tuple[str, Path, bool]]
+
+
+def _walk_sync(root: Path, prefix: str, with_temp: bool) -> _Found:
+    """The files under `root` whose names start with `prefix`. An unfinished write is named
+    for the object it would become, so a prefix finds it with the objects."""
+    found: _Found = []
+    # Walk only the deepest directory the prefix names whole.
+    directory = root / prefix.rpartition("/")[0] if "/" in prefix else root
+    if not directory.is_dir():
+        return found
+    for dirpath, dirnames, filenames in os.walk(directory):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel = Path(dirpath).relative_to(root).as_posix()
+        for filename in filenames:
+            temp = _TEMP.match(filename)
+            if filename.startswith(".") and not (temp and with_temp):
+                continue
+            shown = temp["name"] if temp else filename
+            name = shown if rel == "." else f"{rel}/{shown}"
+            if name.startswith(prefix):
+                found.append((name, Path(dirpath) / filename, temp is not None))
+    return sorted(found)
+
+
+_walk = aiofiles.os.wrap(_walk_sync)
+
+
 class LocalStorage:
     """Objects as files under `root`. Writes go to a temp file in the same directory, are
     fsynced, then renamed over the target, so a reader sees the old object or the new one,
-    never half of one, even after a crash."""
+    never half of one, even after a crash. Every directory below the root is 0700."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).absolute()
@@ -114,164 +132,207 @@ class LocalStorage:
 
     async def read(self, name: str, start: int = 0, end: int | None = None) -> bytes:
         path = self.path_of(name)
-
-        def read() -> bytes:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                # Clamped to the size: asking pread for more than the file holds makes it
+        data = b""
+        with _vault_errors("read", name), _uncancelled():
+            async with aiofiles.open(path, "rb", buffering=0) as handle:
+                # Clamped to the size: asking for more than the file holds makes the read
                 # allocate (and fault in) the whole oversized buffer.
-                size = os.fstat(fd).st_size
+                size = os.fstat(handle.fileno()).st_size
                 stop = size if end is None else min(end, size)
-                if stop <= start:
-                    return b""
-                return os.pread(fd, stop - start, start)
-            finally:
-                os.close(fd)
+                if stop > start:
+                    if start:
+                        await handle.seek(start)
+                    data = await handle.read(stop - start)
+        return data
 
-        return await self._in_thread("read", name, read)
+    def read_cached(self, name: str, limit: int) -> memoryview | None:
+        """The whole object, read on the calling thread, but only when it is no larger than
+        `limit` and every byte of it is in the page cache already: this never waits for the
+        disk (preadv2 with RWF_NOWAIT), so the event loop may call it. None means "use
+        `read`" (not cached, too large, or no RWF_NOWAIT here); ObjectNotFound as `read`.
+
+        The bytes land in a buffer this thread reuses, so no fresh multi-megabyte buffer is
+        zero-filled and faulted in per call; the view is valid only until this thread's next
+        `read_cached`, so the caller must be done with it before it awaits anything."""
+        if _RWF_NOWAIT is None:
+            return None
+        path = self.path_of(name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"no object {name}") from None
+        except OSError:
+            return None  # let `read` raise the error the vault's way
+        try:
+            size = os.fstat(fd).st_size
+            if size > limit:
+                return None
+            view = memoryview(_scratch(size))[:size]
+            try:
+                got = os.preadv(fd, [view], 0, _RWF_NOWAIT) if size else 0
+            except OSError:
+                return None  # EAGAIN: some of it is on disk only; EOPNOTSUPP: no NOWAIT here
+            return view if got == size else None
+        finally:
+            os.close(fd)
 
     async def size(self, name: str) -> int:
         path = self.path_of(name)
-        return (await self._in_thread("stat", name, path.stat)).st_size
+        with _vault_errors("stat", name):
+            return (await aiofiles.os.stat(path)).st_size
 
     async def delete(self, name: str) -> None:
         path = self.path_of(name)
-        await self._in_thread("delete", name, lambda: self._unlink(path))
+        with _vault_errors("delete", name), _uncancelled():
+            await self._remove(path)
 
-    async def _in_thread(self, action: str, name: str, work: Callable[[], T]) -> T:
-        """Blocking file work off the event loop, its errors as the vault's."""
-        try:
-            return await anyio.to_thread.run_sync(work)
-        except FileNotFoundError:
-            raise ObjectNotFound(f"no object {name}") from None
-        except OSError as exc:
-            raise _storage_error(action, name, exc) from None
+    async def delete_prefix(self, prefix: str) -> int:
+        # Unfinished writes too: a process killed mid-write leaves its temp file, and
+        # crypto-shredding a video must leave nothing of it behind.
+        found = await self._scan(prefix, with_temp=True)
+        for name, path, _temp in found:
+            with _vault_errors("delete", name), _uncancelled():
+                await self._remove(path)
+        return sum(1 for _name, _path, temp in found if not temp)
 
-    def _unlink(self, path: Path) -> None:
+    async def list(self, prefix: str = "") -> list[str]:
+        return [name for name, _path, _temp in await self._scan(prefix, with_temp=False)]
+
+    async def _scan(self, prefix: str, *, with_temp: bool) -> _Found:
+        validate_prefix(prefix)
+        with _vault_errors("list", prefix):
+            return await _walk(self.root, prefix, with_temp)
+
+    async def _remove(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            await aiofiles.os.remove(path)
         # Drop directories left empty, up to the root, so deleted videos leave no trace.
         parent = path.parent
         while parent != self.root and parent.is_relative_to(self.root):
             try:
-                parent.rmdir()
+                await aiofiles.os.rmdir(parent)
             except OSError:
                 break
             parent = parent.parent
 
-    async def delete_prefix(self, prefix: str) -> int:
-        names = await self.list(prefix)
-        for name in names:
-            await self.delete(name)
-        return len(names)
-
-    async def list(self, prefix: str = "") -> list[str]:
-        validate_prefix(prefix)
-        # Walk only the deepest directory the prefix names whole.
-        directory = self.root / prefix.rpartition("/")[0] if "/" in prefix else self.root
-
-        def walk() -> list[str]:
-            found: list[str] = []
-            if not directory.is_dir():
-                return found
-            for dirpath, dirnames, filenames in os.walk(directory):
-                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-                rel = Path(dirpath).relative_to(self.root).as_posix()
-                for filename in filenames:
-                    if filename.startswith("."):
-                        continue  # temp files of uploads in progress
-                    name = filename if rel == "." else f"{rel}/{filename}"
-                    if name.startswith(prefix):
-                        found.append(name)
-            return sorted(found)
-
-        return await self._in_thread("list", prefix, walk)
+    async def make_directories(self, directory: Path) -> None:
+        """`directory` and its missing parents below the root, each made 0700 (mkdir with
+        parents=True makes the intermediate ones 0755: listable by every local user)."""
+        if await aiofiles.os.path.isdir(directory):
+            return
+        missing: list[Path] = []
+        while directory != self.root and not await aiofiles.os.path.isdir(directory):
+            missing.append(directory)
+            directory = directory.parent
+        for each in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                await aiofiles.os.mkdir(each, mode=0o700)
 
     async def ping(self) -> None:
-        def check() -> None:
-            if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
-                raise PermissionError(errno.EACCES, "not readable and writable", str(self.root))
-
-        await self._in_thread("reach", str(self.root), check)
+        try:
+            usable = await aiofiles.os.access(self.root, os.R_OK | os.W_OK | os.X_OK)
+        except OSError as exc:
+            raise _storage_error("reach", str(self.root), exc) from None
+        if not usable:
+            raise StorageError(f"cannot reach {self.root}: not readable and writable")
 
     async def aclose(self) -> None:
         return None
 
 
+_local = threading.local()
+
+
+def _scratch(size: int) -> bytearray:
+    """This thread's reusable read buffer, grown to at least `size` bytes."""
+    buffer: bytearray | None = getattr(_local, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        buffer = bytearray(max(size, 4 * 1024 * 1024))
+        _local.buffer = buffer
+    return buffer
+
+
 class LocalUpload:
+    """Writes one behind the caller: `write` waits for the previous write, starts this one
+    (in aiofiles' thread) and returns, so receiving and sealing the next piece on the event
+    loop overlaps with the kernel copying this one into the page cache."""
+
     def __init__(self, storage: LocalStorage, name: str, path: Path) -> None:
         self._storage = storage
         self._name = name
         self._path = path
         self._tmp = path.with_name(f".tmp-{secrets.token_hex(8)}-{path.name}")
-        self._file: object = None
+        self._file: Any = None  # an aiofiles binary file, from the first write on
         self._size = 0
+        self._writing: asyncio.Task[None] | None = None
 
-    def _open(self) -> None:
-        self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self._file = os.fdopen(fd, "wb")
+    async def _open(self) -> Any:
+        if self._file is None:
+            await self._storage.make_directories(self._path.parent)
+            self._file = await aiofiles.open(self._tmp, "xb", opener=_private)
+        return self._file
+
+    async def _write(self, data: bytes | bytearray | memoryview) -> None:
+        with _uncancelled():
+            await (await self._open()).write(data)
+
+    async def _settle(self) -> None:
+        """Wait for the write in flight; its error is raised here."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            # Shielded: a cancelled caller must not orphan a write still going on.
+            await asyncio.shield(writing)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        def write() -> None:
-            if self._file is None:
-                self._open()
-            self._file.write(data)  # type: ignore[attr-defined]
-
         try:
-            await anyio.to_thread.run_sync(write)
+            await self._settle()
         except OSError as exc:
             await self.abort()
             raise _storage_error("write", self._name, exc) from None
+        self._writing = asyncio.ensure_future(self._write(data))
         self._size += len(data)
 
     async def commit(self) -> int:
-        def commit() -> None:
-            if self._file is None:
-                self._open()
-            handle = self._file
-            handle.flush()  # type: ignore[attr-defined]
-            os.fsync(handle.fileno())  # type: ignore[attr-defined]
-            handle.close()  # type: ignore[attr-defined]
-            self._file = None
-            os.replace(self._tmp, self._path)
-            fd = os.open(self._path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
         try:
-            await anyio.to_thread.run_sync(commit)
+            with _uncancelled():
+                await self._settle()
+                handle = await self._open()
+                await handle.flush()
+                await _fsync(handle.fileno())
+                await handle.close()
+                self._file = None
+                await aiofiles.os.replace(self._tmp, self._path)
+                await _fsync_directory(self._path.parent)
         except OSError as exc:
             await self.abort()
             raise _storage_error("store", self._name, exc) from None
         return self._size
 
     async def abort(self) -> None:
-        def abort() -> None:
+        with _uncancelled():
+            with contextlib.suppress(OSError):
+                await self._settle()
             if self._file is not None:
                 with contextlib.suppress(OSError):
-                    self._file.close()  # type: ignore[attr-defined]
+                    await self._file.close()
                 self._file = None
             with contextlib.suppress(FileNotFoundError):
-                self._tmp.unlink()
-
-        await anyio.to_thread.run_sync(abort)
+                await aiofiles.os.remove(self._tmp)
 
 
-async def open_storage(settings: Settings) -> Storage:
-    """The backend `settings.storage_url` names: `file:///dir` or `s3://bucket/prefix`."""
-    url = settings.storage_url
+async def open_storage(config: StorageConfig) -> Storage:
+    """The backend `config.url` names: `file:///dir` or `s3://bucket/prefix`."""
+    url = config.url
     parts = urlsplit(url)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise StorageError(f"MEGAMOVIE_STORAGE_URL {url!r}: file URLs name a local path")
         return LocalStorage(Path(unquote(parts.path)))
     if parts.scheme == "s3":
+        # Imported here: aiobotocore is heavy, and a local store never needs it.
         from portal.vault.s3 import S3Storage
 
-        return await S3Storage.open(settings)
+        return await S3Storage.open(config)
     raise StorageError(
         f"MEGAMOVIE_STORAGE_URL {url!r} is not supported: use file:///path or s3://bucket/prefix"
     )

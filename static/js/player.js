@@ -5,6 +5,13 @@
 // (and a top-up if the wallet is short) happens in place, and playback goes on from where it
 // stopped with a new grant. Configuration comes from data- attributes on #player (the CSP
 // forbids inline scripts).
+//
+// The first frame: the page carries the grant (data-grant, issued while it rendered) and has
+// preloaded the master playlist and the start rendition's playlist, init segment and first
+// segment, so hls.js finds them fetched. The player starts on that rendition
+// (data-start-rendition, chosen by the server from the bandwidth this browser measured last
+// time, kept in the mm_bw cookie), without a worker (fMP4 needs no transmuxing), and fetches
+// the storyboard only once the film plays.
 (function () {
   "use strict";
 
@@ -31,6 +38,7 @@
   // State the browser tests (and anyone debugging) can read: window.mmPlayer.
   var state = {
     engine: null, // "hls.js" or "native"
+    grantSource: null, // "page" (data-grant, issued with the page) or "api" (fetched)
     hls: null,
     fatalError: null,
     errors: [],
@@ -45,8 +53,20 @@
     blocked: null, // {at, offers}: a segment was refused at `at` seconds
     purchases: [], // what was bought here: {id, kind, offer_id}
     resumedAt: null, // where playback went on after a purchase
+    marks: {}, // when each step of the start happened (performance.now(), ms): benchmarks
+    preloadBandwidth: null, // bits/s the preloaded first segment took to arrive
   };
   window.mmPlayer = state;
+
+  function mark(name) {
+    if (state.marks[name] === undefined) state.marks[name] = Math.round(performance.now());
+  }
+  mark("script");
+  ["loadedmetadata", "loadeddata", "canplay", "playing"].forEach(function (name) {
+    video.addEventListener(name, function () {
+      mark(name);
+    });
+  });
 
   function showMessage(text, link) {
     message.textContent = text;
@@ -274,11 +294,71 @@
   // -- starting playback ---------------------------------------------------------------------
 
   var resumeAt = parseFloat(root.dataset.resume) || 0;
+  var startRendition = root.dataset.startRendition || "";
+  var startBandwidth = parseInt(root.dataset.bandwidth, 10) || 0;
+
+  // The level of the rendition the server chose to start on (its playlist and first segment
+  // are preloaded), or -1 (hls.js decides).
+  function startLevelOf(levels) {
+    if (!startRendition) return -1;
+    var path = "/" + startRendition + "/index.m3u8";
+    for (var i = 0; i < levels.length; i++) {
+      var uri = levels[i].uri || "";
+      if (uri.slice(-path.length) === path) return i;
+    }
+    return -1;
+  }
+
+  // The media the page preloaded (absolute URLs). hls.js gets them from the memory cache, so
+  // its own measure of their load says nothing about the line (a 400 KB segment "arrives" in
+  // a few ms); what the preload itself took does, from Resource Timing.
+  var preloaded = {};
+  Array.prototype.forEach.call(
+    document.querySelectorAll('link[rel="preload"][as="fetch"]'),
+    function (link) {
+      preloaded[link.href] = true;
+    }
+  );
+
+  function preloadBitsPerSecond(url) {
+    var entries = performance.getEntriesByName(url, "resource");
+    for (var i = 0; i < entries.length; i++) {
+      var entry = entries[i];
+      var bytes = entry.encodedBodySize || entry.transferSize || 0;
+      var ms = entry.responseEnd - (entry.requestStart || entry.startTime);
+      if (entry.initiatorType === "link" && bytes > 0 && ms > 0) return (bytes * 8000) / ms;
+    }
+    return 0;
+  }
+
+  // What hls.js measured, for the next watch page's start rendition (see pages.py).
+  var savedBandwidth = 0;
+  function saveBandwidth(estimate) {
+    if (!isFinite(estimate) || estimate <= 0) return;
+    estimate = Math.round(estimate);
+    if (savedBandwidth && Math.abs(estimate - savedBandwidth) < savedBandwidth * 0.1) return;
+    savedBandwidth = estimate;
+    document.cookie =
+      "mm_bw=" + estimate + "; path=/; max-age=2592000; samesite=lax" +
+      (location.protocol === "https:" ? "; secure" : "");
+  }
 
   function startWithHlsJs(url) {
     var networkRetries = 0;
     var mediaRecoveries = 0;
     var hls = new window.Hls({
+      // Our segments are fMP4: nothing to transmux, so no worker to start (it would compile
+      // hls.js a second time before the first frame).
+      enableWorker: false,
+      lowLatencyMode: false,
+      startFragPrefetch: true,
+      // A film, not live: 30-60 s ahead (hls.js's own ceiling is 600 s, and what is fetched
+      // is metered as watched), 60 s behind (the default keeps everything played). Holding
+      // back all but the first segment until the first frame was measured: it starts later.
+      maxBufferLength: 30,
+      maxMaxBufferLength: 60,
+      backBufferLength: 60,
+      abrEwmaDefaultEstimate: startBandwidth || 500000,
       // A 402 (past the preview) or 403 is an answer, not a hiccup: no retry storms.
       fragLoadPolicy: {
         default: {
@@ -304,14 +384,39 @@
     });
     state.hls = hls;
     state.engine = "hls.js";
+    [
+      ["MEDIA_ATTACHED", "attached"],
+      ["MANIFEST_LOADED", "master"],
+      ["LEVEL_LOADED", "playlist"],
+      ["FRAG_LOADED", "segment loaded"],
+      ["FRAG_PARSED", "segment parsed"],
+      ["FRAG_BUFFERED", "segment buffered"],
+    ].forEach(function (pair) {
+      hls.once(window.Hls.Events[pair[0]], function () {
+        mark(pair[1]);
+      });
+    });
+    hls.once(window.Hls.Events.MANIFEST_PARSED, function () {
+      // Before hls.js starts loading (it does right after this event): the preloaded rung.
+      var level = startLevelOf(hls.levels);
+      if (level >= 0) hls.startLevel = level;
+    });
     hls.on(window.Hls.Events.MANIFEST_PARSED, function () {
       buildQualityMenu(hls.levels);
       var attempt = video.play();
       if (attempt && attempt.catch) attempt.catch(function () {}); // autoplay may be refused
     });
     hls.on(window.Hls.Events.LEVEL_SWITCHED, markQuality);
-    hls.on(window.Hls.Events.FRAG_LOADED, function () {
+    hls.on(window.Hls.Events.FRAG_LOADED, function (_event, data) {
       networkRetries = 0;
+      var frag = data && data.frag;
+      if (frag && frag.sn !== "initSegment" && preloaded[frag.url]) {
+        // Before hls.js picks the next level from a cache hit's "bandwidth".
+        delete preloaded[frag.url];
+        state.preloadBandwidth = preloadBitsPerSecond(frag.url);
+        hls.bandwidthEstimate = state.preloadBandwidth || startBandwidth || 500000;
+      }
+      saveBandwidth(hls.bandwidthEstimate);
     });
     hls.on(window.Hls.Events.ERROR, function (_event, data) {
       state.errors.push(data.type + ":" + data.details + (data.fatal ? " (fatal)" : ""));
@@ -353,8 +458,9 @@
       showMessage("This film could not be played (" + data.details + "). Reload the page to try again.");
       hls.destroy();
     });
-    hls.loadSource(url);
+    // The MediaSource opens while the master playlist loads.
     hls.attachMedia(video);
+    hls.loadSource(url);
   }
 
   // After a purchase: the new grant's master playlist, from where the preview stopped.
@@ -404,11 +510,43 @@
     if (attempt && attempt.catch) attempt.catch(function () {});
   }
 
+  // The storyboard is for the seek bar: fetched once the film plays (or after a few seconds),
+  // so it never competes with the first segment.
+  function loadStoryboardLater(url) {
+    if (!url) return;
+    var done = false;
+    function load() {
+      if (done) return;
+      done = true;
+      video.removeEventListener("playing", load);
+      loadStoryboard(url);
+    }
+    video.addEventListener("playing", load);
+    setTimeout(load, 3000);
+  }
+
+  // The grant the page came with (issued while it rendered), else one from the API.
+  function firstGrant() {
+    var embedded = null;
+    try {
+      embedded = root.dataset.grant ? JSON.parse(root.dataset.grant) : null;
+    } catch (e) {
+      embedded = null;
+    }
+    if (embedded && embedded.url) {
+      state.grantSource = "page";
+      return Promise.resolve(embedded);
+    }
+    state.grantSource = "api";
+    return fetchGrant();
+  }
+
   function start() {
-    fetchGrant().then(
+    firstGrant().then(
       function (grant) {
+        mark("grant");
         acceptGrant(grant);
-        loadStoryboard(grant.storyboard_url);
+        loadStoryboardLater(grant.storyboard_url);
         // Prefer hls.js where it works: its quality control and error handling are ours.
         if (window.Hls && window.Hls.isSupported()) {
           startWithHlsJs(grant.url);

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.portal.conftest import make_clip
+from tests.helpers import make_clip
 
 CHROMIUM = "/usr/lib/chromium/chromium"
 CHROMIUM_ARGS = [
@@ -48,14 +47,3 @@ def film(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_clip(
         tmp_path_factory.mktemp("browser-media") / "journey.mp4", seconds=8, size="640x360"
     )
-
-
-def sign_up_creator(page: Any, base: str, email: str, name: str) -> None:
-    """Sign up through the real form as a creator; the form lands on the upload page."""
-    page.goto(f"{base}/signup")
-    page.fill('input[name="email"]', email)
-    page.fill('input[name="display_name"]', name)
-    page.fill('input[name="password"]', "a long enough password")
-    page.check('input[name="role"][value="creator"]')
-    page.click('button[type="submit"]')
-    page.wait_for_url(f"{base}/upload")

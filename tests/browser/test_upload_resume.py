@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import sign_up_creator
-from tests.portal.test_accounts import fast_settings
+from tests.helpers import fast_settings, sign_up_creator
 
 pytestmark = pytest.mark.browser
 

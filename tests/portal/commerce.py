@@ -17,7 +17,7 @@ from portal.ledger import balance, verify
 from portal.money import Money, ShareSplit
 from portal.payments import DevelopmentProvider, top_up
 from portal.purchases import Purchase, purchase
-from tests.portal.conftest import insert_user, insert_video
+from tests.helpers import insert_user, insert_video
 
 SPLIT = ShareSplit(9000)
 PROVIDER = DevelopmentProvider()

@@ -2,164 +2,75 @@
 
 from __future__ import annotations
 
-import functools
-import re
-from pathlib import Path
-from typing import Any
-
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.testclient import TestClient
 
-from portal.accounts import User, authenticate, create_user
-from portal.app import create_app
-from portal.db import create_engine, create_schema, new_id, users, utcnow, videos
+from portal.accounts import authenticate, create_user
+from portal.db import create_engine, users
 from portal.errors import Conflict, ValidationFailed
+from portal.migrations import upgrade
 from portal.settings import Settings
-
-PASSWORD = "correct horse battery"
-# argon2 at its cheapest keeps the suite fast; the production cost is tested where it matters.
-FAST_HASHING = {"argon2_time_cost": 1, "argon2_memory_kib": 1024}
-
-
-def fast_settings(tmp_path: Path, **changes: object) -> Settings:
-    return Settings.from_env(
-        {"MEGAMOVIE_DATA_DIR": str(tmp_path / "data")}, **{**FAST_HASHING, **changes}
-    )
+from tests.helpers import (
+    PASSWORD,
+    add_user,
+    csrf_from,
+    log_in,
+    sign_up,
+)
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return fast_settings(tmp_path)
-
-
-def csrf_from(html: str) -> str:
-    match = re.search(r'name="csrf-token" content="([^"]*)"', html)
-    assert match, "every page carries the CSRF token in a meta tag"
-    return match.group(1)
-
-
-def add_user(client: TestClient, email: str, role: str = "viewer", name: str | None = None) -> User:
-    app = client.app
-    return client.portal.call(  # type: ignore[union-attr]
-        functools.partial(
-            create_user,
-            app.state.services.engine,  # type: ignore[attr-defined]
-            app.state.settings,  # type: ignore[attr-defined]
-            email=email,
-            password=PASSWORD,
-            role=role,
-            display_name=name,
-        )
-    )
-
-
-def log_in(client: TestClient, email: str, password: str = PASSWORD, next_url: str = "/"):
-    token = csrf_from(client.get("/login").text)
-    return client.post(
-        "/login",
-        data={"csrf_token": token, "email": email, "password": password, "next": next_url},
-        follow_redirects=False,
-    )
-
-
-def sign_up(client: TestClient, email: str, password: str = PASSWORD, role: str = "viewer"):
-    token = csrf_from(client.get("/signup").text)
-    return client.post(
-        "/signup",
-        data={"csrf_token": token, "email": email, "password": password, "role": role},
-        follow_redirects=False,
-    )
-
-
-async def add_video(engine: AsyncEngine, creator_id: str, **fields: Any) -> str:
-    video_id = new_id()
-    now = utcnow()
-    values = {
-        "id": video_id,
-        "creator_id": creator_id,
-        "title": "Untitled",
-        "description": "",
-        "tags": "",
-        "status": "ready",
-        "created_at": now,
-        "updated_at": now,
-        "ready_at": now,
-        **fields,
-    }
-    async with engine.begin() as conn:
-        await conn.execute(videos.insert().values(**values))
-    return video_id
-
-
-def add_ready_video(client: TestClient, creator_id: str, **fields: Any) -> str:
-    """`add_video` from a test that drives the app through a TestClient."""
-    fields.setdefault("duration", 60.0)
-    engine = client.app.state.services.engine  # type: ignore[attr-defined]
-    return client.portal.call(  # type: ignore[union-attr]
-        functools.partial(add_video, engine, creator_id, **fields)
-    )
-
-
-def test_signup_as_creator_logs_in_and_leads_to_the_upload_page(settings):
-    with TestClient(create_app(settings)) as client:
-        response = sign_up(client, "Ann@Example.org", role="creator")
-        assert response.status_code == 303
-        assert response.headers["location"] == "/upload"
-        page = client.get("/upload")
+def test_signup_as_creator_logs_in_and_leads_to_the_upload_page(client):
+    response = sign_up(client, "Ann@Example.org", role="creator")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/upload"
+    page = client.get("/upload")
     assert page.status_code == 200
     assert "Upload films" in page.text
     assert "ann" in page.text  # the display name defaults to the email's local part
 
 
-def test_signup_as_viewer_cannot_upload(settings):
-    with TestClient(create_app(settings)) as client:
-        assert sign_up(client, "val@example.org").headers["location"] == "/"
-        page = client.get("/upload")
+def test_signup_as_viewer_cannot_upload(client):
+    assert sign_up(client, "val@example.org").headers["location"] == "/"
+    page = client.get("/upload")
     assert page.status_code == 403
     assert "needs a creator or admin account" in page.text
 
 
-def test_signup_refuses_a_short_password_and_says_why(settings):
-    with TestClient(create_app(settings)) as client:
-        response = sign_up(client, "short@example.org", password="123456789")
+def test_signup_refuses_a_short_password_and_says_why(client):
+    response = sign_up(client, "short@example.org", password="123456789")
     assert response.status_code == 422
     assert "at least 10 characters" in response.text
     assert 'value="short@example.org"' in response.text  # what was typed is kept
 
 
-def test_signup_refuses_a_duplicate_email_whatever_its_case(settings):
-    with TestClient(create_app(settings)) as client:
-        assert sign_up(client, "dup@example.org").status_code == 303
-        client.cookies.clear()
-        response = sign_up(client, "DUP@example.ORG")
+def test_signup_refuses_a_duplicate_email_whatever_its_case(client):
+    assert sign_up(client, "dup@example.org").status_code == 303
+    client.cookies.clear()
+    response = sign_up(client, "DUP@example.ORG")
     assert response.status_code == 409
     assert "already an account for dup@example.org" in response.text
 
 
-def test_signup_cannot_make_an_admin(settings):
-    with TestClient(create_app(settings)) as client:
-        response = sign_up(client, "sneaky@example.org", role="admin")
+def test_signup_cannot_make_an_admin(client):
+    response = sign_up(client, "sneaky@example.org", role="admin")
     assert response.status_code == 422
     assert "mm_session" not in response.headers.get("set-cookie", "")
 
 
-def test_login_sends_you_where_you_were_going(settings):
-    with TestClient(create_app(settings)) as client:
-        add_user(client, "lee@example.org", role="creator")
-        response = log_in(client, "LEE@example.org", next_url="/dashboard")
-        assert response.status_code == 303
-        assert response.headers["location"] == "/dashboard"
-        assert client.get("/dashboard").status_code == 200
+def test_login_sends_you_where_you_were_going(client):
+    add_user(client, "lee@example.org", role="creator")
+    response = log_in(client, "LEE@example.org", next_url="/dashboard")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/dashboard"
+    assert client.get("/dashboard").status_code == 200
 
 
-def test_wrong_password_and_unknown_email_get_the_same_answer(settings):
-    with TestClient(create_app(settings)) as client:
-        add_user(client, "kim@example.org")
-        wrong = log_in(client, "kim@example.org", password="not the password")
-        unknown = log_in(client, "nobody@example.org", password="not the password")
+def test_wrong_password_and_unknown_email_get_the_same_answer(client):
+    add_user(client, "kim@example.org")
+    wrong = log_in(client, "kim@example.org", password="not the password")
+    unknown = log_in(client, "nobody@example.org", password="not the password")
     assert wrong.status_code == unknown.status_code == 401
     message = "That email and password do not match an account."
     assert message in wrong.text
@@ -178,7 +89,7 @@ async def test_unknown_email_is_checked_against_a_hash_of_the_same_cost(tmp_path
 
     settings = Settings.from_env({"MEGAMOVIE_DATA_DIR": str(tmp_path)})
     engine = create_engine(settings.database_url)
-    await create_schema(engine)
+    await upgrade(engine)
     await create_user(engine, settings, email="t@example.org", password=PASSWORD)
     async with engine.connect() as conn:
         stored = (await conn.execute(select(users.c.password_hash))).scalar_one()
@@ -188,19 +99,18 @@ async def test_unknown_email_is_checked_against_a_hash_of_the_same_cost(tmp_path
     assert extract_parameters(stored).type.name == "ID"
 
 
-def test_logout_kills_the_session_even_for_a_replayed_cookie(settings):
-    with TestClient(create_app(settings)) as client:
-        add_user(client, "out@example.org", role="creator")
-        log_in(client, "out@example.org")
-        stolen = client.cookies.get("mm_session")
-        page = client.get("/dashboard")
-        response = client.post(
-            "/logout", data={"csrf_token": csrf_from(page.text)}, follow_redirects=False
-        )
-        assert response.status_code == 303
-        assert client.cookies.get("mm_session") is None
-        client.cookies.set("mm_session", stolen)
-        replay = client.get("/dashboard")
+def test_logout_kills_the_session_even_for_a_replayed_cookie(client):
+    add_user(client, "out@example.org", role="creator")
+    log_in(client, "out@example.org")
+    stolen = client.cookies.get("mm_session")
+    page = client.get("/dashboard")
+    response = client.post(
+        "/logout", data={"csrf_token": csrf_from(page.text)}, follow_redirects=False
+    )
+    assert response.status_code == 303
+    assert client.cookies.get("mm_session") is None
+    client.cookies.set("mm_session", stolen)
+    replay = client.get("/dashboard")
     assert replay.status_code == 401
     assert "Log in" in replay.text
 
@@ -209,7 +119,7 @@ def test_logout_kills_the_session_even_for_a_replayed_cookie(settings):
 async def test_create_user_checks_email_and_password(settings):
     engine = create_engine(settings.database_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    await create_schema(engine)
+    await upgrade(engine)
     with pytest.raises(ValidationFailed, match="not an email address"):
         await create_user(engine, settings, email="no-at-sign", password=PASSWORD)
     with pytest.raises(ValidationFailed, match="Role must be one of"):
@@ -225,7 +135,7 @@ async def test_create_user_checks_email_and_password(settings):
 async def test_password_is_rehashed_when_the_cost_changes(settings):
     engine = create_engine(settings.database_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    await create_schema(engine)
+    await upgrade(engine)
     await create_user(engine, settings, email="re@example.org", password=PASSWORD)
     stronger = settings.replace(argon2_time_cost=2, argon2_memory_kib=2048)
     user = await authenticate(engine, stronger, "re@example.org", PASSWORD)
@@ -236,7 +146,7 @@ async def test_password_is_rehashed_when_the_cost_changes(settings):
     assert "m=2048,t=2,p=1" in stored.password_hash
 
 
-def test_users_create_command_reads_the_password_from_stdin(settings, monkeypatch):
+def test_users_create_command_reads_the_password_from_stdin(settings, app, monkeypatch):
     from portal.cli import main
 
     monkeypatch.setenv("MEGAMOVIE_DATA_DIR", str(settings.data_dir))
@@ -256,6 +166,6 @@ def test_users_create_command_reads_the_password_from_stdin(settings, monkeypatc
     assert short.exit_code != 0
     assert "at least 10 characters" in short.output
 
-    with TestClient(create_app(settings)) as client:
+    with TestClient(app) as client:
         assert log_in(client, "boss@example.org").status_code == 303
         assert client.get("/dashboard").status_code == 200  # admins may upload too

@@ -9,39 +9,22 @@ import time
 
 import httpx
 import pytest
-from tusclient import client as tus
 
-from tests.portal.conftest import bearer, create_account, pipeline_settings
-from tests.portal.test_processing import PLAINTEXT_MARKERS, files_containing
+from tests.helpers import (
+    PLAINTEXT_MARKERS,
+    bearer,
+    create_account,
+    files_containing,
+    pipeline_settings,
+    tus_upload,
+    wait_until_done,
+)
 from transcoder.playlists import parse_playlist
 
 
 @pytest.fixture
 def settings(tmp_path):
     return pipeline_settings(tmp_path, workers=1)
-
-
-def tus_upload(base_url: str, auth: dict[str, str], path, **metadata: str) -> str:
-    """Upload with the tuspy client in small chunks; returns the video id."""
-    # Our own file handle: tuspy leaves the ones it opens from file_path unclosed.
-    with open(path, "rb") as stream:
-        uploader = tus.TusClient(f"{base_url}/api/uploads", headers=auth).uploader(
-            file_stream=stream, chunk_size=64 * 1024, metadata=metadata
-        )
-        uploader.upload()
-    head = httpx.head(uploader.url, headers={"Tus-Resumable": "1.0.0", **auth})
-    assert head.status_code == 200
-    return head.headers["video-id"]
-
-
-def wait_until_done(client: httpx.Client, video_id: str, auth: dict[str, str]) -> dict:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        video = client.get(f"/api/videos/{video_id}", headers=auth).json()
-        if video["status"] in ("ready", "failed"):
-            return video
-        time.sleep(0.2)
-    raise AssertionError(f"still {video['status']} after 90 s")
 
 
 def decoded_seconds(url: str) -> float:

@@ -10,13 +10,17 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from starlette.testclient import TestClient
 
-from portal.app import create_app
 from portal.server import MAX_HEAD_BYTES
-from tests.conftest import LiveServer
-from tests.portal.conftest import TUS, bearer
-from tests.portal.test_accounts import add_ready_video, add_user, csrf_from, fast_settings
+from tests.helpers import (
+    TUS,
+    LiveServer,
+    add_ready_video,
+    add_user,
+    bearer,
+    csrf_from,
+    fast_settings,
+)
 
 HEADER_TIMEOUT = 1.0
 
@@ -108,12 +112,6 @@ def test_a_request_head_over_the_limit_is_refused(server):
 # -- bodies of JSON and form endpoints ------------------------------------------------------
 
 
-@pytest.fixture
-def client(tmp_path):
-    with TestClient(create_app(fast_settings(tmp_path))) as client:
-        yield client
-
-
 def test_a_json_body_over_the_cap_is_refused_from_its_content_length(server):
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         # Announces 150 MB and sends none of it: refused without reading a byte of the body.
@@ -169,53 +167,54 @@ def test_the_position_endpoint_caps_its_body(client):
 # -- unfinished uploads ---------------------------------------------------------------------
 
 
-def test_a_creator_may_keep_only_so_many_unfinished_uploads(tmp_path):
-    with TestClient(create_app(fast_settings(tmp_path, max_open_uploads=2))) as client:
-        add_user(client, "maker@example.org", role="creator")
-        add_user(client, "other@example.org", role="creator")
-        auth = bearer(client, "maker@example.org")
+@pytest.mark.settings(max_open_uploads=2)
+def test_a_creator_may_keep_only_so_many_unfinished_uploads(client):
+    add_user(client, "maker@example.org", role="creator")
+    add_user(client, "other@example.org", role="creator")
+    auth = bearer(client, "maker@example.org")
 
-        def create() -> httpx.Response:
-            return client.post("/api/uploads", headers={**TUS, **auth, "Upload-Length": "10"})
+    def create() -> httpx.Response:
+        return client.post("/api/uploads", headers={**TUS, **auth, "Upload-Length": "10"})
 
-        first, second, third = create(), create(), create()
-        assert (first.status_code, second.status_code) == (201, 201)
-        assert (third.status_code, third.json()["error"]) == (429, "too_many_uploads")
-        assert "unfinished uploads" in third.json()["message"]
-        # Another creator has a budget of their own.
-        other = bearer(client, "other@example.org")
-        assert (
-            client.post("/api/uploads", headers={**TUS, **other, "Upload-Length": "1"}).status_code
-            == 201
+    first, second, third = create(), create(), create()
+    assert (first.status_code, second.status_code) == (201, 201)
+    assert (third.status_code, third.json()["error"]) == (429, "too_many_uploads")
+    assert "unfinished uploads" in third.json()["message"]
+    # Another creator has a budget of their own.
+    other = bearer(client, "other@example.org")
+    assert (
+        client.post("/api/uploads", headers={**TUS, **other, "Upload-Length": "1"}).status_code
+        == 201
+    )
+    # Finishing one frees a place.
+    done = client.patch(
+        first.headers["location"],
+        content=b"0123456789",
+        headers={
+            **TUS,
+            **auth,
+            "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream",
+        },
+    )
+    assert done.status_code == 204
+    assert create().status_code == 201
+
+
+@pytest.mark.settings(max_upload_metadata_bytes=100)
+def test_upload_metadata_is_capped_by_its_setting(client):
+    add_user(client, "maker@example.org", role="creator")
+    auth = bearer(client, "maker@example.org")
+
+    def create(description: str) -> httpx.Response:
+        metadata = "description " + base64.b64encode(description.encode()).decode()
+        return client.post(
+            "/api/uploads",
+            headers={**TUS, **auth, "Upload-Length": "10", "Upload-Metadata": metadata},
         )
-        # Finishing one frees a place.
-        done = client.patch(
-            first.headers["location"],
-            content=b"0123456789",
-            headers={
-                **TUS,
-                **auth,
-                "Upload-Offset": "0",
-                "Content-Type": "application/offset+octet-stream",
-            },
-        )
-        assert done.status_code == 204
-        assert create().status_code == 201
 
+    assert create("x" * 60).status_code == 201
+    refused = create("x" * 100)
+    assert (refused.status_code, refused.json()["field"]) == (400, "Upload-Metadata")
+    assert "limited to 100 bytes" in refused.json()["message"]
 
-def test_upload_metadata_is_capped_by_its_setting(tmp_path):
-    with TestClient(create_app(fast_settings(tmp_path, max_upload_metadata_bytes=100))) as client:
-        add_user(client, "maker@example.org", role="creator")
-        auth = bearer(client, "maker@example.org")
-
-        def create(description: str) -> httpx.Response:
-            metadata = "description " + base64.b64encode(description.encode()).decode()
-            return client.post(
-                "/api/uploads",
-                headers={**TUS, **auth, "Upload-Length": "10", "Upload-Metadata": metadata},
-            )
-
-        assert create("x" * 60).status_code == 201
-        refused = create("x" * 100)
-        assert (refused.status_code, refused.json()["field"]) == (400, "Upload-Metadata")
-        assert "limited to 100 bytes" in refused.json()["message"]

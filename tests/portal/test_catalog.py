@@ -8,15 +8,13 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.testclient import TestClient
 
-from portal.app import create_app
+import portal.catalog
 from portal.catalog import PAGE_SIZE, list_videos
 from portal.db import users, utcnow, videos
 from portal.routes.catalog import page_links
 from portal.web import format_duration
-from tests.portal.conftest import insert_user
-from tests.portal.test_accounts import add_ready_video, add_user, add_video, fast_settings
+from tests.helpers import add_ready_video, add_user, add_video, insert_user
 
 pytestmark = pytest.mark.anyio
 
@@ -126,20 +124,18 @@ def test_duration_is_shown_as_minutes_and_seconds():
     assert format_duration(None) == ""
 
 
-def test_catalog_page_shows_posters_durations_creators_and_placeholders(tmp_path):
-    settings = fast_settings(tmp_path)
-    with TestClient(create_app(settings)) as client:
-        creator = add_user(client, "ann@example.org", role="creator", name="Ann Lee")
-        with_poster = add_ready_video(
-            client, creator.id, title="Harbour Lights", duration=754.2, has_poster=True
-        )
-        add_ready_video(client, creator.id, title="No Poster Yet", duration=5.0)
-        add_ready_video(client, creator.id, title="Still processing", status="processing")
-        page = client.get("/")
-        search = client.get("/", params={"q": "harbour"})
-        api = client.get("/api/videos", params={"q": "harbour"})
-        channel = client.get(f"/channel/{creator.id}")
-        missing = client.get("/channel/nobody")
+def test_catalog_page_shows_posters_durations_creators_and_placeholders(client):
+    creator = add_user(client, "ann@example.org", role="creator", name="Ann Lee")
+    with_poster = add_ready_video(
+        client, creator.id, title="Harbour Lights", duration=754.2, has_poster=True
+    )
+    add_ready_video(client, creator.id, title="No Poster Yet", duration=5.0)
+    add_ready_video(client, creator.id, title="Still processing", status="processing")
+    page = client.get("/")
+    search = client.get("/", params={"q": "harbour"})
+    api = client.get("/api/videos", params={"q": "harbour"})
+    channel = client.get(f"/channel/{creator.id}")
+    missing = client.get("/channel/nobody")
     assert page.status_code == 200
     assert "Harbour Lights" in page.text and "No Poster Yet" in page.text
     assert "Still processing" not in page.text
@@ -152,20 +148,124 @@ def test_catalog_page_shows_posters_durations_creators_and_placeholders(tmp_path
     assert [v["title"] for v in body["videos"]] == ["Harbour Lights"]
     assert body["videos"][0]["creator"] == {"id": creator.id, "name": "Ann Lee"}
     assert body["videos"][0]["poster_url"] == f"/media/{with_poster}/poster.jpg"
-    assert (body["page"], body["pages"], body["total"], body["sort"]) == (1, 1, 1, "newest")
+    assert (body["page"], body["pages"], body["total"], body["sort"]) == (1, 1, 1, "relevance")
+    assert (body["total_capped"], body["next"]) == (False, None)
     assert "Ann Lee" in channel.text and "Harbour Lights" in channel.text
     assert missing.status_code == 404
 
 
-def test_catalog_page_links_to_other_pages(tmp_path):
-    settings = fast_settings(tmp_path)
-    with TestClient(create_app(settings)) as client:
-        creator = add_user(client, "ann@example.org", role="creator")
-        for n in range(PAGE_SIZE + 1):
-            add_ready_video(client, creator.id, title=f"Film {n}")
-        first = client.get("/", params={"sort": "popular"})
-        second = client.get("/", params={"sort": "popular", "page": "2"})
-        junk = client.get("/", params={"page": "abc"})
+def test_catalog_page_links_to_other_pages(client):
+    creator = add_user(client, "ann@example.org", role="creator")
+    for n in range(PAGE_SIZE + 1):
+        add_ready_video(client, creator.id, title=f"Film {n}")
+    first = client.get("/", params={"sort": "popular"})
+    second = client.get("/", params={"sort": "popular", "page": "2"})
+    junk = client.get("/", params={"page": "abc"})
     assert 'href="/?sort=popular&amp;page=2"' in first.text
     assert 'rel="prev"' in second.text
     assert junk.status_code == 200
+
+
+async def test_a_search_ranks_title_words_first_and_sorts_on_request(engine):
+    ann = await insert_user(engine)
+    now = utcnow()
+    await add_video(engine, ann, title="Harbour", views=1, ready_at=now - timedelta(days=3))
+    await add_video(
+        engine, ann, title="Night ferry", description="out of the harbour", views=50, ready_at=now
+    )
+    await add_video(
+        engine, ann, title="Docks", tags="harbour", views=9, ready_at=now - timedelta(days=1)
+    )
+    assert await titles(engine, q="harbour") == ["Harbour", "Docks", "Night ferry"]
+    assert (await list_videos(engine, q="harbour")).sort == "relevance"
+    assert await titles(engine, q="harbour", sort="newest") == ["Night ferry", "Docks", "Harbour"]
+    assert await titles(engine, q="harbour", sort="popular") == ["Night ferry", "Docks", "Harbour"]
+    # Relevance needs something to be relevant to.
+    assert (await list_videos(engine, sort="relevance")).sort == "newest"
+
+
+async def test_search_words_may_be_spread_over_the_text_and_the_creators_name(engine):
+    ann = await insert_user(engine)
+    await rename(engine, ann, "Ann Lee")
+    await add_video(engine, ann, title="Big Buck Bunny", tags="animation")
+    assert await titles(engine, q="bunny lee") == ["Big Buck Bunny"]
+    assert await titles(engine, q="animation ann") == ["Big Buck Bunny"]
+    assert await titles(engine, q="bunny bob") == []
+
+
+async def test_playable_films_still_processing_are_listed_and_searched(engine):
+    ann = await insert_user(engine)
+    await add_video(engine, ann, title="Early bird", status="processing", playable=True)
+    await add_video(engine, ann, title="Early draft", status="processing", ready_at=None)
+    await add_video(engine, ann, title="Early failure", status="failed")
+    assert await titles(engine) == ["Early bird"]
+    assert await titles(engine, q="early") == ["Early bird"]
+    assert await titles(engine, sort="popular") == ["Early bird"]
+
+
+@pytest.mark.parametrize("sort", ["newest", "popular"])
+async def test_next_cursors_walk_every_film_once_in_order(engine, sort, monkeypatch):
+    monkeypatch.setattr(portal.catalog, "COUNT_CAP", 7)
+    ann = await insert_user(engine)
+    now = utcnow()
+    for n in range(23):
+        # Ties in the sort keys too: the id breaks them, the cursor carries it.
+        await add_video(
+            engine, ann, title=f"Film {n:02d}", views=n % 4, ready_at=now - timedelta(hours=n // 2)
+        )
+    everything = await titles(engine, sort=sort, page_size=100)
+    seen: list[str] = []
+    result = await list_videos(engine, sort=sort, page_size=5)
+    assert (result.total, result.total_capped, result.total_label) == (7, True, "7+")
+    pages = [result.page]
+    while True:
+        seen += [item.title for item in result.items]
+        if result.next_cursor is None:
+            break
+        result = await list_videos(engine, sort=sort, page_size=5, after=result.next_cursor)
+        pages.append(result.page)
+    assert seen == everything and len(seen) == 23
+    assert pages == [1, 2, 3, 4, 5]
+    # Numbered pages agree with the cursor's pages.
+    third = await list_videos(engine, sort=sort, page=3, page_size=5)
+    assert [item.title for item in third.items] == everything[10:15]
+
+
+async def test_bad_cursors_start_from_the_first_page(engine):
+    ann = await insert_user(engine)
+    await add_video(engine, ann, title="Only film")
+    newest = await list_videos(engine, page_size=1)
+    for bad in ["", "x", "!!!", "e30", newest.next_cursor or "bm9uZQ"]:
+        result = await list_videos(engine, after=bad, page_size=1)
+        assert [item.title for item in result.items] == ["Only film"]
+    # A cursor of one sort means nothing to another.
+    await add_video(engine, ann, title="Second film")
+    cursor = (await list_videos(engine, sort="newest", page_size=1)).next_cursor
+    assert cursor is not None
+    result = await list_videos(engine, sort="popular", page_size=1, after=cursor)
+    assert result.page == 1
+
+
+async def test_a_search_ranks_only_its_newest_matches_and_says_there_are_more(engine, monkeypatch):
+    monkeypatch.setattr(portal.catalog, "SEARCH_CANDIDATES", 4)
+    ann = await insert_user(engine)
+    now = utcnow()
+    for n in reversed(range(6)):  # published in order, "Comet 0" last
+        await add_video(engine, ann, title=f"Comet {n}", ready_at=now - timedelta(hours=n))
+    result = await list_videos(engine, q="comet", sort="newest")
+    assert [item.title for item in result.items] == [f"Comet {n}" for n in range(4)]
+    assert (result.total, result.total_capped, result.total_label) == (4, True, "4+")
+    few = await list_videos(engine, q="comet 5")
+    assert ([item.title for item in few.items], few.total_capped) == (["Comet 5"], False)
+
+
+def test_catalog_page_links_the_next_page_by_cursor(client):
+    creator = add_user(client, "ann@example.org", role="creator")
+    for n in range(PAGE_SIZE + 1):
+        add_ready_video(client, creator.id, title=f"Film {n}")
+    first = client.get("/")
+    api = client.get("/api/videos").json()
+    second = client.get("/api/videos", params={"after": api["next"]}).json()
+    assert 'rel="next" href="/?sort=newest&amp;after=' in first.text
+    assert len(api["videos"]) == PAGE_SIZE and len(second["videos"]) == 1
+    assert (second["page"], second["next"]) == (2, None)

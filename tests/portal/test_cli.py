@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from portal.cli import main
 from portal.demo import DEMO_EMAIL, seed_demo
 from portal.services import open_services
-from tests.portal.conftest import create_account, pipeline_settings
+from tests.helpers import create_account, pipeline_settings
 
 
 @pytest.fixture

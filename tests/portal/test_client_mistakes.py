@@ -17,7 +17,6 @@ from starlette.datastructures import Headers
 from starlette.testclient import TestClient
 
 from portal.accounts import create_user
-from portal.app import create_app
 from portal.errors import BadRequest, ValidationFailed
 from portal.parsing import (
     INT64_MAX,
@@ -29,13 +28,13 @@ from portal.parsing import (
     upload_metadata,
 )
 from portal.security import CONTENT_SECURITY_POLICY
-from tests.portal.conftest import TUS, bearer
-from tests.portal.test_accounts import (
+from tests.helpers import (
     PASSWORD,
+    TUS,
     add_ready_video,
     add_user,
+    bearer,
     csrf_from,
-    fast_settings,
     log_in,
 )
 
@@ -44,12 +43,6 @@ ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()))
 CLEAN_TEXT = st.text(
     st.characters(exclude_categories=("Cs", "Cc"), include_characters="\t\n\r"), max_size=50
 )
-
-
-@pytest.fixture
-def client(tmp_path):
-    with TestClient(create_app(fast_settings(tmp_path))) as client:
-        yield client
 
 
 @pytest.fixture
@@ -308,8 +301,7 @@ def test_a_non_ascii_csrf_header_is_refused_not_a_crash(client):
 
 
 @pytest.mark.parametrize("path", ["/api/videos", "/"])
-def test_an_unexpected_error_keeps_the_security_headers(tmp_path, path):
-    app = create_app(fast_settings(tmp_path))
+def test_an_unexpected_error_keeps_the_security_headers(app, path):
     with TestClient(app, raise_server_exceptions=False) as client:
 
         async def rename(old: str, new: str) -> None:

@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 from portal.db import jobs, videos
 from portal.jobs import WORKER_LOST, JobQueue, LeaseLost
-from tests.portal.conftest import insert_user, insert_video
+from tests.helpers import insert_user, insert_video
 
 pytestmark = pytest.mark.anyio
 

@@ -21,6 +21,7 @@ from portal.ledger import (
     verify,
     wallet,
 )
+from portal.migrations import upgrade
 from portal.money import Money
 from portal.payments import DevelopmentProvider, ProviderResult, top_up, wallet_balances
 
@@ -235,11 +236,11 @@ async def test_a_refused_charge_credits_nothing(engine):
 
 @pytest.mark.postgres
 async def test_twenty_concurrent_top_ups_with_one_key_credit_once(settings, postgres_url):
-    from portal.db import create_engine, create_schema
+    from portal.db import create_engine
 
     engine = create_engine(postgres_url)
     try:
-        await create_schema(engine)
+        await upgrade(engine)
         results = []
 
         async def one() -> None:

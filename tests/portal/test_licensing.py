@@ -18,8 +18,7 @@ from starlette.testclient import TestClient
 from portal.app import create_app
 from portal.db import create_engine, new_id, purchases, subscriptions, utcnow, watched_segments
 from portal.licensing import hookspecs
-from tests.portal.conftest import bearer, create_account, pipeline_settings
-from tests.portal.test_playback import upload_and_wait
+from tests.helpers import add_user, bearer, create_account, pipeline_settings, upload_and_wait
 from transcoder.playlists import parse_playlist
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "licensing-hooks.md"
@@ -32,16 +31,15 @@ def settings(tmp_path):
 
 
 @pytest.fixture
-def film(settings, clip):
+def film(client, clip):
     """A 2 s film in 1 s segments, and an account for every kind of viewer."""
     roles = {"maker": "creator", "boss": "admin"}
-    ids = {name: create_account(settings, f"{name}@example.org", roles.get(name, "viewer"))
+    ids = {name: add_user(client, f"{name}@example.org", roles.get(name, "viewer")).id
            for name in PEOPLE}  # fmt: skip
-    with TestClient(create_app(settings)) as client:
-        auth = {name: bearer(client, f"{name}@example.org") for name in PEOPLE}
-        video_id = upload_and_wait(client, auth["maker"], clip.read_bytes())
-        client.ids = ids  # type: ignore[attr-defined]
-        yield client, auth, video_id
+    auth = {name: bearer(client, f"{name}@example.org") for name in PEOPLE}
+    video_id = upload_and_wait(client, auth["maker"], clip.read_bytes())
+    client.ids = ids  # type: ignore[attr-defined]
+    return client, auth, video_id
 
 
 def run(client: TestClient, fn, *args):
@@ -309,7 +307,7 @@ def test_plugins_named_in_the_setting_are_loaded_and_a_bad_name_is_a_clear_error
 async def test_a_stream_nobody_renews_frees_its_place_on_both_databases(engine):
     from portal.errors import TooManyStreams
     from portal.licensing.streams import close_idle_streams, open_stream
-    from tests.portal.conftest import insert_user, insert_video
+    from tests.helpers import insert_user, insert_video
 
     video = await insert_video(engine, await insert_user(engine), status="ready")
     start = utcnow() - timedelta(minutes=10)
@@ -330,9 +328,9 @@ async def test_a_stream_nobody_renews_frees_its_place_on_both_databases(engine):
     assert await close_idle_streams(engine, 150) >= 1
 
 
-def test_watch_time_earned_before_a_clean_shutdown_is_written(settings, clip):
-    create_account(settings, "maker@example.org", "creator")
-    with TestClient(create_app(settings)) as client:
+def test_watch_time_earned_before_a_clean_shutdown_is_written(app, clip):
+    with TestClient(app) as client:
+        add_user(client, "maker@example.org", "creator")
         maker = bearer(client, "maker@example.org")
         video_id = upload_and_wait(client, maker, clip.read_bytes())
         grant = client.get(f"/api/videos/{video_id}/playback").json()

@@ -6,11 +6,9 @@ import pytest
 from starlette.requests import Request
 from starlette.testclient import TestClient
 
-from portal.app import create_app
 from portal.errors import BearerTokenRequired, PermissionDenied
 from portal.routes.ops import authorise_scrape, on_loopback
 from portal.settings import Secret, Settings
-from tests.portal.test_accounts import fast_settings
 
 TOKEN = "scrape-me-0123456789"
 PROMETHEUS = "text/plain; version=0.0.4"
@@ -41,8 +39,7 @@ def test_only_loopback_addresses_count_as_local(host, local):
     assert on_loopback(host) is local
 
 
-def test_without_a_token_metrics_answer_loopback_and_refuse_others(tmp_path):
-    app = create_app(fast_settings(tmp_path))
+def test_without_a_token_metrics_answer_loopback_and_refuse_others(app):
     authorise_scrape(request_from(app, "127.0.0.1"))
     authorise_scrape(request_from(app, "::1"))
     for outsider in ("192.0.2.1", "2001:db8::1", None):
@@ -51,7 +48,7 @@ def test_without_a_token_metrics_answer_loopback_and_refuse_others(tmp_path):
 
     with TestClient(app, client=("203.0.113.9", 50000)) as remote:
         refused = remote.get("/metrics")
-    with TestClient(create_app(fast_settings(tmp_path)), client=("127.0.0.1", 50000)) as local:
+    with TestClient(app, client=("127.0.0.1", 50000)) as local:
         served = local.get("/metrics")
     assert refused.status_code == 403
     assert refused.json()["error"] == "permission_denied"
@@ -61,8 +58,8 @@ def test_without_a_token_metrics_answer_loopback_and_refuse_others(tmp_path):
     assert "megamovie_jobs" in served.text
 
 
-def test_with_a_token_metrics_need_it_from_everyone_even_loopback(tmp_path):
-    app = create_app(fast_settings(tmp_path, metrics_token=Secret(TOKEN)))
+@pytest.mark.settings(metrics_token=Secret(TOKEN))
+def test_with_a_token_metrics_need_it_from_everyone_even_loopback(app):
     authorise_scrape(request_from(app, "203.0.113.9", f"Bearer {TOKEN}"))
     authorise_scrape(request_from(app, "203.0.113.9", f"bearer  {TOKEN}"))
     for sent in (

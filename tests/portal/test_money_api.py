@@ -8,13 +8,11 @@ import anyio
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import update
-from starlette.testclient import TestClient
 
-from portal.app import create_app
 from portal.cli import main
 from portal.db import create_engine, ledger_entries, utcnow
+from tests.helpers import add_user, bearer, insert_video, pipeline_settings
 from tests.portal.commerce import add_offer
-from tests.portal.conftest import bearer, create_account, insert_video, pipeline_settings
 
 
 @pytest.fixture
@@ -41,20 +39,19 @@ async def paid_film(engine, creator_id, kind="buy", amount=499):
 
 
 @pytest.fixture
-def shop(settings):
+def shop(client, settings):
     """A running app with a creator selling one film and a viewer, both with bearer tokens."""
-    creator = create_account(settings, "maker@example.org", "creator")
-    create_account(settings, "watcher@example.org", "viewer")
-    with TestClient(create_app(settings)) as client:
-        video_id, offer_id = in_database(settings, paid_film, creator)
-        yield {
-            "client": client,
-            "creator": creator,
-            "video_id": video_id,
-            "offer_id": offer_id,
-            "maker": bearer(client, "maker@example.org"),
-            "watcher": bearer(client, "watcher@example.org"),
-        }
+    creator = add_user(client, "maker@example.org", "creator").id
+    add_user(client, "watcher@example.org", "viewer")
+    video_id, offer_id = in_database(settings, paid_film, creator)
+    return {
+        "client": client,
+        "creator": creator,
+        "video_id": video_id,
+        "offer_id": offer_id,
+        "maker": bearer(client, "maker@example.org"),
+        "watcher": bearer(client, "watcher@example.org"),
+    }
 
 
 def key(value):

@@ -25,6 +25,7 @@ from portal.payments import top_up
 from portal.payouts import run_payouts
 from portal.purchases import RENT_START_WINDOW, refund_purchase
 from portal.subscriptions import subscribe
+from tests.helpers import insert_user
 from tests.portal.commerce import (
     PROVIDER,
     SPLIT,
@@ -34,7 +35,6 @@ from tests.portal.commerce import (
     held,
     watch,
 )
-from tests.portal.conftest import insert_user
 
 pytestmark = pytest.mark.anyio
 

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from portal.db import ledger_transactions, statements
 from portal.errors import InsufficientFunds, NotFound, ValidationFailed
 from portal.ledger import PASS_POOL, PLATFORM_REVENUE, earnings, payouts, wallet
+from portal.migrations import upgrade
 from portal.money import Money
 from portal.payouts import (
     creator_earnings,
@@ -23,6 +24,7 @@ from portal.payouts import (
 )
 from portal.purchases import refund_purchase
 from portal.subscriptions import SUBSCRIPTION_PERIOD, allocate, allocate_pass_fees, subscribe
+from tests.helpers import insert_user, insert_video
 from tests.portal.commerce import (
     SPLIT,
     books_balance,
@@ -33,7 +35,6 @@ from tests.portal.commerce import (
     held,
     watch,
 )
-from tests.portal.conftest import insert_user, insert_video
 
 pytestmark = pytest.mark.anyio
 
@@ -358,11 +359,11 @@ async def test_statements_as_csv_and_earnings_per_film_and_month(engine):
 
 @pytest.mark.postgres
 async def test_payout_runs_at_the_same_instant_pay_every_entry_once(postgres_url):
-    from portal.db import create_engine, create_schema
+    from portal.db import create_engine
 
     engine = create_engine(postgres_url)
     try:
-        await create_schema(engine)
+        await upgrade(engine)
         creators = [await insert_user(engine, "creator") for _ in range(3)]
         for number, creator in enumerate(creators):
             film = await insert_video(engine, creator, status="ready")

@@ -5,14 +5,17 @@ from __future__ import annotations
 import time
 
 import pytest
-from sqlalchemy import update
 from starlette.testclient import TestClient
 
-from portal.app import create_app
-from portal.db import videos
 from portal.errors import TokenInvalid
 from portal.tokens import PlaybackTokens
-from tests.portal.conftest import TUS, bearer, create_account, pipeline_settings
+from tests.helpers import (
+    add_user,
+    bearer,
+    pipeline_settings,
+    set_video,
+    upload_and_wait,
+)
 from transcoder.playlists import parse_playlist
 
 KEY = b"k" * 32
@@ -42,40 +45,14 @@ def settings(tmp_path):
     return pipeline_settings(tmp_path, workers=1)
 
 
-def upload_and_wait(client: TestClient, auth: dict[str, str], data: bytes) -> str:
-    created = client.post("/api/uploads", headers={**TUS, **auth, "Upload-Length": str(len(data))})
-    location, video_id = created.headers["location"], created.headers["video-id"]
-    body_type = {"Content-Type": "application/offset+octet-stream"}
-    done = client.patch(
-        location, content=data, headers={**TUS, **auth, **body_type, "Upload-Offset": "0"}
-    )
-    assert done.status_code == 204, done.text
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        video = client.get(f"/api/videos/{video_id}", headers=auth).json()
-        if video["status"] in ("ready", "failed"):
-            break
-        time.sleep(0.1)
-    assert video["status"] == "ready", video
-    return video_id
-
-
 @pytest.fixture
-def ready(settings, clip):
-    create_account(settings, "maker@example.org", "creator")
+def ready(app, clip):
     # On loopback, like a local Prometheus: /metrics answers nobody else without a token.
-    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as client:
+    with TestClient(app, client=("127.0.0.1", 50000)) as client:
+        add_user(client, "maker@example.org", "creator")
         auth = bearer(client, "maker@example.org")
         video_id = upload_and_wait(client, auth, clip.read_bytes())
         yield client, auth, video_id
-
-
-def set_video(client: TestClient, video_id: str, **values: object) -> None:
-    async def change() -> None:
-        async with client.app.state.services.engine.begin() as conn:
-            await conn.execute(update(videos).where(videos.c.id == video_id).values(**values))
-
-    client.portal.call(change)
 
 
 def test_playlists_are_rendered_per_request_with_tokenised_relative_urls(ready):

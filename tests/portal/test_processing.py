@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
 
 import anyio
@@ -11,13 +13,20 @@ from portal.db import jobs, segments, videos
 from portal.jobs import JobQueue
 from portal.layout import segment_path
 from portal.processing import clean_scratch
+from portal.services import vault_config
 from portal.vault import open_vault
 from portal.worker import Worker
-from tests.portal.conftest import insert_user, insert_video
+from tests.helpers import (
+    PLAINTEXT_MARKERS,
+    eventually,
+    files_containing,
+    insert_user,
+    insert_video,
+    live_processes_naming,
+    make_clip,
+)
 
 pytestmark = pytest.mark.anyio
-
-PLAINTEXT_MARKERS = (b"ftyp", b"moov", b"mdat", b"moof", b"Lavf", b"x264")
 
 
 @pytest.fixture
@@ -27,7 +36,7 @@ def settings(settings):
 
 @pytest.fixture
 async def vault(settings, engine):
-    vault = await open_vault(settings, engine)
+    vault = await open_vault(vault_config(settings), engine)
     yield vault
     await vault.aclose()
 
@@ -45,15 +54,6 @@ async def uploaded_video(engine, vault, source: bytes) -> str:
 async def video_row(engine, video_id):
     async with engine.connect() as conn:
         return (await conn.execute(select(videos).where(videos.c.id == video_id))).mappings().one()
-
-
-def files_containing(root: Path, markers: tuple[bytes, ...]) -> list[str]:
-    found = []
-    for path in root.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            found += [f"{path.name}: {m!r}" for m in markers if m in data]
-    return found
 
 
 async def test_a_dead_workers_clip_is_taken_over_and_becomes_an_encrypted_ladder(
@@ -175,3 +175,64 @@ async def test_master_playlist_bandwidths_are_measured_from_the_stored_segments(
     assert rendition["bandwidth"] == pytest.approx(peak, abs=1)
     assert rendition["average_bandwidth"] == pytest.approx(average, abs=1)
     assert rendition["bandwidth"] >= rendition["average_bandwidth"]
+
+
+ROOT = str(Path(__file__).resolve().parents[2])
+WORKER = """
+import sys
+import anyio
+from portal.db import create_engine
+from portal.processing import Processor
+from portal.services import vault_config
+from portal.settings import Settings
+from portal.vault import open_vault
+
+async def main(data_dir: str, database_url: str, video_id: str) -> None:
+    settings = Settings.from_env(
+        {"MEGAMOVIE_DATA_DIR": data_dir}, database_url=database_url,
+        transcode_preset="veryslow", segment_seconds=1.0,
+    )
+    engine = create_engine(database_url)
+    vault = await open_vault(vault_config(settings), engine)
+    await Processor(settings, engine, vault).process(video_id)
+    print("finished", flush=True)
+
+anyio.run(main, *sys.argv[1:])
+"""
+
+
+async def test_a_worker_killed_mid_transcode_leaves_no_ffmpeg_and_no_plaintext(
+    settings, engine, vault, database_url, tmp_path
+):
+    long_clip = make_clip(tmp_path / "long.mp4", seconds=30, size="640x360")
+    video_id = await uploaded_video(engine, vault, long_clip.read_bytes())
+    worker = await anyio.open_process(
+        [sys.executable, "-c", WORKER, str(settings.data_dir), database_url, video_id],
+        stdin=None, stdout=None, stderr=None, env={**os.environ, "PYTHONPATH": ROOT},
+    )  # fmt: skip
+    try:
+        scratch = str(settings.scratch_dir)
+
+        def transcoding() -> bool:
+            # ffmpeg encoding into the job's hls/ dir, with segments already handed over.
+            return any(
+                b"/hls/" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                for pid in live_processes_naming(scratch)
+            ) and bool(list(settings.scratch_dir.glob("job-*/hls/*")))
+
+        assert await anyio.to_thread.run_sync(lambda: eventually(transcoding, 60))
+        worker.kill()  # SIGKILL: no finally, no shutdown handler runs
+        await worker.wait()
+
+        gone = await anyio.to_thread.run_sync(
+            lambda: eventually(lambda: live_processes_naming(scratch) == [])
+        )
+        assert gone, "ffmpeg outlived the worker"
+        emptied = await anyio.to_thread.run_sync(
+            lambda: eventually(lambda: list(settings.scratch_dir.iterdir()) == [])
+        )
+        assert emptied, "plaintext outlived the worker"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            worker.kill()
+        await worker.wait()

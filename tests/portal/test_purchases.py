@@ -9,12 +9,14 @@ import anyio
 import pytest
 from sqlalchemy import func, select
 
-from portal.db import create_engine, create_schema, ledger_transactions, purchases
+from portal.db import create_engine, ledger_transactions, purchases
 from portal.errors import Conflict, InsufficientFunds, NotFound, ValidationFailed
 from portal.ledger import PLATFORM_REVENUE, earnings, wallet
 from portal.library import library
+from portal.migrations import upgrade
 from portal.money import Money
 from portal.purchases import RENT_START_WINDOW, refund_purchase
+from tests.helpers import insert_user
 from tests.portal.commerce import (
     add_offer,
     books_balance,
@@ -23,7 +25,6 @@ from tests.portal.commerce import (
     funded_viewer,
     held,
 )
-from tests.portal.conftest import insert_user
 
 pytestmark = pytest.mark.anyio
 
@@ -231,7 +232,7 @@ async def test_the_library_lists_what_can_be_watched_and_the_time_left(engine):
 @pytest.fixture
 async def pg_engine(postgres_url):
     engine = create_engine(postgres_url)
-    await create_schema(engine)
+    await upgrade(engine)
     yield engine
     await engine.dispose()
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from starlette.testclient import TestClient
 
-from portal.app import create_app
 from portal.security import CONTENT_SECURITY_POLICY
 from portal.web import TEMPLATES_DIR
-from tests.portal.test_accounts import PASSWORD, add_user, csrf_from, fast_settings
+from tests.helpers import PASSWORD, add_user, csrf_from, fast_settings
 
 
 @pytest.fixture
@@ -19,9 +17,8 @@ def settings(tmp_path):
 
 
 @pytest.mark.parametrize("path", ["/", "/login", "/api/videos", "/static/css/site.css", "/nope"])
-def test_every_response_carries_the_security_headers(settings, path):
-    with TestClient(create_app(settings)) as client:
-        response = client.get(path)
+def test_every_response_carries_the_security_headers(client, path):
+    response = client.get(path)
     assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.headers["referrer-policy"] == "same-origin"
@@ -73,10 +70,9 @@ def _token(client):
 
 
 @pytest.mark.parametrize("attempt", [_login, _signup, _token], ids=["login", "signup", "token"])
-def test_too_many_attempts_answer_429_with_retry_after(settings, attempt):
-    with TestClient(create_app(settings)) as client:
-        add_user(client, "r@example.org")
-        answers = [attempt(client) for _ in range(4)]
+def test_too_many_attempts_answer_429_with_retry_after(client, attempt):
+    add_user(client, "r@example.org")
+    answers = [attempt(client) for _ in range(4)]
     assert all(a.status_code != 429 for a in answers[:3])
     blocked = answers[3]
     assert blocked.status_code == 429
@@ -84,12 +80,11 @@ def test_too_many_attempts_answer_429_with_retry_after(settings, attempt):
     assert "Too many attempts" in blocked.text
 
 
-def test_rate_limit_counts_each_action_separately(settings):
-    with TestClient(create_app(settings)) as client:
-        add_user(client, "r@example.org")
-        for _ in range(3):
-            _token(client)
-        assert _token(client).status_code == 429
-        assert _login(client).status_code == 303  # log-in has its own budget
+def test_rate_limit_counts_each_action_separately(client):
+    add_user(client, "r@example.org")
+    for _ in range(3):
+        _token(client)
+    assert _token(client).status_code == 429
+    assert _login(client).status_code == 303  # log-in has its own budget
 
 

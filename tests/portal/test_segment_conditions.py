@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from portal.app import create_app
 from portal.layout import segment_path
-from tests.portal.test_accounts import add_ready_video, add_user, fast_settings
+from tests.helpers import add_ready_video, add_user, fast_settings
 
 PLAIN = os.urandom(3000)
 

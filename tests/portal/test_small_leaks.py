@@ -10,13 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from portal.app import create_app
 from portal.errors import TokenInvalid
 from portal.security import CONTENT_SECURITY_POLICY
 from portal.settings import SettingsError
 from portal.tokens import PlaybackTokens
-from tests.portal.conftest import TUS, bearer
-from tests.portal.test_accounts import add_user, fast_settings
+from tests.helpers import TUS, add_user, bearer, fast_settings
 
 KEY = b"k" * 32
 IDS = st.from_regex(r"[A-Za-z0-9]{1,32}", fullmatch=True)
@@ -29,23 +27,21 @@ def create_upload(client: TestClient, auth: dict[str, str], **headers: str):
 # -- Location and Host ----------------------------------------------------------------------
 
 
-def test_the_location_of_a_new_upload_does_not_follow_the_host_header(tmp_path):
-    with TestClient(create_app(fast_settings(tmp_path))) as client:
-        add_user(client, "maker@example.org", role="creator")
-        auth = bearer(client, "maker@example.org")
-        created = create_upload(client, auth, Host="evil.example")
+def test_the_location_of_a_new_upload_does_not_follow_the_host_header(client):
+    add_user(client, "maker@example.org", role="creator")
+    auth = bearer(client, "maker@example.org")
+    created = create_upload(client, auth, Host="evil.example")
     assert created.status_code == 201
     location = created.headers["location"]
     assert location.startswith("/api/uploads/")  # relative: resolved against where it was sent
     assert "evil" not in location
 
 
-def test_the_location_of_a_new_upload_is_under_the_configured_base_url(tmp_path):
-    settings = fast_settings(tmp_path, base_url="https://films.example.org/")
-    with TestClient(create_app(settings)) as client:
-        add_user(client, "maker@example.org", role="creator")
-        auth = bearer(client, "maker@example.org")
-        created = create_upload(client, auth, Host="evil.example")
+@pytest.mark.settings(base_url="https://films.example.org/")
+def test_the_location_of_a_new_upload_is_under_the_configured_base_url(client):
+    add_user(client, "maker@example.org", role="creator")
+    auth = bearer(client, "maker@example.org")
+    created = create_upload(client, auth, Host="evil.example")
     assert created.headers["location"].startswith("https://films.example.org/api/uploads/")
 
 
@@ -55,19 +51,16 @@ def test_a_base_url_that_is_not_one_stops_start_up(tmp_path, base_url):
         fast_settings(tmp_path, base_url=base_url)
 
 
-@pytest.fixture
-def strict_client(tmp_path):
-    settings = fast_settings(tmp_path, allowed_hosts="films.example.org, *.cdn.example.org")
-    with TestClient(create_app(settings)) as client:
-        yield client
+STRICT_HOSTS = pytest.mark.settings(allowed_hosts="films.example.org, *.cdn.example.org")
 
 
 @pytest.mark.parametrize(
     "host", ["evil.example", "films.example.org.evil.example", "cdn.example.org", "", "x:films"]
 )
 @pytest.mark.parametrize("path", ["/api/videos", "/"])
-def test_an_unexpected_host_is_a_400(strict_client, host, path):
-    answer = strict_client.get(path, headers={"Host": host})
+@STRICT_HOSTS
+def test_an_unexpected_host_is_a_400(client, host, path):
+    answer = client.get(path, headers={"Host": host})
     assert answer.status_code == 400
     assert "host name" in answer.text
     assert answer.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
@@ -78,8 +71,9 @@ def test_an_unexpected_host_is_a_400(strict_client, host, path):
 @pytest.mark.parametrize(
     "host", ["films.example.org", "FILMS.example.org:8443", "eu.cdn.example.org"]
 )
-def test_the_allowed_hosts_are_served(strict_client, host):
-    assert strict_client.get("/api/videos", headers={"Host": host}).status_code == 200
+@STRICT_HOSTS
+def test_the_allowed_hosts_are_served(client, host):
+    assert client.get("/api/videos", headers={"Host": host}).status_code == 200
 
 
 # -- strict playback tokens -----------------------------------------------------------------

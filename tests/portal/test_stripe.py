@@ -47,8 +47,7 @@ from portal.stripe_payments import (
     payment_plugins,
     to_stripe_amount,
 )
-from tests.conftest import LiveServer
-from tests.portal.conftest import bearer, create_account, insert_user, pipeline_settings
+from tests.helpers import LiveServer, bearer, create_account, insert_user, pipeline_settings
 
 SECRET_KEY = "sk_test_megamovie"
 WEBHOOK_SECRET = "whsec_megamovie_test"

@@ -5,19 +5,16 @@ from __future__ import annotations
 from sqlalchemy import text
 from starlette.testclient import TestClient
 
-from portal.app import create_app
-from tests.portal.conftest import TUS, bearer
-from tests.portal.test_accounts import add_ready_video, add_user, fast_settings, log_in
+from tests.helpers import TUS, add_ready_video, add_user, bearer, log_in
 
 
-def test_a_csrf_refusal_of_an_upload_says_tus_resumable(tmp_path):
-    with TestClient(create_app(fast_settings(tmp_path))) as client:
-        creator = add_user(client, "maker@example.org", role="creator")
-        video_id = add_ready_video(client, creator.id)
-        log_in(client, "maker@example.org")
-        # A cookie session without the X-CSRF-Token header: refused before any endpoint runs.
-        refused = client.post("/api/uploads", headers={**TUS, "Upload-Length": "10"})
-        elsewhere = client.put(f"/api/videos/{video_id}/position", json={"position": 3})
+def test_a_csrf_refusal_of_an_upload_says_tus_resumable(client):
+    creator = add_user(client, "maker@example.org", role="creator")
+    video_id = add_ready_video(client, creator.id)
+    log_in(client, "maker@example.org")
+    # A cookie session without the X-CSRF-Token header: refused before any endpoint runs.
+    refused = client.post("/api/uploads", headers={**TUS, "Upload-Length": "10"})
+    elsewhere = client.put(f"/api/videos/{video_id}/position", json={"position": 3})
     assert refused.status_code == 403
     assert refused.json()["error"] == "csrf_failed"
     assert refused.headers["tus-resumable"] == "1.0.0"
@@ -25,8 +22,7 @@ def test_a_csrf_refusal_of_an_upload_says_tus_resumable(tmp_path):
     assert "tus-resumable" not in elsewhere.headers  # only tus paths speak tus
 
 
-def test_an_unexpected_error_on_an_upload_says_tus_resumable(tmp_path):
-    app = create_app(fast_settings(tmp_path))
+def test_an_unexpected_error_on_an_upload_says_tus_resumable(app):
     with TestClient(app, raise_server_exceptions=False) as client:
         add_user(client, "maker@example.org", role="creator")
         auth = bearer(client, "maker@example.org")

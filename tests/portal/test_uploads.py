@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import socket
 import time
 from email.utils import parsedate_to_datetime
 
 import httpx
 import pytest
-from sqlalchemy import func, select
-from starlette.testclient import TestClient
 
-from portal.app import create_app
 from portal.db import jobs, uploads, videos
-from tests.portal.conftest import TUS, bearer, create_account, pipeline_settings
+from tests.helpers import (
+    TUS,
+    add_user,
+    bearer,
+    count,
+    create,
+    create_account,
+    patch,
+    pipeline_settings,
+    raw_patch_start,
+)
 
 # Plain text no film contains: if it is anywhere on disk, the upload was stored in the clear.
 PATTERN = b"MEGAMOVIE-PLAINTEXT-CANARY-"
@@ -25,48 +31,19 @@ PATTERN = b"MEGAMOVIE-PLAINTEXT-CANARY-"
 def settings(request, tmp_path):
     """Every tus test on SQLite and on PostgreSQL: the one-PATCH-at-a-time guarantee and the
     quota sums are the database's work."""
-    base = pipeline_settings(tmp_path, quota_bytes=100_000)
+    marker = request.node.get_closest_marker("settings")
+    base = pipeline_settings(tmp_path, quota_bytes=100_000, **(marker.kwargs if marker else {}))
     if request.param == "sqlite":
         return base
     return base.replace(database_url=request.getfixturevalue("sync_postgres_url"))
 
 
-def meta(**values: str) -> str:
-    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in values.items())
 
 
-def create(client, headers, length: int, **metadata: str):
-    return client.post(
-        "/api/uploads",
-        headers={
-            **TUS,
-            **headers,
-            "Upload-Length": str(length),
-            "Upload-Metadata": meta(**metadata),
-        },
-    )
 
 
-def patch(client, location, headers, offset: int, body: bytes, **extra: str):
-    return client.patch(
-        location,
-        content=body,
-        headers={
-            **TUS,
-            **headers,
-            "Upload-Offset": str(offset),
-            "Content-Type": "application/offset+octet-stream",
-            **extra,
-        },
-    )
 
 
-def count(client, table) -> int:
-    async def query() -> int:
-        async with client.app.state.services.engine.connect() as conn:
-            return await conn.scalar(select(func.count()).select_from(table))
-
-    return client.portal.call(query)
 
 
 @pytest.fixture
@@ -75,164 +52,148 @@ def creator(settings):
     return "maker@example.org"
 
 
-def test_options_advertises_version_extensions_and_max_size(settings):
-    with TestClient(create_app(settings)) as client:
-        response = client.options("/api/uploads")
+def test_options_advertises_version_extensions_and_max_size(client, settings):
+    response = client.options("/api/uploads")
     assert response.status_code == 204
     assert response.headers["tus-resumable"] == "1.0.0"
     assert response.headers["tus-version"] == "1.0.0"
-    assert response.headers["tus-extension"] == "creation,termination,expiration,checksum"
+    assert response.headers["tus-extension"] == (
+        "creation,creation-with-upload,termination,expiration,checksum,concatenation"
+    )
     assert response.headers["tus-max-size"] == str(settings.max_upload_bytes)
     assert response.headers["tus-checksum-algorithm"] == "sha1,md5"
 
 
-def test_an_upload_in_two_patches_queues_its_video(settings, creator):
+def test_an_upload_in_two_patches_queues_its_video(client, creator, settings):
     data = PATTERN * 100
-    with TestClient(create_app(settings)) as client:
-        auth = bearer(client, creator)
-        created = create(client, auth, len(data), filename="holiday.mp4", title="Holiday",
-                         description="Sea and sand", tags="Beach, summer")  # fmt: skip
-        assert created.status_code == 201, created.text
-        assert created.headers["tus-resumable"] == "1.0.0"
-        location = created.headers["location"]
-        assert location.startswith("/api/uploads/")  # relative: never from the Host header
-        expires = parsedate_to_datetime(created.headers["upload-expires"])
-        assert expires.tzinfo is not None
+    auth = bearer(client, creator)
+    created = create(client, auth, len(data), filename="holiday.mp4", title="Holiday",
+                     description="Sea and sand", tags="Beach, summer")  # fmt: skip
+    assert created.status_code == 201, created.text
+    assert created.headers["tus-resumable"] == "1.0.0"
+    location = created.headers["location"]
+    assert location.startswith("/api/uploads/")  # relative: never from the Host header
+    expires = parsedate_to_datetime(created.headers["upload-expires"])
+    assert expires.tzinfo is not None
 
-        head = client.head(location, headers={**TUS, **auth})
-        assert (head.status_code, head.headers["upload-offset"]) == (200, "0")
-        assert head.headers["upload-length"] == str(len(data))
-        assert head.headers["cache-control"] == "no-store"
+    head = client.head(location, headers={**TUS, **auth})
+    assert (head.status_code, head.headers["upload-offset"]) == (200, "0")
+    assert head.headers["upload-length"] == str(len(data))
+    assert head.headers["cache-control"] == "no-store"
 
-        first = patch(client, location, auth, 0, data[:1000])
-        assert (first.status_code, first.headers["upload-offset"]) == (204, "1000")
-        last = patch(client, location, auth, 1000, data[1000:])
-        assert (last.status_code, last.headers["upload-offset"]) == (204, str(len(data)))
+    first = patch(client, location, auth, 0, data[:1000])
+    assert (first.status_code, first.headers["upload-offset"]) == (204, "1000")
+    last = patch(client, location, auth, 1000, data[1000:])
+    assert (last.status_code, last.headers["upload-offset"]) == (204, str(len(data)))
 
-        head = client.head(location, headers={**TUS, **auth})
-        video_id = head.headers["video-id"]
-        video = client.get(f"/api/videos/{video_id}", headers=auth).json()
-        assert (video["status"], video["title"], video["description"]) == (
-            "queued",
-            "Holiday",
-            "Sea and sand",
-        )
-        assert video["tags"] == ["beach", "summer"]
-        assert count(client, jobs) == 1
-        vault = client.app.state.services.vault
-        stored = client.portal.call(vault.read, video_id, "source/part-000002")
-        assert stored == data[1000:]
+    head = client.head(location, headers={**TUS, **auth})
+    video_id = head.headers["video-id"]
+    video = client.get(f"/api/videos/{video_id}", headers=auth).json()
+    assert (video["status"], video["title"], video["description"]) == (
+        "queued",
+        "Holiday",
+        "Sea and sand",
+    )
+    assert video["tags"] == ["beach", "summer"]
+    assert count(client, jobs) == 1
+    vault = client.app.state.services.vault
+    stored = client.portal.call(vault.read, video_id, "source/part-000002")
+    assert stored == data[1000:]
     # Encrypted as it arrived: the canary is nowhere in the data dir.
     leaks = [p for p in settings.data_dir.rglob("*") if p.is_file() and PATTERN in p.read_bytes()]
     assert leaks == []
 
 
-def test_protocol_errors_have_their_tus_status_codes(settings, creator):
-    with TestClient(create_app(settings)) as client:
-        auth = bearer(client, creator)
-        location = create(client, auth, 10).headers["location"]
+def test_protocol_errors_have_their_tus_status_codes(client, creator):
+    auth = bearer(client, creator)
+    location = create(client, auth, 10).headers["location"]
 
-        old = client.head(location, headers={"Tus-Resumable": "0.2.2", **auth})
-        assert old.status_code == 412
-        assert old.headers["tus-version"] == "1.0.0"
-        assert old.headers["tus-resumable"] == "1.0.0"
+    old = client.head(location, headers={"Tus-Resumable": "0.2.2", **auth})
+    assert old.status_code == 412
+    assert old.headers["tus-version"] == "1.0.0"
+    assert old.headers["tus-resumable"] == "1.0.0"
 
-        wrong_type = client.patch(location, content=b"12345", headers={
-            **TUS, **auth, "Upload-Offset": "0", "Content-Type": "application/json"})  # fmt: skip
-        assert wrong_type.status_code == 415
+    wrong_type = client.patch(location, content=b"12345", headers={
+        **TUS, **auth, "Upload-Offset": "0", "Content-Type": "application/json"})  # fmt: skip
+    assert wrong_type.status_code == 415
 
-        assert patch(client, location, auth, 3, b"12345").status_code == 409
-        too_long = patch(client, location, auth, 0, b"0123456789AB")
-        assert too_long.status_code == 413
-        assert too_long.headers["tus-resumable"] == "1.0.0"
+    assert patch(client, location, auth, 3, b"12345").status_code == 409
+    too_long = patch(client, location, auth, 0, b"0123456789AB")
+    assert too_long.status_code == 413
+    assert too_long.headers["tus-resumable"] == "1.0.0"
 
-        wrong = "sha1 " + base64.b64encode(b"x" * 20).decode()
-        bad_sum = patch(client, location, auth, 0, b"12345", **{"Upload-Checksum": wrong})
-        assert bad_sum.status_code == 460
-        assert client.head(location, headers={**TUS, **auth}).headers["upload-offset"] == "0"
-        good = base64.b64encode(hashlib.md5(b"12345").digest()).decode()  # noqa: S324
-        ok = patch(client, location, auth, 0, b"12345", **{"Upload-Checksum": f"md5 {good}"})
-        assert (ok.status_code, ok.headers["upload-offset"]) == (204, "5")
-        unknown = patch(client, location, auth, 5, b"678", **{"Upload-Checksum": "crc32 AAAA"})
-        assert unknown.status_code == 400
-
-
-def test_only_creators_may_upload_and_nobody_sees_anothers_upload(settings, creator):
-    create_account(settings, "viewer@example.org", "viewer")
-    create_account(settings, "rival@example.org", "creator")
-    with TestClient(create_app(settings)) as client:
-        anonymous = create(client, {}, 10)
-        assert anonymous.status_code == 401
-        assert anonymous.headers["tus-resumable"] == "1.0.0"
-        assert create(client, bearer(client, "viewer@example.org"), 10).status_code == 403
-
-        location = create(client, bearer(client, creator), 10).headers["location"]
-        rival = bearer(client, "rival@example.org")
-        assert client.head(location, headers={**TUS, **rival}).status_code == 404
-        assert patch(client, location, rival, 0, b"0123456789").status_code == 404
-        assert client.delete(location, headers={**TUS, **rival}).status_code == 404
-        assert client.head(location, headers={**TUS, **bearer(client, creator)}).status_code == 200
+    wrong = "sha1 " + base64.b64encode(b"x" * 20).decode()
+    bad_sum = patch(client, location, auth, 0, b"12345", **{"Upload-Checksum": wrong})
+    assert bad_sum.status_code == 460
+    assert client.head(location, headers={**TUS, **auth}).headers["upload-offset"] == "0"
+    good = base64.b64encode(hashlib.md5(b"12345").digest()).decode()  # noqa: S324
+    ok = patch(client, location, auth, 0, b"12345", **{"Upload-Checksum": f"md5 {good}"})
+    assert (ok.status_code, ok.headers["upload-offset"]) == (204, "5")
+    unknown = patch(client, location, auth, 5, b"678", **{"Upload-Checksum": "crc32 AAAA"})
+    assert unknown.status_code == 400
 
 
-def test_an_upload_over_quota_is_refused_before_any_byte(settings, creator):
-    with TestClient(create_app(settings)) as client:
-        auth = bearer(client, creator)
-        too_big = create(client, auth, settings.quota_bytes + 1)
-        assert too_big.status_code == 413
-        assert too_big.json()["error"] == "quota_exceeded"
-        # Unfinished uploads reserve their declared length.
-        assert create(client, auth, 60_000).status_code == 201
-        second = create(client, auth, 60_000)
-        assert second.status_code == 413
-        assert "40,000" in second.json()["message"]
-        assert count(client, videos) == 1
-        assert create(client, auth, 40_000).status_code == 201
+def test_only_creators_may_upload_and_nobody_sees_anothers_upload(client, creator):
+    add_user(client, "viewer@example.org", "viewer")
+    add_user(client, "rival@example.org", "creator")
+    anonymous = create(client, {}, 10)
+    assert anonymous.status_code == 401
+    assert anonymous.headers["tus-resumable"] == "1.0.0"
+    assert create(client, bearer(client, "viewer@example.org"), 10).status_code == 403
+
+    location = create(client, bearer(client, creator), 10).headers["location"]
+    rival = bearer(client, "rival@example.org")
+    assert client.head(location, headers={**TUS, **rival}).status_code == 404
+    assert patch(client, location, rival, 0, b"0123456789").status_code == 404
+    assert client.delete(location, headers={**TUS, **rival}).status_code == 404
+    assert client.head(location, headers={**TUS, **bearer(client, creator)}).status_code == 200
 
 
-def test_termination_deletes_the_upload_its_video_and_its_key(settings, creator):
-    with TestClient(create_app(settings)) as client:
-        auth = bearer(client, creator)
-        created = create(client, auth, 100)
-        location, video_id = created.headers["location"], created.headers["video-id"]
-        assert patch(client, location, auth, 0, b"x" * 50).status_code == 204
-        vault = client.app.state.services.vault
-        assert client.portal.call(vault.has_key, video_id)
-
-        gone = client.delete(location, headers={**TUS, **auth})
-        assert (gone.status_code, gone.headers["tus-resumable"]) == (204, "1.0.0")
-        assert client.head(location, headers={**TUS, **auth}).status_code == 404
-        assert not client.portal.call(vault.has_key, video_id)
-        assert client.portal.call(vault.list, video_id) == []
-        assert count(client, videos) == 0
+def test_an_upload_over_quota_is_refused_before_any_byte(client, settings, creator):
+    auth = bearer(client, creator)
+    too_big = create(client, auth, settings.quota_bytes + 1)
+    assert too_big.status_code == 413
+    assert too_big.json()["error"] == "quota_exceeded"
+    # Unfinished uploads reserve their declared length.
+    assert create(client, auth, 60_000).status_code == 201
+    second = create(client, auth, 60_000)
+    assert second.status_code == 413
+    assert "40,000" in second.json()["message"]
+    assert count(client, videos) == 1
+    assert create(client, auth, 40_000).status_code == 201
 
 
-def test_an_expired_upload_is_gone_then_swept_away(tmp_path, creator, settings):
-    short = settings.replace(upload_expiry_seconds=1)
-    with TestClient(create_app(short)) as client:
-        auth = bearer(client, creator)
-        created = create(client, auth, 100)
-        location, video_id = created.headers["location"], created.headers["video-id"]
-        time.sleep(1.1)
-        assert client.head(location, headers={**TUS, **auth}).status_code == 410
-        assert patch(client, location, auth, 0, b"late").status_code == 410
+def test_termination_deletes_the_upload_its_video_and_its_key(client, creator):
+    auth = bearer(client, creator)
+    created = create(client, auth, 100)
+    location, video_id = created.headers["location"], created.headers["video-id"]
+    assert patch(client, location, auth, 0, b"x" * 50).status_code == 204
+    vault = client.app.state.services.vault
+    assert client.portal.call(vault.has_key, video_id)
 
-        assert client.portal.call(client.app.state.services.uploads.sweep_expired) == 1
-        assert client.head(location, headers={**TUS, **auth}).status_code == 404
-        assert not client.portal.call(client.app.state.services.vault.has_key, video_id)
-        assert count(client, uploads) == 0
+    gone = client.delete(location, headers={**TUS, **auth})
+    assert (gone.status_code, gone.headers["tus-resumable"]) == (204, "1.0.0")
+    assert client.head(location, headers={**TUS, **auth}).status_code == 404
+    assert not client.portal.call(vault.has_key, video_id)
+    assert client.portal.call(vault.list, video_id) == []
+    assert count(client, videos) == 0
 
 
-def raw_patch_start(server, path: str, auth: dict[str, str], offset: int, length: int,
-                    body: bytes) -> socket.socket:  # fmt: skip
-    """Send a PATCH that announces `length` bytes but only `body` of them, and keep it open."""
-    sock = socket.create_connection(("127.0.0.1", server.port))
-    head = (
-        f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\n"
-        f"Authorization: {auth['Authorization']}\r\nUpload-Offset: {offset}\r\n"
-        f"Content-Type: application/offset+octet-stream\r\nContent-Length: {length}\r\n\r\n"
-    )
-    sock.sendall(head.encode() + body)
-    return sock
+@pytest.mark.settings(upload_expiry_seconds=1)
+def test_an_expired_upload_is_gone_then_swept_away(client, creator):
+    auth = bearer(client, creator)
+    created = create(client, auth, 100)
+    location, video_id = created.headers["location"], created.headers["video-id"]
+    time.sleep(1.1)
+    assert client.head(location, headers={**TUS, **auth}).status_code == 410
+    assert patch(client, location, auth, 0, b"late").status_code == 410
+
+    assert client.portal.call(client.app.state.services.uploads.sweep_expired) == 1
+    assert client.head(location, headers={**TUS, **auth}).status_code == 404
+    assert not client.portal.call(client.app.state.services.vault.has_key, video_id)
+    assert count(client, uploads) == 0
+
+
 
 
 def wait_for_offset(client, location, auth, expected: str) -> None:

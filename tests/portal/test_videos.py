@@ -7,11 +7,8 @@ import time
 
 import httpx
 import pytest
-from starlette.testclient import TestClient
 
-from portal.app import create_app
-from tests.portal.conftest import TUS, bearer, create_account, pipeline_settings
-from tests.portal.test_playback import set_video, upload_and_wait
+from tests.helpers import TUS, bearer, create_account, pipeline_settings, set_video, upload_and_wait
 
 
 @pytest.fixture
@@ -26,63 +23,61 @@ def accounts(settings):
     create_account(settings, "boss@example.org", "admin")
 
 
-def test_a_ready_video_as_json_and_its_crypto_shredding_delete(settings, accounts, clip):
-    with TestClient(create_app(settings)) as client:
-        maker = bearer(client, "maker@example.org")
-        viewer = bearer(client, "viewer@example.org")
-        video_id = upload_and_wait(client, maker, clip.read_bytes())
+def test_a_ready_video_as_json_and_its_crypto_shredding_delete(client, settings, accounts, clip):
+    maker = bearer(client, "maker@example.org")
+    viewer = bearer(client, "viewer@example.org")
+    video_id = upload_and_wait(client, maker, clip.read_bytes())
 
-        body = client.get(f"/api/videos/{video_id}").json()  # public once ready
-        assert body["id"] == video_id and body["status"] == "ready"
-        assert body["creator"]["display_name"] == "maker"
-        assert body["duration"] == pytest.approx(2.0, abs=0.1)
-        assert body["renditions"] == [
-            {
-                "name": "180p",
-                "height": 180,
-                "width": 320,
-                "bandwidth": body["renditions"][0]["bandwidth"],
-            }
-        ]
-        assert body["progress"] == 1.0 and body["error"] is None and body["playable"]
-        assert body["poster_url"] == f"/media/{video_id}/poster.jpg"
-        assert body["created_at"].endswith("+00:00")
+    body = client.get(f"/api/videos/{video_id}").json()  # public once ready
+    assert body["id"] == video_id and body["status"] == "ready"
+    assert body["creator"]["display_name"] == "maker"
+    assert body["duration"] == pytest.approx(2.0, abs=0.1)
+    assert body["renditions"] == [
+        {
+            "name": "180p",
+            "height": 180,
+            "width": 320,
+            "bandwidth": body["renditions"][0]["bandwidth"],
+        }
+    ]
+    assert body["progress"] == 1.0 and body["error"] is None and body["playable"]
+    assert body["poster_url"] == f"/media/{video_id}/poster.jpg"
+    assert body["created_at"].endswith("+00:00")
 
-        refused = client.delete(f"/api/videos/{video_id}", headers=viewer)
-        assert refused.status_code == 403
-        assert client.delete(f"/api/videos/{video_id}").status_code == 401
+    refused = client.delete(f"/api/videos/{video_id}", headers=viewer)
+    assert refused.status_code == 403
+    assert client.delete(f"/api/videos/{video_id}").status_code == 401
 
-        vault = client.app.state.services.vault
-        assert client.portal.call(vault.list, video_id)
-        assert client.delete(f"/api/videos/{video_id}", headers=maker).status_code == 204
-        assert client.get(f"/api/videos/{video_id}").status_code == 404
-        assert not client.portal.call(vault.has_key, video_id)
-        assert client.portal.call(vault.list, video_id) == []
-        leftovers = (settings.data_dir / "objects" / video_id).rglob("*")
-        assert not any(path.is_file() for path in leftovers)
+    vault = client.app.state.services.vault
+    assert client.portal.call(vault.list, video_id)
+    assert client.delete(f"/api/videos/{video_id}", headers=maker).status_code == 204
+    assert client.get(f"/api/videos/{video_id}").status_code == 404
+    assert not client.portal.call(vault.has_key, video_id)
+    assert client.portal.call(vault.list, video_id) == []
+    leftovers = (settings.data_dir / "objects" / video_id).rglob("*")
+    assert not any(path.is_file() for path in leftovers)
 
 
-def test_an_unfinished_video_is_seen_only_by_its_creator_and_admins(settings, accounts, clip):
-    with TestClient(create_app(settings)) as client:
-        maker = bearer(client, "maker@example.org")
-        video_id = upload_and_wait(client, maker, clip.read_bytes())
-        set_video(client, video_id, status="failed", error="This is not a video or audio file.")
+def test_an_unfinished_video_is_seen_only_by_its_creator_and_admins(client, accounts, clip):
+    maker = bearer(client, "maker@example.org")
+    video_id = upload_and_wait(client, maker, clip.read_bytes())
+    set_video(client, video_id, status="failed", error="This is not a video or audio file.")
 
-        assert client.get(f"/api/videos/{video_id}").status_code == 404
-        viewer = bearer(client, "viewer@example.org")
-        assert client.get(f"/api/videos/{video_id}", headers=viewer).status_code == 404
-        assert client.delete(f"/api/videos/{video_id}", headers=viewer).status_code == 404
-        mine = client.get(f"/api/videos/{video_id}", headers=maker).json()
-        assert (mine["status"], mine["error"]) == ("failed", "This is not a video or audio file.")
-        # The poster follows the film's visibility: its creator sees it, nobody else does.
-        assert mine["poster_url"] == f"/media/{video_id}/poster.jpg"
-        assert client.get(mine["poster_url"], headers=maker).status_code == 200
-        assert client.get(mine["poster_url"], headers=viewer).status_code == 404
-        assert client.get(mine["poster_url"]).status_code == 404
+    assert client.get(f"/api/videos/{video_id}").status_code == 404
+    viewer = bearer(client, "viewer@example.org")
+    assert client.get(f"/api/videos/{video_id}", headers=viewer).status_code == 404
+    assert client.delete(f"/api/videos/{video_id}", headers=viewer).status_code == 404
+    mine = client.get(f"/api/videos/{video_id}", headers=maker).json()
+    assert (mine["status"], mine["error"]) == ("failed", "This is not a video or audio file.")
+    # The poster follows the film's visibility: its creator sees it, nobody else does.
+    assert mine["poster_url"] == f"/media/{video_id}/poster.jpg"
+    assert client.get(mine["poster_url"], headers=maker).status_code == 200
+    assert client.get(mine["poster_url"], headers=viewer).status_code == 404
+    assert client.get(mine["poster_url"]).status_code == 404
 
-        boss = bearer(client, "boss@example.org")
-        assert client.get(f"/api/videos/{video_id}", headers=boss).status_code == 200
-        assert client.delete(f"/api/videos/{video_id}", headers=boss).status_code == 204
+    boss = bearer(client, "boss@example.org")
+    assert client.get(f"/api/videos/{video_id}", headers=boss).status_code == 200
+    assert client.delete(f"/api/videos/{video_id}", headers=boss).status_code == 204
 
 
 def test_the_event_stream_follows_a_video_from_upload_to_ready(

@@ -6,14 +6,17 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
-from starlette.testclient import TestClient
 
-from portal.app import create_app
 from portal.db import utcnow, videos, views
 from portal.videos import Viewer
 from portal.views import count_view
-from tests.portal.conftest import insert_user, insert_video
-from tests.portal.test_accounts import add_ready_video, add_user, fast_settings, log_in
+from tests.helpers import (
+    add_ready_video,
+    add_user,
+    insert_user,
+    insert_video,
+    log_in,
+)
 
 
 async def view_count(engine, video_id: str) -> int:
@@ -65,27 +68,26 @@ def test_anonymous_viewers_are_told_apart_by_a_keyed_hash_of_their_address():
     assert home != Viewer.anonymous(other_key, "203.0.113.7").key
 
 
-def test_renewing_the_grant_or_reloading_counts_one_view(tmp_path):
-    with TestClient(create_app(fast_settings(tmp_path))) as client:
-        creator = add_user(client, "maker@example.org", role="creator")
-        add_user(client, "fan@example.org")
-        video_id = add_ready_video(client, creator.id)
-        url = f"/api/videos/{video_id}/playback"
+def test_renewing_the_grant_or_reloading_counts_one_view(client):
+    creator = add_user(client, "maker@example.org", role="creator")
+    add_user(client, "fan@example.org")
+    video_id = add_ready_video(client, creator.id)
+    url = f"/api/videos/{video_id}/playback"
 
-        for _ in range(3):  # the player renewing before expiry, or the page reloaded
-            assert client.get(url).status_code == 200
-        anonymous_views = client.get(f"/api/videos/{video_id}").json()["views"]
+    for _ in range(3):  # the player renewing before expiry, or the page reloaded
+        assert client.get(url).status_code == 200
+    anonymous_views = client.get(f"/api/videos/{video_id}").json()["views"]
 
-        log_in(client, "fan@example.org")
-        for _ in range(2):
-            assert client.get(url).status_code == 200
-        after_login = client.get(f"/api/videos/{video_id}").json()["views"]
+    log_in(client, "fan@example.org")
+    for _ in range(2):
+        assert client.get(url).status_code == 200
+    after_login = client.get(f"/api/videos/{video_id}").json()["views"]
 
-        async def rows() -> list[str]:
-            async with client.app.state.services.engine.connect() as conn:
-                return list((await conn.execute(select(views.c.viewer_key))).scalars())
+    async def rows() -> list[str]:
+        async with client.app.state.services.engine.connect() as conn:
+            return list((await conn.execute(select(views.c.viewer_key))).scalars())
 
-        keys = client.portal.call(rows)
+    keys = client.portal.call(rows)
     assert anonymous_views == 1
     assert after_login == 2  # another viewer counts
     assert sorted(k[:2] for k in keys) == ["a:", "u:"]

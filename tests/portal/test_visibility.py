@@ -8,14 +8,16 @@ other.
 
 from __future__ import annotations
 
+import json
+import re
+from html import unescape
+
 import pytest
 from sqlalchemy import update
 from starlette.testclient import TestClient
 
-from portal.app import create_app
 from portal.db import videos
-from tests.portal.conftest import bearer, create_account, pipeline_settings
-from tests.portal.test_playback import upload_and_wait
+from tests.helpers import add_user, bearer, pipeline_settings, upload_and_wait
 
 VIEWERS = ("anonymous", "viewer", "other_creator", "owner", "admin")
 STATES = {
@@ -31,17 +33,20 @@ STATES = {
 
 
 @pytest.fixture
-def world(tmp_path, clip):
-    settings = pipeline_settings(tmp_path, workers=1)
+def settings(tmp_path):
+    return pipeline_settings(tmp_path, workers=1)
+
+
+@pytest.fixture
+def world(client, clip):
     roles = {"viewer": "viewer", "other_creator": "creator", "owner": "creator",
              "admin": "admin"}  # fmt: skip
     for name, role in roles.items():
-        create_account(settings, f"{name}@example.org", role)
-    with TestClient(create_app(settings)) as client:
-        auth = {name: bearer(client, f"{name}@example.org") for name in roles}
-        auth["anonymous"] = {}
-        video_id = upload_and_wait(client, auth["owner"], clip.read_bytes())
-        yield client, auth, video_id
+        add_user(client, f"{name}@example.org", role)
+    auth = {name: bearer(client, f"{name}@example.org") for name in roles}
+    auth["anonymous"] = {}
+    video_id = upload_and_wait(client, auth["owner"], clip.read_bytes())
+    return client, auth, video_id
 
 
 def set_state(client: TestClient, video_id: str, values: dict[str, object]) -> None:
@@ -56,13 +61,20 @@ def observe(client: TestClient, headers: dict[str, str], video_id: str) -> dict[
     """What every entry point shows this viewer of this film (its title is "Harbour")."""
     found = client.get("/api/videos", params={"q": "harbour"}, headers=headers).json()
     listed = [v["id"] for v in client.get("/api/videos", headers=headers).json()["videos"]]
-    grant = client.get(f"/api/videos/{video_id}/playback", headers=headers)
+    # The watch page issues a grant itself (data-grant) and opens a stream; the API's grant
+    # then renews that stream, as the player's renewals do, instead of opening another.
+    watch = client.get(f"/watch/{video_id}", headers=headers)
+    page_grant = re.search(r'data-grant="([^"]+)"', watch.text)
+    params = {}
+    if page_grant:
+        params["stream"] = json.loads(unescape(page_grant.group(1)))["stream"]
+    grant = client.get(f"/api/videos/{video_id}/playback", headers=headers, params=params)
     storyboard = None
     if grant.status_code == 200 and grant.json()["storyboard_url"]:
         storyboard = client.get(grant.json()["storyboard_url"]).status_code
     catalog_page = client.get("/", headers=headers).text
     return {
-        "watch": client.get(f"/watch/{video_id}", headers=headers).status_code,
+        "watch": watch.status_code,
         "api": client.get(f"/api/videos/{video_id}", headers=headers).status_code,
         "poster": client.get(f"/media/{video_id}/poster.jpg", headers=headers).status_code,
         "grant": grant.status_code,

@@ -4,28 +4,15 @@ the watch page, the playback grant, the streams and position writes."""
 from __future__ import annotations
 
 import pytest
-from starlette.testclient import TestClient
 
-from portal.app import create_app
-from tests.portal.conftest import bearer
-from tests.portal.test_accounts import add_ready_video, add_user, fast_settings
-from tests.portal.test_playback import set_video
+from tests.helpers import add_ready_video, set_video
 
 
 @pytest.fixture
-def client(tmp_path):
-    with TestClient(create_app(fast_settings(tmp_path))) as client:
-        yield client
-
-
-@pytest.fixture
-def people(client):
+def people(creator_client, viewer_client, admin_client):
     """Bearer headers of the film's creator, another viewer and an admin; and the creator."""
-    maker = add_user(client, "maker@example.org", role="creator")
-    add_user(client, "other@example.org")
-    add_user(client, "boss@example.org", role="admin")
-    auth = {name: bearer(client, f"{name}@example.org") for name in ("maker", "other", "boss")}
-    return maker.id, auth
+    auth = {"maker": creator_client.auth, "other": viewer_client.auth, "boss": admin_client.auth}
+    return creator_client.user.id, auth
 
 
 def position(client, video_id, auth) -> int:

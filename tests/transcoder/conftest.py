@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from tests.helpers import X264, run_ffmpeg
 
 LAVFI_VIDEO = "testsrc2=size={size}:rate={rate}"
 SINE = "sine=frequency=440:sample_rate=48000"
@@ -38,22 +37,6 @@ def ffprobe() -> str:
     return _require("ffprobe")
 
 
-def run_ffmpeg(*args: str) -> None:
-    subprocess.run(
-        ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", *args], check=True, timeout=120
-    )
-
-
-def ffprobe_json(path: Path, *args: str) -> dict[str, Any]:
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-protocol_whitelist", "file", "-of", "json", *args, str(path)],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    ).stdout
-    return json.loads(out)
-
-
 def _video(size: str = "320x180", rate: int = 24, seconds: float = 2) -> list[str]:
     return ["-f", "lavfi", "-i", LAVFI_VIDEO.format(size=size, rate=rate), "-t", str(seconds)]
 
@@ -62,7 +45,6 @@ def _audio(seconds: float = 2) -> list[str]:
     return ["-f", "lavfi", "-i", SINE, "-t", str(seconds)]
 
 
-X264 = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
 AAC = ["-c:a", "aac", "-b:a", "96k"]
 
 #: name -> ffmpeg arguments (inputs and encoding) before the output path.

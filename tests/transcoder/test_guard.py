@@ -10,19 +10,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.transcoder.conftest import run_ffmpeg
+from tests.helpers import alive, eventually, live_processes_naming, run_ffmpeg
 from transcoder.guard import Guard
 
 ROOT = Path(__file__).resolve().parents[2]
-#: Long enough after a kill for the kernel's death signal and the janitor's cleanup, short
-#: enough that a regression fails fast.
-GRACE_SECONDS = 5.0
 
 
 def python(script: str, *args: str) -> subprocess.Popen[str]:
@@ -33,39 +29,6 @@ def python(script: str, *args: str) -> subprocess.Popen[str]:
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-
-
-def live_processes_naming(needle: str) -> list[int]:
-    """Pids of processes, zombies excepted, whose command line contains `needle`."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-            state = (proc / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if needle.encode() in cmdline and state not in (b"Z", b"X"):
-            found.append(int(proc.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
-
-
-def eventually(check: Callable[[], bool], seconds: float = GRACE_SECONDS) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 @pytest.fixture
@@ -114,7 +77,7 @@ async def main(source: Path, scratch: Path) -> None:
             print(segment.kind, flush=True)
 
         options = HlsOptions(
-            preset="veryslow", threads=1, segment_seconds=1.0, keyframe_seconds=1.0
+            preset="veryslow", threads=1, segment_seconds=1.0
         )
         await transcode(plaintext, info, build_ladder(info), scratch / "hls", options, keep,
                         guard=guard)

@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.transcoder.conftest import X264, ffprobe_json, run_ffmpeg
+from tests.helpers import X264, ffprobe_json, live_processes_naming, run_ffmpeg
 from transcoder.errors import (
     HostileInput,
     TranscodeFailed,
@@ -120,21 +120,9 @@ async def run(
     return result, vault, workdir
 
 
-def ffmpeg_processes_using(workdir: Path) -> list[str]:
-    """Pids of live processes whose command line names `workdir` (zombies have none)."""
-    running = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if str(workdir).encode() in cmdline.read_bytes():
-                running.append(cmdline.parent.name)
-        except OSError:
-            continue
-    return running
-
-
 def assert_nothing_left(workdir: Path) -> None:
     assert not workdir.exists() or list(workdir.rglob("*")) == []
-    assert ffmpeg_processes_using(workdir) == [], "ffmpeg still running"
+    assert live_processes_naming(str(workdir)) == [], "ffmpeg still running"
 
 
 def play(master: Path) -> subprocess.CompletedProcess[bytes]:
@@ -183,7 +171,7 @@ async def test_1080p_source_is_encoded_into_every_rung_and_plays(
         stream = video_stream(vault.joined(r.name))
         assert (stream["width"], stream["height"]) == (r.width, r.height)
         assert r.codecs == declared_codecs(stream, audio=True)
-        assert [s.duration for s in result.segments[r.name]] == pytest.approx([2.0], abs=0.05)
+        assert [s.duration for s in result.segments[r.name]] == pytest.approx([1, 1], abs=0.05)
     assert result.duration == pytest.approx(2.0, abs=0.05)
     played = play(vault.write_playlists(result))
     assert played.returncode == 0, played.stderr
@@ -228,21 +216,32 @@ async def test_audio_only_codecs_are_read_from_the_init_segment(
     assert [r.codecs for r in result.renditions] == ["mp4a.40.2"]
 
 
-async def test_segments_are_fixed_length_and_start_on_aligned_keyframes(
-    clips: dict[str, Path], tmp_path: Path
+@pytest.mark.parametrize(
+    ("first", "length", "durations"),
+    [
+        # Short opening segments, doubling up to the segment length: playable after ~1 s.
+        (1.0, 4.0, [1.0, 1.0, 2.0, 4.0, 1.0]),
+        (2.0, 3.0, [2.0, 3.0, 3.0, 1.0]),
+        (4.0, 4.0, [4.0, 4.0, 1.0]),
+    ],
+)
+async def test_segments_ramp_up_to_fixed_length_and_start_on_aligned_keyframes(
+    clips: dict[str, Path], tmp_path: Path, first: float, length: float, durations: list[float]
 ) -> None:
-    result, vault, workdir = await run(clips["segmented.mp4"], tmp_path)
+    options = HlsOptions(preset="ultrafast", first_segment_seconds=first, segment_seconds=length)
+    result, vault, workdir = await run(clips["segmented.mp4"], tmp_path, options)  # 9 s
     assert [r.name for r in result.renditions] == ["240p", "360p"]
     keyframes = {r.name: keyframe_times(vault.joined(r.name)) for r in result.renditions}
-    # Keyframes every 2 s, at the same instants in every rendition (all shifted alike by the
-    # AAC priming delay).
+    # Keyframes at the segment starts and nowhere else, at the same instants in every
+    # rendition (all shifted alike by the AAC priming delay).
     assert keyframes["240p"] == keyframes["360p"]
-    first = keyframes["240p"][0]
-    assert [round(t - first, 2) for t in keyframes["240p"]] == [0.0, 2.0, 4.0, 6.0, 8.0]
+    origin = keyframes["240p"][0]
+    starts = [sum(durations[:i]) for i in range(len(durations))]
+    assert [round(t - origin, 2) for t in keyframes["240p"]] == starts
     for r in result.renditions:
         segments = result.segments[r.name]
-        assert [s.index for s in segments] == [0, 1, 2]
-        assert [s.duration for s in segments] == pytest.approx([4.0, 4.0, 1.0], abs=0.05)
+        assert [s.index for s in segments] == list(range(len(durations)))
+        assert [s.duration for s in segments] == pytest.approx(durations, abs=0.05)
         for segment in segments:
             # Each segment on its own (after the init) opens with a keyframe: a player can
             # start or switch rendition at any of them.
@@ -261,7 +260,7 @@ async def test_segments_are_fixed_length_and_start_on_aligned_keyframes(
 async def test_each_segment_is_handed_over_once_init_first_while_encoding_goes_on(
     clips: dict[str, Path], tmp_path: Path
 ) -> None:
-    slow = HlsOptions(preset="slow", segment_seconds=1.0, keyframe_seconds=1.0, threads=1)
+    slow = HlsOptions(preset="slow", segment_seconds=1.0, threads=1)
     result, vault, workdir = await run(clips["segmented.mp4"], tmp_path, slow)
     for r in result.renditions:
         mine = [s for s in vault.received if s.rendition == r.name]
@@ -381,7 +380,7 @@ async def test_cancelling_the_callers_scope_kills_ffmpeg_and_leaves_no_segments(
     info = await probe(source, MediaLimits())
     workdir = tmp_path / "work"
     vault = Vault(tmp_path / "vault")
-    running_at_cancel: list[str] = []
+    running_at_cancel: list[int] = []
 
     with anyio.move_on_after(60) as scope:
 
@@ -389,10 +388,10 @@ async def test_cancelling_the_callers_scope_kills_ffmpeg_and_leaves_no_segments(
             await vault.take(segment)
             if segment.kind == "media":
                 # Mid-way for certain: ffmpeg is still encoding the rest.
-                running_at_cancel.extend(ffmpeg_processes_using(workdir))
+                running_at_cancel.extend(live_processes_naming(str(workdir)))
                 scope.cancel()
 
-        slow = HlsOptions(preset="veryslow", threads=1, segment_seconds=1.0, keyframe_seconds=1.0)
+        slow = HlsOptions(preset="veryslow", threads=1, segment_seconds=1.0)
         await transcode(source, info, build_ladder(info), workdir, slow, take_then_cancel)
 
     assert scope.cancelled_caught

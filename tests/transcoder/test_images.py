@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.transcoder.conftest import ffprobe_json
+from tests.helpers import ffprobe_json
 from transcoder.errors import NoDecodableStream
 from transcoder.images import poster, storyboard
 from transcoder.limits import MediaLimits

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.transcoder.conftest import run_ffmpeg
+from tests.helpers import run_ffmpeg
 from transcoder.mp4 import _esds, codecs_of
 
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.transcoder.conftest import X264, ffprobe_json, run_ffmpeg
+from tests.helpers import X264, ffprobe_json, run_ffmpeg
 from transcoder.errors import (
     CorruptMedia,
     EmptyFile,

@@ -73,3 +73,20 @@ async def test_a_hand_made_media_info_cannot_select_a_demuxer_outside_the_allowl
         )
     with pytest.raises(HostileInput):
         build_command(source, hostile, build_ladder(hostile), tmp_path, HlsOptions())
+
+
+async def test_the_top_rung_keeps_the_preset_and_lower_rungs_go_faster(
+    clips: dict[str, Path], infos: dict[str, MediaInfo], tmp_path: Path
+) -> None:
+    info = infos["hd.mp4"]
+    ladder = build_ladder(info)  # 240p .. 1080p, smallest first
+    command = build_command(clips["hd.mp4"], info, ladder, tmp_path, HlsOptions())
+    presets = [command[command.index(f"-preset:v:{i}") + 1] for i in range(len(ladder))]
+    assert presets == ["superfast"] * 4 + ["veryfast"]
+    assert command[command.index("-x264-params:v:4") + 1] == HlsOptions.top_x264_params
+    assert "-x264-params:v:3" not in command
+    graph = command[command.index("-filter_complex") + 1]
+    assert "scale=1280:720:flags=area" in graph and "scale=1920:1080[" in graph
+    # A lower preset slower than the top one is never used: ultrafast everywhere.
+    fast = build_command(clips["hd.mp4"], info, ladder, tmp_path, HlsOptions(preset="ultrafast"))
+    assert {fast[fast.index(f"-preset:v:{i}") + 1] for i in range(len(ladder))} == {"ultrafast"}

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import pytest
 
 from benchmarks.stack import SeaweedFS
-from portal.db import create_engine, create_schema, new_id
+from portal.db import create_engine, new_id
+from portal.migrations import upgrade
+from portal.services import vault_config
 from portal.settings import Secret, Settings
 from portal.vault import Vault, open_vault
 
@@ -87,8 +89,8 @@ async def vault(vault_settings: Settings) -> AsyncIterator[Vault]:
     settings = vault_settings
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     engine = create_engine(settings.database_url)
-    await create_schema(engine)
-    opened = await open_vault(settings, engine)
+    await upgrade(engine)
+    opened = await open_vault(vault_config(settings), engine)
     try:
         yield opened
     finally:

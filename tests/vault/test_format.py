@@ -18,8 +18,10 @@ from hypothesis import strategies as st
 from portal.errors import VaultTampered
 from portal.vault.format import (
     HEADER_SIZE,
+    TAG_SIZE,
     Header,
     ObjectCipher,
+    Sealer,
     covering_chunks,
     open_object,
     plaintext_size,
@@ -159,3 +161,33 @@ def test_a_preallocated_output_buffer_is_filled_in_place() -> None:
     buffer = bytearray(2000)
     view = cipher.open_chunks(memoryview(blob)[HEADER_SIZE:], 0, 9, out=buffer)
     assert bytes(view) == data == bytes(buffer[:1000])
+
+
+@given(data=st.data())
+def test_sealing_in_pieces_into_small_buffers_makes_the_same_object(data: st.DataObject) -> None:
+    """`Sealer.feed_into` (the vault writer's way: pieces of any size, an output buffer that
+    fills up) seals exactly what sealing the whole plaintext at once does."""
+    key = bytes(range(32))
+    chunk = data.draw(st.sampled_from([16, 17, 100, 1024]))
+    plaintext = data.draw(st.binary(max_size=5000))
+    header = Header.new(chunk)
+    expected = seal_object(
+        key, "video1", "source/part-000001", plaintext, chunk,
+        salt=header.salt, nonce_prefix=header.nonce_prefix,
+    )  # fmt: skip
+    sealer = Sealer(ObjectCipher(key, header, "video1", "source/part-000001"))
+    room = data.draw(st.integers(1, 4)) * (chunk + TAG_SIZE)
+    stored = bytearray(sealer.header())
+    offset = 0
+    while offset < len(plaintext):
+        piece = memoryview(plaintext)[offset : offset + data.draw(st.integers(1, 3 * chunk))]
+        offset += len(piece)
+        while piece:
+            out = bytearray(room)
+            used, produced = sealer.feed_into(piece, memoryview(out))
+            stored += out[:produced]
+            piece = piece[used:]
+    final = bytearray(chunk + TAG_SIZE)
+    stored += final[: sealer.finish_into(memoryview(final))]
+    assert sealer.written == len(plaintext)
+    assert bytes(stored) == expected

@@ -15,11 +15,14 @@ from click.testing import CliRunner
 from sqlalchemy import select, update
 
 from portal.cli import main
-from portal.db import create_engine, create_schema, data_keys, new_id
+from portal.db import create_engine, new_id
 from portal.errors import KeyringError, VaultTampered
+from portal.migrations import upgrade
+from portal.services import vault_config
 from portal.settings import Secret, Settings
 from portal.vault import Vault, open_vault
 from portal.vault.keyring import parse_keys
+from portal.vault.tables import data_keys, vault_keys
 
 T = TypeVar("T")
 pytestmark = pytest.mark.anyio
@@ -32,8 +35,8 @@ async def with_vault(settings: Settings, action: Callable[[Vault], Awaitable[T]]
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     engine = create_engine(settings.database_url)
     try:
-        await create_schema(engine)
-        vault = await open_vault(settings, engine)
+        await upgrade(engine)
+        vault = await open_vault(vault_config(settings), engine)
         try:
             return await action(vault)
         finally:
@@ -127,6 +130,31 @@ async def test_a_missing_key_is_refused_at_start_up(db_settings: Settings) -> No
     await with_vault(env_keys(db_settings, f"k1:{KEY_A}"), store_video(b"film"))
     with pytest.raises(KeyringError, match=r"wrapped by master key.*k1.*lacks"):
         await with_vault(env_keys(db_settings, f"k2:{KEY_B}"), read_video("x"))
+
+
+async def recorded_key_ids(settings: Settings) -> list[str]:
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.connect() as conn:
+            ids = (await conn.execute(select(vault_keys.c.key_id))).scalars().all()
+    finally:
+        await engine.dispose()
+    return sorted(ids)
+
+
+async def test_a_refused_start_up_records_no_key(db_settings: Settings) -> None:
+    owner = await with_vault(env_keys(db_settings, f"k1:{KEY_A}"), store_video(b"film"))
+    # k1 wraps the data keys and is missing: refused before k2's check value is written.
+    with pytest.raises(KeyringError, match=r"wrapped by master key.*k1.*lacks"):
+        await with_vault(env_keys(db_settings, f"k2:{KEY_B}"), read_video(owner))
+    # k1 is the wrong key: refused, and k2 is not remembered either.
+    with pytest.raises(KeyringError, match=r"k1.*not the key that was first used"):
+        await with_vault(env_keys(db_settings, f"k1:{KEY_C},k2:{KEY_B}"), read_video(owner))
+    assert await recorded_key_ids(db_settings) == ["k1"]
+    # So k2 is still free to be whatever key the operator adds next.
+    right = env_keys(db_settings, f"k1:{KEY_A},k2:{KEY_C}")
+    assert await with_vault(right, read_video(owner)) == b"film"
+    assert await recorded_key_ids(db_settings) == ["k1", "k2"]
 
 
 async def test_a_lost_key_file_is_refused_and_not_silently_replaced(settings: Settings) -> None:
@@ -231,7 +259,7 @@ async def test_generated_entries_are_valid_keys(settings: Settings) -> None:
 async def test_a_running_vault_picks_up_a_key_added_by_rotation(settings: Settings) -> None:
     before = await with_vault(settings, store_video(b"old"))
     engine = create_engine(settings.database_url)
-    running = await open_vault(settings, engine)
+    running = await open_vault(vault_config(settings), engine)
     try:
         await acli(settings, "keys", "rotate")
         newer = await with_vault(settings, store_video(b"new"))
@@ -271,3 +299,16 @@ async def test_a_destroyed_wrapped_key_leaves_no_trace_in_the_sqlite_files(
             assert wrapped not in path.read_bytes(), f"the shredded key survives in {path.name}"
 
     await with_vault(settings, destroy_then_search_files)
+
+
+async def test_the_cli_tells_a_vault_error_as_a_message_not_a_traceback(settings: Settings) -> None:
+    await with_vault(settings, store_video(b"film"))
+    settings.key_file.unlink()
+    env = {"MEGAMOVIE_DATA_DIR": str(settings.data_dir), "MEGAMOVIE_MASTER_KEYS": ""}
+    result = await anyio.to_thread.run_sync(
+        lambda: CliRunner().invoke(main, ["keys", "status"], env=env, catch_exceptions=False)
+    )
+    assert result.exit_code == 1
+    assert "Error: the database holds data keys for master key(s)" in result.output
+    assert "restore the key file from your backup" in result.output
+    assert "Traceback" not in result.output

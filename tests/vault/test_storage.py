@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import sys
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
+import anyio
 import pytest
 
 from portal.errors import ObjectNameInvalid, ObjectNotFound, StorageError
-from portal.settings import Secret, Settings
+from portal.services import vault_config
+from portal.settings import Settings
 from portal.vault import LocalStorage, Storage, open_storage
 from portal.vault.s3 import PART_SIZE
 
 from .conftest import S3Server
 
 pytestmark = pytest.mark.anyio
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 @pytest.fixture
 async def storage(vault_settings: Settings) -> AsyncIterator[Storage]:
-    opened = await open_storage(vault_settings)
+    opened = await open_storage(vault_config(vault_settings).storage)
     try:
         yield opened
     finally:
@@ -135,23 +141,70 @@ async def test_prefixes_that_could_escape_are_refused(storage: Storage, prefix: 
 
 
 async def test_local_files_are_private(settings: Settings) -> None:
-    storage = await open_storage(settings)
+    storage = await open_storage(vault_config(settings).storage)
     assert isinstance(storage, LocalStorage)
     await storage.put("vid1/a/b", stream(b"x"))
+    await storage.put("vid2/hls/720p/000001.m4s", stream(b"y"))
     assert (storage.root / "vid1/a/b").stat().st_mode & 0o777 == 0o600
-    assert (storage.root / "vid1/a").stat().st_mode & 0o777 == 0o700
+    assert (storage.root / "vid2/hls/720p/000001.m4s").stat().st_mode & 0o777 == 0o600
+    # Every directory a write makes, the intermediate ones too, is the owner's alone.
+    for directory in ("vid1", "vid1/a", "vid2", "vid2/hls", "vid2/hls/720p"):
+        assert (storage.root / directory).stat().st_mode & 0o777 == 0o700, directory
+
+
+KILLED_WRITER = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from portal.vault.storage import LocalStorage
+
+async def main():
+    upload = LocalStorage(Path(sys.argv[1])).upload("vid1/source/part-000002")
+    await upload.write(b"half of a PATCH")
+    os.kill(os.getpid(), signal.SIGKILL)  # no abort, no commit: what a crash leaves
+
+asyncio.run(main())
+"""
+
+
+async def kill_a_writer(root: Path) -> int:
+    """Run a process that starts writing an object under `root` and is killed; its status."""
+    killed = await anyio.run_process(
+        [sys.executable, "-c", KILLED_WRITER, str(root)],
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        check=False,
+    )
+    return killed.returncode
+
+
+async def test_a_write_killed_midway_is_deleted_with_its_prefix(settings: Settings) -> None:
+    storage = await open_storage(vault_config(settings).storage)
+    assert isinstance(storage, LocalStorage)
+    await storage.put("vid1/source/part-000001", stream(b"whole"))
+    assert await kill_a_writer(storage.root) == -signal.SIGKILL
+    leftovers = [p.name for p in (storage.root / "vid1/source").iterdir()]
+    assert len(leftovers) == 2 and any(n.startswith(".tmp-") for n in leftovers)
+    # Listing shows only finished objects; deleting by prefix (crypto-shredding, DELETE of an
+    # upload) removes the unfinished write as well, whichever prefix names it.
+    assert await storage.list("vid1/") == ["vid1/source/part-000001"]
+    assert await storage.delete_prefix("vid1/source/part-000002") == 0
+    assert sorted(p.name for p in (storage.root / "vid1/source").iterdir()) == ["part-000001"]
+    assert await kill_a_writer(storage.root) == -signal.SIGKILL
+    assert await storage.delete_prefix("vid1/") == 1
+    assert list(storage.root.iterdir()) == []
 
 
 async def test_unknown_storage_url_is_a_clear_error(settings: Settings) -> None:
+    config = vault_config(settings)
     with pytest.raises(StorageError, match="not supported"):
-        await open_storage(settings.replace(storage_url="ftp://example.org/x"))
+        await open_storage(replace(config.storage, url="ftp://example.org/x"))
 
 
 @pytest.mark.s3
 async def test_large_objects_go_up_in_parts_and_read_back_across_them(
     s3_server: S3Server, settings: Settings
 ) -> None:
-    storage = await open_storage(s3_server.settings_for(settings, f"t-{secrets.token_hex(6)}"))
+    bucket = f"t-{secrets.token_hex(6)}"
+    storage = await open_storage(vault_config(s3_server.settings_for(settings, bucket)).storage)
     try:
         data = os.urandom(2 * PART_SIZE + 12345)
         pieces = [data[i : i + 1_000_000] for i in range(0, len(data), 1_000_000)]
@@ -177,8 +230,27 @@ async def test_large_objects_go_up_in_parts_and_read_back_across_them(
 async def test_s3_refuses_wrong_credentials_and_missing_buckets_at_open(
     s3_server: S3Server, settings: Settings
 ) -> None:
-    good = s3_server.settings_for(settings, "x")
+    good = vault_config(s3_server.settings_for(settings, "x")).storage
     with pytest.raises(StorageError, match="cannot use the S3 bucket"):
-        await open_storage(good.replace(s3_secret_access_key=Secret("wrong")))
+        await open_storage(replace(good, s3_secret_access_key="wrong"))
     with pytest.raises(StorageError, match="does not exist"):
-        await open_storage(good.replace(storage_url="s3://no-such-bucket-here/x"))
+        await open_storage(replace(good, url="s3://no-such-bucket-here/x"))
+
+
+async def test_a_local_upload_aborted_with_writes_in_flight_leaves_nothing(
+    vault_settings: Settings, backend: str
+) -> None:
+    if backend != "local":
+        pytest.skip("the local backend's pipelined writes")
+    storage = LocalStorage(vault_settings.data_dir / "objects")
+    upload = storage.upload("owner1/source/part-000001")
+    for _ in range(8):
+        await upload.write(os.urandom(1024 * 1024))  # returns before the bytes are written
+    await upload.abort()
+    assert files_under(storage.root) == []
+    upload = storage.upload("owner1/source/part-000002")
+    pieces = [os.urandom(300_000) for _ in range(5)]
+    for piece in pieces:
+        await upload.write(piece)
+    assert await upload.commit() == 1_500_000
+    assert await storage.read("owner1/source/part-000002") == b"".join(pieces)

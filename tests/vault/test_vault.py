@@ -11,14 +11,14 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from portal.db import new_id
-from portal.errors import (
-    Conflict,
+from portal.vault import LocalStorage, Vault
+from portal.vault.errors import (
+    DataKeyExists,
     DataKeyMissing,
     ObjectNameInvalid,
     ObjectNotFound,
     VaultTampered,
 )
-from portal.vault import Vault
 from portal.vault.format import HEADER_SIZE, TAG_SIZE, sealed_size
 
 pytestmark = pytest.mark.anyio
@@ -153,7 +153,7 @@ async def test_missing_objects_and_keys(vault: Vault, owner: str) -> None:
     assert not await vault.exists(owner, "nope")
     with pytest.raises(DataKeyMissing):
         await vault.put(new_id(), "x", b"data")
-    with pytest.raises(Conflict):
+    with pytest.raises(DataKeyExists):
         await vault.create_key(owner)
     assert await vault.has_key(owner)
     assert not await vault.has_key(new_id())
@@ -208,6 +208,8 @@ async def assert_tampered(vault: Vault, owner: str, blob: bytes) -> None:
         async for piece in vault.iter_range(owner, "hls/720p/000001.m4s"):
             received.append(bytes(piece))
     assert received == []  # not one byte of plaintext from a bad object
+    with pytest.raises(VaultTampered):  # the whole-object read (a segment's plain GET) too
+        await vault.read(owner, "hls/720p/000001.m4s")
 
 
 async def test_flipping_any_bit_is_detected(vault: Vault, owner: str, backend: str) -> None:
@@ -319,3 +321,40 @@ async def test_no_plaintext_reaches_storage(
     for name, blob in blobs.items():
         assert probe not in blob, f"plaintext found in {name}"
     assert await vault.read(owner, "source/part-000001") == data
+
+
+async def test_whole_reads_from_the_page_cache_and_from_a_worker_thread_agree(
+    vault: Vault, owner: str, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = {"hls/720p/000001.m4s": 2_570_000, "poster.jpg": 1000, "storyboard.vtt": 0}
+    data = {path: os.urandom(size) for path, size in sizes.items()}
+    for path, plain in data.items():
+        await vault.put(owner, path, plain)
+    for path, plain in data.items():
+        assert await vault.read(owner, path) == plain
+    if backend == "local":
+        # Nothing in the page cache (or no RWF_NOWAIT): the read goes to a worker thread.
+        assert isinstance(vault.storage, LocalStorage)
+        monkeypatch.setattr(vault.storage, "read_cached", lambda name, limit: None)
+        for path, plain in data.items():
+            assert await vault.read(owner, path) == plain
+    # Larger than one read window: read in windows, as before.
+    monkeypatch.setattr("portal.vault.vault.READ_WINDOW", 1_000_000)
+    assert await vault.read(owner, "hls/720p/000001.m4s") == data["hls/720p/000001.m4s"]
+
+
+async def test_local_cached_reads_refuse_what_they_cannot_do_without_waiting(
+    vault: Vault, owner: str, backend: str
+) -> None:
+    if backend != "local":
+        pytest.skip("page-cache reads are the local backend's")
+    assert isinstance(vault.storage, LocalStorage)
+    await vault.put(owner, "poster.jpg", os.urandom(5000))
+    name = f"{owner}/poster.jpg"
+    size = await vault.storage.size(name)
+    view = vault.storage.read_cached(name, size)
+    if view is not None:  # None: this kernel or file system has no RWF_NOWAIT
+        assert bytes(view) == await vault.storage.read(name)
+    assert vault.storage.read_cached(name, size - 1) is None  # larger than the limit
+    with pytest.raises(ObjectNotFound):
+        vault.storage.read_cached(f"{owner}/missing.jpg", size)
