@@ -69,10 +69,12 @@ def build_routes() -> list[BaseRoute]:
     return routes
 
 
-def build_middleware(settings: Settings, admission: Admission) -> list[Middleware]:
+def build_middleware(settings: Settings, admission: Admission | None = None) -> list[Middleware]:
     # Outermost first: even a CSRF refusal from AuthMiddleware and the 500 for an unexpected
     # exception get the security headers, and so does a request shed by admission control,
     # which comes before any database work.
+    if admission is None:
+        admission = Admission(settings.max_in_flight, settings.max_in_flight_new)
     return [
         Middleware(MetricsMiddleware),
         Middleware(SecurityHeadersMiddleware),

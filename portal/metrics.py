@@ -151,6 +151,13 @@ class Metrics:
     def count_request(self, method: str, status: int) -> None:
         self.requests.labels(method if method in _METHODS else "OTHER", str(status)).inc()
 
+    def answered(self, method: str, status: int) -> float:
+        """Responses this process counted with `method` and `status` (for tests and tools)."""
+        value = self.registry.get_sample_value(
+            "megamovie_http_requests_total", {"method": method, "status": str(status)}
+        )
+        return value or 0.0
+
     def count_segment(self, nbytes: int) -> None:
         self.segments_served.inc()
         self.segment_bytes.inc(nbytes)

@@ -19,8 +19,7 @@ from portal.app import create_app
 from portal.errors import Overloaded, RateLimited
 from portal.hashing import HashingPool
 from portal.ratelimit import RateLimiter
-from tests.conftest import LiveServer
-from tests.portal.test_accounts import PASSWORD, add_user, csrf_from, fast_settings
+from tests.helpers import PASSWORD, LiveServer, add_user, csrf_from, fast_settings
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,7 @@ import httpx
 import pytest
 
 from benchmarks.stack import Nginx, free_port, render_site, self_signed_certificate
-from tests.conftest import LiveServer
-from tests.portal.conftest import TUS, bearer, create_account, pipeline_settings
+from tests.helpers import TUS, LiveServer, bearer, create_account, pipeline_settings
 from transcoder.playlists import parse_playlist
 
 pytestmark = pytest.mark.postgres

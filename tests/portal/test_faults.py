@@ -29,8 +29,7 @@ from portal.layout import segment_path
 from portal.services import open_services
 from portal.settings import Settings
 from portal.worker import Worker
-from tests.conftest import LiveServer
-from tests.portal.conftest import PASSWORD, TUS, bearer, create_account, pipeline_settings
+from tests.helpers import PASSWORD, TUS, LiveServer, bearer, create_account, pipeline_settings
 
 # Each check is bounded: a hang fails the test instead of stalling the suite.
 CLIENT_TIMEOUT = 30.0
@@ -96,7 +95,7 @@ def test_postgres_restart_answers_503_then_service_resumes_by_itself(tmp_path):
 
 async def _ready_film(settings: Settings, data: bytes) -> str:
     """A creator and a ready film whose one segment is `data`, stored through the vault."""
-    from tests.portal.conftest import insert_user, insert_video
+    from tests.helpers import insert_user, insert_video
 
     async with open_services(settings) as services:
         creator = await insert_user(services.engine)
@@ -229,7 +228,7 @@ def test_disk_full_during_an_upload_fails_cleanly_and_the_upload_resumes(tmp_pat
 async def test_disk_full_during_a_transcode_fails_the_attempt_and_it_runs_again(
     tmp_path, small_disk, clip
 ):
-    from tests.portal.conftest import insert_user, insert_video
+    from tests.helpers import insert_user, insert_video
 
     settings = pipeline_settings(tmp_path)
     scratch = small_disk(settings.scratch_dir, 16 * 1024)  # less than the decrypted source

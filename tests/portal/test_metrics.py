@@ -8,7 +8,7 @@ from starlette.testclient import TestClient
 from benchmarks.stack import Portal
 from portal.app import create_app
 from portal.settings import Secret
-from tests.portal.conftest import pipeline_settings
+from tests.helpers import pipeline_settings
 
 SCRAPER = {"Authorization": "Bearer scraper"}
 
