@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,7 +24,7 @@ from portal.errors import BadRequest, PayloadTooLarge
 from portal.metrics import Metrics
 from portal.money import CURRENCIES, format_amount
 from portal.parsing import clean_text, optional_header_int, parse_json
-from portal.security import client_ip, hit_rate_limit
+from portal.security import client_ip
 from portal.services import Services
 from portal.settings import Settings
 from portal.videos import Viewer, poster_path
@@ -217,17 +218,17 @@ async def read_form(request: Request, limit: int = FORM_BODY_LIMIT) -> FormData:
 
 
 async def check_rate_limit(request: Request, action: str) -> None:
-    """Rate-limit `action` (login, signup, token) per client IP, per `rate_limit_per_minute`."""
-    services = services_of(request)
-    await hit_rate_limit(
-        services.engine,
-        f"{action}:{client_ip(request)}",
-        services.settings.rate_limit_per_minute,
-    )
+    """Rate-limit `action` (login, signup, token) per client and for everyone together
+    (portal.ratelimit); RateLimited (429 + Retry-After) when over."""
+    services_of(request).limiter.hit(action, client_ip(request))
+
+
+def _is_segment(path: str) -> bool:
+    return path.startswith("/stream/") and path.endswith((".m4s", ".mp4"))
 
 
 class MetricsMiddleware:
-    """Counts every HTTP response by method and status into the services' `Metrics`."""
+    """Counts every HTTP response by method and status, and times segment requests."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -241,10 +242,14 @@ class MetricsMiddleware:
         if metrics is None:
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
+        timed = _is_segment(scope["path"])
 
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 metrics.count_request(scope["method"], message["status"])
             await send(message)
+            if timed and message["type"] == "http.response.body" and not message.get("more_body"):
+                metrics.segment_seconds.observe(time.perf_counter() - started)
 
         await self.app(scope, receive, counting_send)

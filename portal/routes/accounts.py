@@ -68,6 +68,7 @@ async def login(request: Request) -> Response:
             services_of(request).settings,
             email,
             _form_text(form, "password"),
+            hashing=services_of(request).hashing,
         )
     except InvalidCredentials as exc:
         context = {"next": next_url, "email": email, "error": exc.message}
@@ -96,6 +97,7 @@ async def signup(request: Request) -> Response:
             password=_form_text(form, "password"),
             role=values["role"],
             display_name=values["display_name"] or None,
+            hashing=services_of(request).hashing,
         )
     except PortalError as exc:
         context = {"values": values, "error": exc.message, "roles": SIGNUP_ROLES}
@@ -123,8 +125,9 @@ async def create_token(request: Request) -> Response:
     )
     email = text_field(body["email"], "email", max_length=MAX_EMAIL_LENGTH)
     password = text_field(body["password"], "password", max_length=MAX_PASSWORD_LENGTH)
+    services = services_of(request)
     user = await authenticate(
-        services_of(request).engine, services_of(request).settings, email, password
+        services.engine, services.settings, email, password, hashing=services.hashing
     )
     token, expires_at = await issue_api_token(
         services_of(request).engine, services_of(request).settings, user
