@@ -27,9 +27,10 @@ import re
 import sqlite3
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Dialect,
@@ -79,8 +80,10 @@ def tsquery(terms: list[str]) -> str:
     return " & ".join(f"({term} | {term}:*)" for term in terms)
 
 
-@dataclass(frozen=True)
-class CatalogItem:
+class CatalogItem(NamedTuple):
+    """One film of a page: a tuple (a page makes 24 of them per request), its publication
+    time parsed only when asked for (the catalog page never shows it)."""
+
     id: str
     title: str
     duration: float | None
@@ -88,7 +91,12 @@ class CatalogItem:
     creator_name: str
     has_poster: bool
     views: int
-    ready_at: datetime | None
+    published: Any  # `ready_at` as the driver gave it
+    parse_time: Callable[[Any], datetime | None] | None = None
+
+    @property
+    def ready_at(self) -> datetime | None:
+        return self.parse_time(self.published) if self.parse_time else self.published
 
     @property
     def poster_url(self) -> str | None:
@@ -405,17 +413,7 @@ def _reader(engine: AsyncEngine) -> _Reader:
 def _items(reader: _Reader, rows: list[Any]) -> list[CatalogItem]:
     parse = reader.parse_time
     return [
-        CatalogItem(
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            r[4],
-            bool(r[5]),
-            int(r[6]),
-            parse(r[7]) if parse is not None else r[7],
-        )
-        for r in rows
+        CatalogItem(r[0], r[1], r[2], r[3], r[4], bool(r[5]), int(r[6]), r[7], parse) for r in rows
     ]
 
 
