@@ -57,7 +57,7 @@ COUNT_CAP = 1000
 #: A search ranks at most this many of its newest matches.
 SEARCH_CANDIDATES = 500
 #: PostgreSQL looks for them among this many newest films first (see `_search_query`).
-SEARCH_WINDOW = 10_000
+SEARCH_WINDOW = 5_000
 _WORD = re.compile(r"[^\W_]+")
 #: bm25 weights of the FTS5 columns: video_id (not indexed), title, description, tags, creator.
 _FTS_WEIGHTS = "0.0, 10.0, 1.0, 4.0, 4.0"
