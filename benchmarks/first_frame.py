@@ -5,8 +5,8 @@
 
 Makes a demo-like film with ffmpeg (testsrc2 + a sine tone, H.264/AAC), imports it with
 `megamovie import --wait` into a temp data dir, starts `megamovie serve` on it, and loads
-`/watch/{id}` in a headless Chromium (Playwright, Debian's chromium, the flags from
-docs/DESIGN "Real components") `--loads` times, anonymously, each in a fresh browser context
+`/watch/{id}` in a headless Chromium (Playwright, Debian's chromium, the flags of
+tests/browser/conftest.py) `--loads` times, anonymously, each in a fresh browser context
 (a first visit: nothing cached, no cookies; `--warm` keeps one context, so hls.js and the CSS
 come from the cache as on a second visit).
 
@@ -19,8 +19,9 @@ measured side by side.
 First frame: the first `requestVideoFrameCallback` (a decoded frame handed to the compositor),
 in `performance.now()` time, whose origin is the navigation start; the first `playing` and
 the first `timeupdate` past 0 are printed beside it. Prints min/median/max per contestant,
-the ratio of medians to the peer, and the median time at which each request of our page
-finished (the waterfall), so a regression shows where it is.
+the ratio of medians to the peer, and when each request of our page started and finished
+(medians: the waterfall), so a regression shows where it is. `--portal URL --video ID`
+measures a portal already running (and `--compare URL` another one on the same data).
 
 Compare ratios within one run, not absolute figures across runs: the 2-core machines are
 shared and noisy.

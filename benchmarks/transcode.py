@@ -101,7 +101,8 @@ def _as_before(args: list[str], options: HlsOptions) -> list[str]:
         if arg.startswith("-preset:v:"):
             args[i + 1] = options.preset
         if arg.startswith("-g:v:"):
-            args[i + 1] = "60"  # 2 s at 30 fps, as -g and -keyint_min were
+            # 2 s at 30 fps as before; keyint_min (also 60 then) only acts on scene cuts, off.
+            args[i + 1] = "60"
     return args
 
 

@@ -78,6 +78,7 @@ def build_middleware(settings: Settings, admission: Admission | None = None) -> 
     return [
         Middleware(MetricsMiddleware),
         Middleware(SecurityHeadersMiddleware),
+        Middleware(uploads.TusResumableMiddleware),
         Middleware(UnexpectedErrorMiddleware),
         Middleware(AllowedHostsMiddleware, allowed=settings.host_names),
         Middleware(AdmissionMiddleware, admission=admission),

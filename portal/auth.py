@@ -33,9 +33,8 @@ from portal.accounts import User
 from portal.db import api_tokens, sessions, users, utcnow
 from portal.errors import AuthenticationRequired, CsrfFailed, PermissionDenied
 from portal.http_errors import render_error
-from portal.parsing import DEFAULT_BODY_LIMIT, read_form
 from portal.settings import Settings
-from portal.web import services_of
+from portal.web import FORM_BODY_LIMIT, read_form, services_of
 
 SESSION_COOKIE = "mm_session"
 CSRF_COOKIE = "mm_csrf"
@@ -201,7 +200,7 @@ def csrf_token(request: Request) -> str:
     return getattr(request.state, "csrf_token", "") or ""
 
 
-async def verify_csrf_form(request: Request, limit: int = DEFAULT_BODY_LIMIT) -> FormData:
+async def verify_csrf_form(request: Request, limit: int = FORM_BODY_LIMIT) -> FormData:
     """The submitted form (at most `limit` bytes, every field clean text), after checking its
     `csrf_token`; raises CsrfFailed otherwise."""
     form = await read_form(request, limit)

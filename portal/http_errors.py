@@ -39,10 +39,6 @@ from transcoder.errors import MediaError
 
 log = logging.getLogger("megamovie.http")
 
-#: tus clients check `Tus-Resumable` on every response, refusals and crashes included.
-TUS_RESUMABLE = "1.0.0"
-TUS_PREFIX = "/api/uploads"
-
 
 def wants_json(request: Request) -> bool:
     path = request.url.path
@@ -59,12 +55,10 @@ def render_error(
     message: str,
     details: Mapping[str, Any] | None = None,
 ) -> Response:
-    headers = {"Cache-Control": "no-store"}
-    path = request.url.path
     # Every error response is made here, also the auth middleware's CSRF refusal and the 500
-    # for an unexpected exception, which the tus endpoints' own wrapper never sees.
-    if path == TUS_PREFIX or path.startswith(TUS_PREFIX + "/"):
-        headers["Tus-Resumable"] = TUS_RESUMABLE
+    # for an unexpected exception. (`portal.routes.uploads.TusResumableMiddleware` adds the
+    # tus header to those under /api/uploads.)
+    headers = {"Cache-Control": "no-store"}
     if wants_json(request):
         body = {"error": code, "message": message, **(details or {})}
         return JSONResponse(body, status, headers=headers)

@@ -5,6 +5,8 @@ Rate limits on the doors people knock on live in portal.ratelimit (in memory, pe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -42,25 +44,38 @@ SECURITY_HEADERS = {
 WINDOW_SECONDS = 60
 
 
-class SecurityHeadersMiddleware:
-    """Adds `SECURITY_HEADERS` to every HTTP response that does not set its own."""
+class ResponseHeadersMiddleware:
+    """Adds `headers` to every HTTP response under `prefix` that does not set them itself,
+    whatever made it: an endpoint, an error handler, a middleware's refusal, the router."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, headers: Mapping[str, str], prefix: str = "/") -> None:
         self.app = app
+        self.headers = dict(headers)
+        self.prefix = prefix.rstrip("/")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or not (
+            path == self.prefix or path.startswith(self.prefix + "/")
+        ):
             await self.app(scope, receive, send)
             return
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
+                for name, value in self.headers.items():
                     headers.setdefault(name, value)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class SecurityHeadersMiddleware(ResponseHeadersMiddleware):
+    """Adds `SECURITY_HEADERS` to every HTTP response that does not set its own."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        super().__init__(app, SECURITY_HEADERS)
 
 
 class AllowedHostsMiddleware:

@@ -26,8 +26,8 @@ from portal.auth import (
     verify_csrf_form,
 )
 from portal.errors import InvalidCredentials, PortalError, ValidationFailed
-from portal.parsing import json_object, read_json, text_field
-from portal.web import check_rate_limit, render, services_of
+from portal.parsing import exact_shape, text_field
+from portal.web import check_rate_limit, read_json, render, services_of
 
 #: Bytes of `POST /api/tokens`: an email and a password, with room to spare.
 TOKEN_BODY_LIMIT = 4096
@@ -118,7 +118,7 @@ async def logout(request: Request) -> Response:
 async def create_token(request: Request) -> Response:
     """`{"email", "password"}` -> `{"token", "expires_at"}` for `Authorization: Bearer`."""
     await check_rate_limit(request, "token")
-    body = json_object(
+    body = exact_shape(
         await read_json(request, TOKEN_BODY_LIMIT),
         {"email": str, "password": str},
         '{"email": "...", "password": "..."}',

@@ -272,9 +272,9 @@ class LocalUpload:
             self._file = await aiofiles.open(self._tmp, "xb", opener=_private)
         return self._file
 
-    async def _write(self, data: bytes | bytearray | memoryview) -> None:
+    async def _write(self, handle: Any, data: bytes | bytearray | memoryview) -> None:
         with _uncancelled():
-            await (await self._open()).write(data)
+            await handle.write(data)
 
     async def _settle(self) -> None:
         """Wait for the write in flight; its error is raised here."""
@@ -286,10 +286,12 @@ class LocalUpload:
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         try:
             await self._settle()
+            with _uncancelled():
+                handle = await self._open()  # the temp file exists once a write returns
         except OSError as exc:
             await self.abort()
             raise _storage_error("write", self._name, exc) from None
-        self._writing = asyncio.ensure_future(self._write(data))
+        self._writing = asyncio.ensure_future(self._write(handle, data))
         self._size += len(data)
 
     async def commit(self) -> int:
