@@ -7,10 +7,12 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # command:Debian package, installed only when the command is missing. Running the portal
 # needs only ffmpeg and npm (for the player's assets); the tests and benchmarks add Chromium
-# (browser journeys), nginx + wrk (the benchmark peer) and PostgreSQL (the database tests), so
+# (browser journeys), nginx + wrk (the benchmark peer and the deployment test's proxy, with a
+# throwaway certificate from openssl) and PostgreSQL (the database tests), so
 # someone who only wants to watch the demo never downloads a browser.
 RUN_APT_NEEDS  := ffmpeg:ffmpeg ffprobe:ffmpeg npm:npm
-TEST_APT_NEEDS := chromium:chromium nginx:nginx-light wrk:wrk pg_ctlcluster:postgresql
+TEST_APT_NEEDS := chromium:chromium nginx:nginx-light wrk:wrk pg_ctlcluster:postgresql \
+                  openssl:openssl
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -81,6 +83,7 @@ bench: setup test-system-deps
 	$(BIN)/python benchmarks/transcode.py
 	$(BIN)/python benchmarks/stream.py
 	$(BIN)/python benchmarks/catalog.py
+	$(BIN)/python benchmarks/launch.py
 	$(BIN)/python benchmarks/ingest.py
 
 lock: | $(BIN)/python

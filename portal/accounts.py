@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio.to_thread
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from portal.db import is_id, new_id, users, utcnow
+from portal.db import api_tokens, is_id, new_id, sessions, users, utcnow
 from portal.errors import Conflict, InvalidCredentials, ValidationFailed
+from portal.hashing import HashingPool
 from portal.parsing import clean_text
 from portal.settings import Settings
 
+T = TypeVar("T")
 ROLES = ("viewer", "creator", "admin")
 # Admins are made on the command line only, never through the sign-up form.
 SIGNUP_ROLES = ("viewer", "creator")
@@ -64,6 +67,14 @@ def password_hasher(settings: Settings) -> PasswordHasher:
 @functools.lru_cache(maxsize=8)
 def _dummy_hash(time_cost: int, memory_kib: int) -> str:
     return _hasher(time_cost, memory_kib).hash("not anyone's password, only spends the time")
+
+
+async def _off_loop(hashing: HashingPool | None, work: Callable[..., T], *args: object) -> T:
+    """Hashing costs ~20 ms of CPU by design: never on the event loop. The web app passes
+    its bounded pool (a full pool refuses at once); the CLI and tests may pass none."""
+    if hashing is not None:
+        return await hashing.run(work, *args)
+    return await anyio.to_thread.run_sync(work, *args)
 
 
 def normalise_email(email: str) -> str:
@@ -107,6 +118,7 @@ async def create_user(
     password: str,
     role: str = "viewer",
     display_name: str | None = None,
+    hashing: HashingPool | None = None,
 ) -> User:
     """Make an account. Raises ValidationFailed for bad input, Conflict if the email is taken."""
     email = check_email(email)
@@ -114,8 +126,7 @@ async def create_user(
     if role not in ROLES:
         raise ValidationFailed(f"Role must be one of {', '.join(ROLES)}, not {role!r}.")
     name = check_display_name(display_name if display_name else email.split("@")[0])
-    # Hashing costs ~20 ms of CPU by design: keep it off the event loop.
-    hashed = await anyio.to_thread.run_sync(password_hasher(settings).hash, password)
+    hashed = await _off_loop(hashing, password_hasher(settings).hash, password)
     user = User(new_id(), email, name, role, utcnow())
     try:
         async with engine.begin() as conn:
@@ -136,7 +147,14 @@ async def create_user(
     return user
 
 
-async def authenticate(engine: AsyncEngine, settings: Settings, email: str, password: str) -> User:
+async def authenticate(
+    engine: AsyncEngine,
+    settings: Settings,
+    email: str,
+    password: str,
+    *,
+    hashing: HashingPool | None = None,
+) -> User:
     """The user with this email and password, or InvalidCredentials (same for both failures)."""
     clean_text(email, "email")
     clean_text(password, "password")
@@ -151,14 +169,14 @@ async def authenticate(engine: AsyncEngine, settings: Settings, email: str, pass
         else _dummy_hash(settings.argon2_time_cost, settings.argon2_memory_kib)
     )
     try:
-        await anyio.to_thread.run_sync(hasher.verify, stored, password[:MAX_PASSWORD_LENGTH])
+        await _off_loop(hashing, hasher.verify, stored, password[:MAX_PASSWORD_LENGTH])
         ok = row is not None
     except (VerificationError, InvalidHashError):
         ok = False
     if not ok or row is None:
         raise InvalidCredentials("That email and password do not match an account.")
     if hasher.check_needs_rehash(stored):
-        hashed = await anyio.to_thread.run_sync(hasher.hash, password)
+        hashed = await _off_loop(hashing, hasher.hash, password)
         async with engine.begin() as conn:
             await conn.execute(
                 users.update().where(users.c.id == row.id).values(password_hash=hashed)
@@ -180,3 +198,16 @@ async def get_user_by_email(engine: AsyncEngine, email: str) -> User | None:
             await conn.execute(select(users).where(users.c.email == normalise_email(email)))
         ).first()
     return User.from_row(row) if row is not None else None
+
+
+async def sweep_expired_logins(engine: AsyncEngine) -> int:
+    """Delete expired sessions and API tokens; returns how many. Run by the periodic sweep
+    (portal.worker), not per log-in: the delete scans both tables under SQLite's one write
+    lock, which at a million accounts would make every log-in wait for it."""
+    now = utcnow()
+    async with engine.begin() as conn:
+        gone = (await conn.execute(delete(sessions).where(sessions.c.expires_at < now))).rowcount
+        gone += (
+            await conn.execute(delete(api_tokens).where(api_tokens.c.expires_at < now))
+        ).rowcount
+    return int(gone)

@@ -17,6 +17,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
+from portal.admission import Admission, AdmissionMiddleware
 from portal.auth import AuthMiddleware
 from portal.http_errors import UnexpectedErrorMiddleware, exception_handlers
 from portal.playback import tune_allocator
@@ -68,14 +69,19 @@ def build_routes() -> list[BaseRoute]:
     return routes
 
 
-def build_middleware(settings: Settings) -> list[Middleware]:
+def build_middleware(settings: Settings, admission: Admission | None = None) -> list[Middleware]:
     # Outermost first: even a CSRF refusal from AuthMiddleware and the 500 for an unexpected
-    # exception get the security headers.
+    # exception get the security headers, and so does a request shed by admission control,
+    # which comes before any database work.
+    if admission is None:
+        admission = Admission(settings.max_in_flight, settings.max_in_flight_new)
     return [
         Middleware(MetricsMiddleware),
         Middleware(SecurityHeadersMiddleware),
+        Middleware(uploads.TusResumableMiddleware),
         Middleware(UnexpectedErrorMiddleware),
         Middleware(AllowedHostsMiddleware, allowed=settings.host_names),
+        Middleware(AdmissionMiddleware, admission=admission),
         Middleware(AuthMiddleware, settings=settings),
         # Innermost: segment GETs go straight to their endpoint, not through the router.
         Middleware(
@@ -96,12 +102,14 @@ def create_app(settings: Settings) -> Starlette:
             async with media_pipeline(services):
                 yield
 
+    admission = Admission(settings.max_in_flight, settings.max_in_flight_new)
     app = Starlette(
         routes=build_routes(),
-        middleware=build_middleware(settings),
+        middleware=build_middleware(settings, admission),
         exception_handlers=exception_handlers(),  # type: ignore[arg-type]
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.admission = admission
     app.state.templates = make_templates()
     return app

@@ -26,6 +26,18 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+def _metrics_dir(settings: Settings) -> None:
+    """prometheus-client's multiprocess mode for this process, in MEGAMOVIE_METRICS_DIR
+    unless PROMETHEUS_MULTIPROC_DIR is set. prometheus-client reads the variable once, when
+    it is first imported, so this runs before anything imports it (portal.metrics)."""
+    import os
+
+    directory = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.metrics_dir))
+    from portal.metrics import prune_metrics_dir
+
+    prune_metrics_dir(Path(directory))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Mega Movie: a film portal on encrypted storage.
@@ -41,13 +53,14 @@ def main() -> None:
 @click.option("--demo", is_flag=True, help="Fill an empty catalog with a few generated films.")
 def serve(host: str | None, port: int | None, demo: bool) -> None:
     """Run the portal: web app and in-process transcode workers."""
+    settings = load_settings(host=host, port=port)
+    configure_logging(settings)
+    _metrics_dir(settings)
     import uvicorn
 
     from portal.app import create_app
     from portal.server import server_config
 
-    settings = load_settings(host=host, port=port)
-    configure_logging(settings)
     if demo:
         from portal.demo import seed_demo
 
@@ -181,10 +194,11 @@ def _with_services(settings: Settings, action: Any, *args: Any) -> Any:
 @click.option("--count", type=int, default=None, help="Workers (default MEGAMOVIE_WORKERS).")
 def worker(count: int | None) -> None:
     """Run transcode workers outside the web process, until Ctrl-C."""
-    from portal.worker import run_workers
-
     settings = load_settings()
     configure_logging(settings)
+    _metrics_dir(settings)
+    from portal.worker import run_workers
+
     workers = count if count is not None else max(1, settings.workers)
     click.echo(f"running {workers} worker(s); Ctrl-C stops them")
     _with_services(settings, run_workers, workers)

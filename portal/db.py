@@ -34,6 +34,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
+from portal.write_gate import WriteGate
+
 metadata = MetaData()
 
 
@@ -523,10 +525,20 @@ def drop_search_index(connection: Connection) -> None:
         connection.exec_driver_sql(statement)
 
 
-def create_engine(database_url: str) -> AsyncEngine:
-    """An async engine for `database_url`, with SQLite tuned for a concurrent web app."""
+def create_engine(
+    database_url: str, *, timeout: float = 5.0, statement_timeout: float = 30.0
+) -> AsyncEngine:
+    """An async engine for `database_url`, with SQLite tuned for a concurrent web app.
+
+    Every wait is bounded, so a database that is down or restarting fails a request in
+    seconds (a 503, portal.outages) instead of hanging it: `timeout` for a connection from
+    the pool and for connecting, `statement_timeout` for one statement (PostgreSQL). Dead
+    connections are noticed at checkout (pre-ping) and replaced, so service resumes by
+    itself when the server is back."""
     if database_url.startswith("sqlite"):
-        engine = create_async_engine(database_url, connect_args={"timeout": 30})
+        engine = create_async_engine(
+            database_url, connect_args={"timeout": statement_timeout}, pool_timeout=timeout
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
@@ -537,8 +549,14 @@ def create_engine(database_url: str) -> AsyncEngine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
+        WriteGate.install(engine)  # writers queue in-process, not in SQLite's sleeping retry
         return engine
-    return create_async_engine(database_url, pool_pre_ping=True)
+    return create_async_engine(
+        database_url,
+        pool_pre_ping=True,
+        pool_timeout=timeout,
+        connect_args={"timeout": timeout, "command_timeout": statement_timeout},
+    )
 
 
 @asynccontextmanager
@@ -558,4 +576,3 @@ async def begin_write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
             await conn.rollback()
             raise
         await conn.commit()
-

@@ -16,6 +16,7 @@ from portal.vault.errors import KeyringError as KeyringError
 from portal.vault.errors import ObjectNameInvalid as ObjectNameInvalid
 from portal.vault.errors import ObjectNotFound as ObjectNotFound
 from portal.vault.errors import StorageError as StorageError
+from portal.vault.errors import StorageFull as StorageFull
 from portal.vault.errors import VaultError as VaultError
 from portal.vault.errors import VaultTampered as VaultTampered
 
@@ -112,6 +113,31 @@ class RateLimited(PortalError):
 
     def __init__(self, message: str, retry_after: int = 60) -> None:
         super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Overloaded(PortalError):
+    """This process has more work than it can finish in time: come back in `retry_after`
+    seconds. Answered at once (503), never after a wait in a queue."""
+
+    status_code = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unavailable(PortalError):
+    """A part the portal depends on (the database, the object store) is down or not
+    answering in time; `part` names it. Service resumes by itself when it is back."""
+
+    status_code = 503
+    code = "unavailable"
+
+    def __init__(self, message: str, part: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.part = part
         self.retry_after = retry_after
 
 

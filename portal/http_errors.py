@@ -24,20 +24,20 @@ from portal.errors import (
     KeyringError,
     ObjectNameInvalid,
     ObjectNotFound,
+    Overloaded,
     PayloadTooLarge,
     PortalError,
     RateLimited,
     StorageError,
+    StorageFull,
+    Unavailable,
     VaultError,
     VaultTampered,
 )
+from portal.outages import outage_of
 from transcoder.errors import MediaError
 
 log = logging.getLogger("megamovie.http")
-
-#: tus clients check `Tus-Resumable` on every response, refusals and crashes included.
-TUS_RESUMABLE = "1.0.0"
-TUS_PREFIX = "/api/uploads"
 
 
 def wants_json(request: Request) -> bool:
@@ -55,12 +55,10 @@ def render_error(
     message: str,
     details: Mapping[str, Any] | None = None,
 ) -> Response:
-    headers = {"Cache-Control": "no-store"}
-    path = request.url.path
     # Every error response is made here, also the auth middleware's CSRF refusal and the 500
-    # for an unexpected exception, which the tus endpoints' own wrapper never sees.
-    if path == TUS_PREFIX or path.startswith(TUS_PREFIX + "/"):
-        headers["Tus-Resumable"] = TUS_RESUMABLE
+    # for an unexpected exception. (`portal.routes.uploads.TusResumableMiddleware` adds the
+    # tus header to those under /api/uploads.)
+    headers = {"Cache-Control": "no-store"}
     if wants_json(request):
         body = {"error": code, "message": message, **(details or {})}
         return JSONResponse(body, status, headers=headers)
@@ -83,6 +81,7 @@ VAULT_STATUSES: list[tuple[type[VaultError], int, str]] = [
     (DataKeyExists, 409, "conflict"),
     (ObjectNotFound, 404, "object_not_found"),
     (ObjectNameInvalid, 400, "object_name_invalid"),
+    (StorageFull, 507, "insufficient_storage"),
     (StorageError, 503, "storage_error"),
     (KeyringError, 500, "keyring_error"),
     (VaultTampered, 500, "vault_tampered"),
@@ -102,14 +101,19 @@ async def vault_error(request: Request, exc: Exception) -> Response:
         # Tampering or a storage failure is an operator's problem: log it loudly, tell the
         # client only that it failed. Never send bytes that did not authenticate.
         log.error("vault failure on %s %s: %s", request.method, request.url.path, exc.message)
-    return render_error(request, status, code, exc.message)
+    response = render_error(request, status, code, exc.message)
+    if isinstance(exc, StorageError):
+        # The store is unreachable or full: worth trying again, not at once.
+        response.headers["Retry-After"] = "60" if isinstance(exc, StorageFull) else "5"
+    return response
 
 
 async def portal_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PortalError)
     response = render_error(request, exc.status_code, exc.code, exc.message, exc.details())
-    if isinstance(exc, RateLimited):
-        response.headers["Retry-After"] = str(exc.retry_after)
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(exc, RateLimited | Overloaded | Unavailable) and retry_after:
+        response.headers["Retry-After"] = str(retry_after)
     if isinstance(exc, BearerTokenRequired):
         response.headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, PayloadTooLarge):
@@ -147,7 +151,8 @@ class UnexpectedErrorMiddleware:
     outside every user middleware, so its 500 went out without CSP, nosniff or frame options.
 
     The exception is raised again once the answer is sent, as Starlette does, so servers and
-    test clients still see it."""
+    test clients still see it. A database outage (portal.outages) is no bug: it is answered
+    503 `unavailable` with Retry-After, and not raised again."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -167,6 +172,12 @@ class UnexpectedErrorMiddleware:
         try:
             await self.app(scope, receive, send_tracking)
         except Exception as exc:
+            outage = outage_of(exc)
+            if outage is not None and not started:
+                # The database is down, not our code: a 503 naming it, and nothing to raise.
+                response = await portal_error(Request(scope), outage)
+                await response(scope, receive, send)
+                return
             if not started:
                 response = await unexpected_error(Request(scope), exc)
                 await response(scope, receive, send)

@@ -210,6 +210,20 @@ class JobQueue:
             rows = await conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))
             return {state: count for state, count in rows.all()}
 
+    async def backlog(self) -> tuple[int, float]:
+        """Jobs due and waiting for a worker, and how long the oldest has waited (s)."""
+        now = utcnow()
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(func.count(), func.min(jobs.c.run_after)).where(
+                        jobs.c.state == "queued", jobs.c.run_after <= now
+                    )
+                )
+            ).one()
+        depth, oldest = int(row[0]), row[1]
+        return depth, (now - oldest).total_seconds() if oldest is not None else 0.0
+
     async def _give_up(
         self, conn: AsyncConnection, job_id: str, video_id: str, reason: str, now: datetime
     ) -> None:

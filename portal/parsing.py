@@ -1,4 +1,5 @@
-"""Strict parsing of what clients send: one helper per kind of input, used by every route.
+"""Strict parsing of what clients send: one helper per kind of input, used by every route
+(through `portal.web`'s body readers for bodies; nothing here knows HTTP).
 
 Every client mistake must become a 4xx with a sentence, never a 500, so nothing a client sends
 reaches the domain or the database unchecked:
@@ -9,9 +10,9 @@ reaches the domain or the database unchecked:
 - text (JSON strings, form fields, metadata values): no lone surrogates (they cannot be encoded
   as UTF-8, so the database driver or argon2 would fail on them) and no control characters
   (PostgreSQL refuses NUL in text);
-- bodies: read only up to the endpoint's cap (413 before reading past it), JSON nested no
-  deeper than `MAX_JSON_DEPTH` (the json module recurses, so depth is checked before it
-  runs), numbers finite and integers within 64 bits, and only the expected shape accepted;
+- JSON: nested no deeper than `MAX_JSON_DEPTH` (the json module recurses, so depth is checked
+  before it runs), numbers finite and integers within 64 bits, and only the expected shape
+  accepted (`portal.web` reads bodies only up to each endpoint's cap);
 - tus headers: `Upload-Metadata` and `Upload-Checksum`.
 """
 
@@ -26,21 +27,13 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from starlette.datastructures import FormData, Headers, UploadFile
-from starlette.requests import ClientDisconnect, Request
-from starlette.types import Message
-
-from portal.errors import BadRequest, PayloadTooLarge, ValidationFailed
+from portal.errors import BadRequest, ValidationFailed
 
 #: Enough for any byte count or offset a BIGINT column holds.
 MAX_DIGITS = 19
 INT64_MAX = 2**63 - 1
 #: Our JSON bodies are flat objects; 32 levels leave room and keep the depth scan cheap.
 MAX_JSON_DEPTH = 32
-#: A form or JSON body is at most this big unless its endpoint says otherwise.
-DEFAULT_BODY_LIMIT = 16 * 1024
-#: Form fields per request: our forms have five or fewer.
-MAX_FORM_FIELDS = 50
 
 # Lone surrogates and the control characters nobody types (tab and line breaks are fine).
 _NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
@@ -63,7 +56,7 @@ def digits(text: str) -> int | None:
     return value if value <= INT64_MAX else None
 
 
-def header_int(headers: Headers, name: str) -> int:
+def header_int(headers: Mapping[str, str], name: str) -> int:
     """A required non-negative integer header (`Upload-Length`, `Upload-Offset`)."""
     raw = headers.get(name)
     if raw is None:
@@ -78,7 +71,7 @@ def header_int(headers: Headers, name: str) -> int:
     return value
 
 
-def optional_header_int(headers: Headers, name: str) -> int | None:
+def optional_header_int(headers: Mapping[str, str], name: str) -> int | None:
     """Like `header_int`, but an absent header is None (`Content-Length`)."""
     return header_int(headers, name) if name in headers else None
 
@@ -92,6 +85,20 @@ def query_int(
     if value is None:
         return default
     return min(max(value, minimum), maximum)
+
+
+def query_number(
+    params: Mapping[str, str], name: str, *, default: int, minimum: int, maximum: int
+) -> int:
+    """A strict integer from the query string (`?days=`): absent is the default; anything but
+    ASCII digits within [minimum, maximum] is BadRequest naming the parameter."""
+    raw = params.get(name)
+    if raw is None:
+        return default
+    value = digits(raw)
+    if value is None or not minimum <= value <= maximum:
+        raise BadRequest(f"{name} must be a whole number from {minimum} to {maximum}.", name)
+    return value
 
 
 # -- text -----------------------------------------------------------------------------------
@@ -119,32 +126,6 @@ def text_field(value: object, field: str, *, max_length: int) -> str:
 
 
 # -- bodies ---------------------------------------------------------------------------------
-
-
-async def read_body(request: Request, limit: int = DEFAULT_BODY_LIMIT) -> bytes:
-    """The request body, refused with 413 as soon as it is known to pass `limit` bytes: from
-    `Content-Length` before reading anything, or while counting a chunked body."""
-    declared = optional_header_int(request.headers, "content-length")
-    if declared is not None and declared > limit:
-        raise _too_large(limit)
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise _too_large(limit)
-    except ClientDisconnect:
-        raise BadRequest("The request body ended before it was complete.", "body") from None
-    return bytes(body)
-
-
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"This request body is limited to {limit:,} bytes.")
-
-
-async def read_json(request: Request, limit: int = DEFAULT_BODY_LIMIT) -> Any:
-    """The JSON body, bounded in size and depth; BadRequest when it is not JSON."""
-    return parse_json(await read_body(request, limit))
 
 
 def parse_json(raw: bytes) -> Any:
@@ -224,7 +205,7 @@ def _check_strings(value: Any) -> None:
             _check_strings(item)
 
 
-def json_object(
+def exact_shape(
     body: Any, shape: Mapping[str, type | tuple[type, ...]], example: str
 ) -> dict[str, Any]:
     """`body` when it is an object with exactly the keys of `shape`, each of its type (a bool
@@ -243,30 +224,6 @@ def json_object(
 
 def _kinds(kind: type | tuple[type, ...]) -> Iterable[type]:
     return kind if isinstance(kind, tuple) else (kind,)
-
-
-async def read_form(request: Request, limit: int = DEFAULT_BODY_LIMIT) -> FormData:
-    """The submitted form (URL-encoded or multipart without files), bounded like `read_body`,
-    every field name and value clean text."""
-    body = await read_body(request, limit)
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if replayed:
-            return {"type": "http.disconnect"}
-        replayed = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    form = await Request(request.scope, replay).form(
-        max_files=0, max_fields=MAX_FORM_FIELDS, max_part_size=limit
-    )
-    for name, value in form.multi_items():
-        clean_text(name, "form")
-        if isinstance(value, UploadFile):  # max_files=0 refuses them; belt and braces
-            raise BadRequest("This form takes no files.", name)
-        clean_text(value, name)
-    return form
 
 
 # -- tus headers ----------------------------------------------------------------------------

@@ -1,24 +1,16 @@
-"""Browser hardening headers on every response, the allowed host names, and rate limits on the
-doors people knock on.
+"""Browser hardening headers on every response, the allowed host names, and who the client is.
 
-Rate limits use the `rate_limits` table (a fixed one-minute window per action and client IP),
-so they hold across every process serving the same database, which an in-memory counter
-would not once the portal runs more than one server process.
+Rate limits on the doors people knock on live in portal.ratelimit (in memory, per process).
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Mapping
 
-from sqlalchemy import delete
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from portal.db import rate_limits
-from portal.errors import RateLimited
 from portal.http_errors import render_error
 
 CONTENT_SECURITY_POLICY = "; ".join(
@@ -52,25 +44,38 @@ SECURITY_HEADERS = {
 WINDOW_SECONDS = 60
 
 
-class SecurityHeadersMiddleware:
-    """Adds `SECURITY_HEADERS` to every HTTP response that does not set its own."""
+class ResponseHeadersMiddleware:
+    """Adds `headers` to every HTTP response under `prefix` that does not set them itself,
+    whatever made it: an endpoint, an error handler, a middleware's refusal, the router."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, headers: Mapping[str, str], prefix: str = "/") -> None:
         self.app = app
+        self.headers = dict(headers)
+        self.prefix = prefix.rstrip("/")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or not (
+            path == self.prefix or path.startswith(self.prefix + "/")
+        ):
             await self.app(scope, receive, send)
             return
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
+                for name, value in self.headers.items():
                     headers.setdefault(name, value)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class SecurityHeadersMiddleware(ResponseHeadersMiddleware):
+    """Adds `SECURITY_HEADERS` to every HTTP response that does not set its own."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        super().__init__(app, SECURITY_HEADERS)
 
 
 class AllowedHostsMiddleware:
@@ -117,35 +122,6 @@ def _host_matches(host: str, pattern: str) -> bool:
 
 
 def client_ip(request: Request) -> str:
-    # The portal runs without proxy headers (see `serve`), so the peer address is the client.
+    # uvicorn puts the client here: the peer, or behind a trusted proxy the address it sent
+    # (MEGAMOVIE_FORWARDED_ALLOW_IPS, see `portal.server.server_config`).
     return request.client.host if request.client else "unknown"
-
-
-async def hit_rate_limit(
-    engine: AsyncEngine, bucket: str, limit: int, now: float | None = None
-) -> None:
-    """Count one hit on `bucket`; raise RateLimited once it passes `limit` in this minute."""
-    now = time.time() if now is None else now
-    window = int(now // WINDOW_SECONDS) * WINDOW_SECONDS
-    dialect = engine.dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    values = insert(rate_limits).values(bucket=bucket, window_start=window, hits=1)
-    statement = values.on_conflict_do_update(
-        index_elements=[rate_limits.c.bucket, rate_limits.c.window_start],
-        set_={"hits": rate_limits.c.hits + 1},
-    ).returning(rate_limits.c.hits)
-    async with engine.begin() as conn:
-        hits = (await conn.execute(statement)).scalar_one()
-        if hits == 1:
-            # First hit of a new window: forget this bucket's old windows.
-            await conn.execute(
-                delete(rate_limits).where(
-                    rate_limits.c.bucket == bucket, rate_limits.c.window_start < window
-                )
-            )
-    if hits > limit:
-        retry_after = max(1, int(window + WINDOW_SECONDS - now))
-        raise RateLimited(
-            f"Too many attempts from your address; wait {retry_after} seconds and try again.",
-            retry_after=retry_after,
-        )

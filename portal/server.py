@@ -107,8 +107,11 @@ def server_config(app: Any, settings: Settings, *, log_level: str | None = None)
         host=settings.host,
         port=settings.port,
         log_level=log_level or settings.log_level,
-        # The portal answers clients directly: X-Forwarded-For from them would be a lie.
-        proxy_headers=False,
+        # X-Forwarded-For/-Proto are believed only from the reverse proxy's addresses
+        # (MEGAMOVIE_FORWARDED_ALLOW_IPS); with none set, from nobody: a client that reaches
+        # the portal directly cannot claim another address, whatever headers it sends.
+        proxy_headers=bool(settings.forwarded_allow_ips.strip()),
+        forwarded_allow_ips=settings.forwarded_allow_ips.strip() or None,
         server_header=False,
         http=protocol_for(settings),
         timeout_keep_alive=settings.keepalive_timeout_seconds,

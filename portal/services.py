@@ -18,12 +18,14 @@ import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from portal.db import create_engine
+from portal.hashing import HashingPool
 from portal.jobs import JobQueue
 from portal.leases import leases_for
 from portal.licensing.plugins import Plugins
 from portal.metering import Meter, WatchRecord
 from portal.metrics import Metrics
 from portal.migrations import upgrade
+from portal.ratelimit import RateLimiter
 from portal.settings import Settings
 from portal.signing import load_secret_key
 from portal.tokens import PlaybackTokens
@@ -43,7 +45,11 @@ def prepare_data_dir(settings: Settings) -> None:
 async def open_database(settings: Settings) -> AsyncIterator[AsyncEngine]:
     """The engine, with the schema brought to the newest migration; disposed on exit."""
     prepare_data_dir(settings)
-    engine = create_engine(settings.database_url)
+    engine = create_engine(
+        settings.database_url,
+        timeout=settings.db_timeout_seconds,
+        statement_timeout=settings.db_statement_timeout_seconds,
+    )
     try:
         await upgrade(engine)
         yield engine
@@ -65,6 +71,7 @@ def vault_config(settings: Settings) -> VaultConfig:
             s3_region=settings.s3_region,
             s3_access_key_id=settings.s3_access_key_id,
             s3_secret_access_key=secret.reveal() if secret else None,
+            s3_timeout_seconds=settings.s3_timeout_seconds,
         ),
     )
 
@@ -81,6 +88,8 @@ class Services:
     tokens: PlaybackTokens
     metrics: Metrics
     secret_key: bytes
+    hashing: HashingPool
+    limiter: RateLimiter
     plugins: Plugins
     meter: Meter
 
@@ -92,6 +101,7 @@ class Services:
             max_attempts=settings.job_max_attempts,
         )
         secret_key = load_secret_key(settings)
+        metrics = Metrics()
         plugins = Plugins(settings.plugin_modules, extra=optional_plugins(settings))
         services: Services | None = None
 
@@ -105,8 +115,17 @@ class Services:
             jobs=jobs,
             uploads=Uploads(settings, engine, vault, jobs, leases_for(settings, engine)),
             tokens=PlaybackTokens(secret_key, settings.token_ttl_seconds),
-            metrics=Metrics(),
+            metrics=metrics,
             secret_key=secret_key,
+            hashing=HashingPool(settings.hash_threads, settings.hash_queue, metrics),
+            limiter=RateLimiter(
+                settings.rate_limit_per_minute,
+                {
+                    "signup": settings.signup_rate_per_second,
+                    "login": settings.login_rate_per_second,
+                    "token": settings.login_rate_per_second,
+                },
+            ),
             plugins=plugins,
             meter=Meter(engine, on_recorded=watch_time_recorded),
         )
@@ -134,6 +153,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 yield services
             finally:
                 await services.uploads.leases.aclose()
+                services.hashing.close()
+                services.metrics.close()
                 await services.plugins.aclose()
         finally:
             await vault.aclose()

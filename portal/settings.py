@@ -93,7 +93,17 @@ class Settings:
     argon2_time_cost: int = _env("MEGAMOVIE_ARGON2_TIME_COST", 2)
     argon2_memory_kib: int = _env("MEGAMOVIE_ARGON2_MEMORY_KIB", 19 * 1024)
     rate_limit_per_minute: int = _env("MEGAMOVIE_RATE_LIMIT_PER_MINUTE", 30)
+    signup_rate_per_second: float = _env("MEGAMOVIE_SIGNUP_RATE_PER_SECOND", 100.0)
+    login_rate_per_second: float = _env("MEGAMOVIE_LOGIN_RATE_PER_SECOND", 200.0)
+    hash_threads: int = _env("MEGAMOVIE_HASH_THREADS", 0)
+    hash_queue: int = _env("MEGAMOVIE_HASH_QUEUE", 16)
+    max_in_flight: int = _env("MEGAMOVIE_MAX_IN_FLIGHT", 512)
+    max_in_flight_new: int = _env("MEGAMOVIE_MAX_IN_FLIGHT_NEW", 64)
     secure_cookies: bool = _env("MEGAMOVIE_SECURE_COOKIES", False)
+    db_timeout_seconds: float = _env("MEGAMOVIE_DB_TIMEOUT_SECONDS", 5.0)
+    db_statement_timeout_seconds: float = _env("MEGAMOVIE_DB_STATEMENT_TIMEOUT_SECONDS", 30.0)
+    s3_timeout_seconds: float = _env("MEGAMOVIE_S3_TIMEOUT_SECONDS", 5.0)
+    forwarded_allow_ips: str = _env("MEGAMOVIE_FORWARDED_ALLOW_IPS", "")
     plugins: str = _env("MEGAMOVIE_PLUGINS", "")
     max_streams: int = _env("MEGAMOVIE_MAX_STREAMS", 2)
     stream_idle_seconds: float = _env("MEGAMOVIE_STREAM_IDLE_SECONDS", 150.0)
@@ -109,6 +119,7 @@ class Settings:
     )
     stripe_api_base: str = _env("MEGAMOVIE_STRIPE_API_BASE", "")
     log_level: str = _env("MEGAMOVIE_LOG_LEVEL", "info")
+    metrics_dir: Path | None = _env("MEGAMOVIE_METRICS_DIR", None)
 
     def __post_init__(self) -> None:
         data_dir = Path(self.data_dir).absolute()
@@ -117,12 +128,20 @@ class Settings:
             object.__setattr__(
                 self, "database_url", f"sqlite+aiosqlite:///{data_dir / 'megamovie.db'}"
             )
+        metrics_dir = Path(self.metrics_dir) if self.metrics_dir else data_dir / "metrics"
+        object.__setattr__(self, "metrics_dir", metrics_dir.absolute())
         if not self.storage_url:
             object.__setattr__(self, "storage_url", (data_dir / "objects").as_uri())
         if self.vault_chunk_size < 1024 or self.vault_chunk_size > 16 * 1024 * 1024:
             raise SettingsError("MEGAMOVIE_VAULT_CHUNK_SIZE must be between 1 KiB and 16 MiB")
         if self.workers < 0:
             raise SettingsError("MEGAMOVIE_WORKERS must be 0 or more")
+        if self.max_in_flight_new < 1 or self.max_in_flight < self.max_in_flight_new:
+            raise SettingsError(
+                "MEGAMOVIE_MAX_IN_FLIGHT_NEW must be at least 1 and at most MEGAMOVIE_MAX_IN_FLIGHT"
+            )
+        if self.hash_threads < 0 or self.hash_queue < 0:
+            raise SettingsError("MEGAMOVIE_HASH_THREADS and MEGAMOVIE_HASH_QUEUE must be 0 or more")
         if self.token_ttl_seconds <= 0:
             raise SettingsError("MEGAMOVIE_TOKEN_TTL_SECONDS must be positive")
         if self.base_url:

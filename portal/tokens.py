@@ -86,8 +86,8 @@ class PlaybackTokens:
         if not hmac.compare_digest(mac, self._sign(payload)):
             raise invalid
         try:
-            version, viewer, token_video, expiry, grant, limit, licence = (
-                payload.decode().split("\0")
+            version, viewer, token_video, expiry, grant, limit, licence = payload.decode().split(
+                "\0"
             )
             expires_at = int(expiry)
             limit_index = int(limit) if limit else None

@@ -193,9 +193,11 @@ class Uploads:
             )
         limit = self.settings.max_open_uploads
         if int(open_uploads or 0) >= limit:
+            hours = max(1, self.settings.upload_expiry_seconds // 3600)
             raise TooManyUploads(
                 f"You already have {limit} unfinished uploads; finish or cancel one of them "
-                "(they are listed on the upload page) before starting another."
+                f"before starting another (an upload left alone expires {hours} h after its "
+                "last chunk)."
             )
 
     def _check_length(self, length: int) -> None:

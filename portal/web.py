@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any, cast
 
 import jinja2
-from starlette.requests import Request
+from starlette.datastructures import FormData, UploadFile
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from portal.errors import BadRequest
+from portal.errors import BadRequest, PayloadTooLarge
 from portal.metrics import Metrics
 from portal.money import CURRENCIES, format_amount
-from portal.parsing import read_json
-from portal.security import client_ip, hit_rate_limit
+from portal.parsing import clean_text, optional_header_int, parse_json
+from portal.security import client_ip
 from portal.services import Services
 from portal.settings import Settings
 from portal.videos import Viewer, poster_path
@@ -147,27 +149,86 @@ def render(
     )
 
 
+# -- request bodies: read only up to each endpoint's cap, parsed by portal.parsing ----------
+
+#: An HTML form is at most this big unless its endpoint says otherwise.
+FORM_BODY_LIMIT = 16 * 1024
+#: Form fields per request: our forms have five or fewer.
+MAX_FORM_FIELDS = 50
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to pass `limit` bytes: from
+    `Content-Length` before reading anything, or while counting a chunked body."""
+    declared = optional_header_int(request.headers, "content-length")
+    if declared is not None and declared > limit:
+        raise _too_large(limit)
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise _too_large(limit)
+    except ClientDisconnect:
+        raise BadRequest("The request body ended before it was complete.", "body") from None
+    return bytes(body)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"This request body is limited to {limit:,} bytes.")
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The JSON body, bounded in size (`read_body`) and depth (`portal.parsing.parse_json`);
+    BadRequest when it is not JSON."""
+    return parse_json(await read_body(request, limit))
+
+
 async def json_object(request: Request, limit: int = API_BODY_LIMIT) -> dict[str, Any]:
     """The request's JSON body, which must be an object: bounded in size and depth by
-    `portal.parsing.read_json` (413, 400), BadRequest (400) when it is not an object."""
+    `read_json` (413, 400), BadRequest (400) when it is not an object."""
     body = await read_json(request, limit)
     if not isinstance(body, dict):
         raise BadRequest("Send a JSON object as the request body.", "body")
     return body
 
 
-async def check_rate_limit(request: Request, action: str) -> None:
-    """Rate-limit `action` (login, signup, token) per client IP, per `rate_limit_per_minute`."""
-    services = services_of(request)
-    await hit_rate_limit(
-        services.engine,
-        f"{action}:{client_ip(request)}",
-        services.settings.rate_limit_per_minute,
+async def read_form(request: Request, limit: int = FORM_BODY_LIMIT) -> FormData:
+    """The submitted form (URL-encoded or multipart without files), bounded like `read_body`,
+    every field name and value clean text."""
+    body = await read_body(request, limit)
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return {"type": "http.disconnect"}
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await Request(request.scope, replay).form(
+        max_files=0, max_fields=MAX_FORM_FIELDS, max_part_size=limit
     )
+    for name, value in form.multi_items():
+        clean_text(name, "form")
+        if isinstance(value, UploadFile):  # max_files=0 refuses them; belt and braces
+            raise BadRequest("This form takes no files.", name)
+        clean_text(value, name)
+    return form
+
+
+async def check_rate_limit(request: Request, action: str) -> None:
+    """Rate-limit `action` (login, signup, token) per client and for everyone together
+    (portal.ratelimit); RateLimited (429 + Retry-After) when over."""
+    services_of(request).limiter.hit(action, client_ip(request))
+
+
+def _is_segment(path: str) -> bool:
+    return path.startswith("/stream/") and path.endswith((".m4s", ".mp4"))
 
 
 class MetricsMiddleware:
-    """Counts every HTTP response by method and status into the services' `Metrics`."""
+    """Counts every HTTP response by method and status, and times segment requests."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -181,10 +242,14 @@ class MetricsMiddleware:
         if metrics is None:
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
+        timed = _is_segment(scope["path"])
 
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 metrics.count_request(scope["method"], message["status"])
             await send(message)
+            if timed and message["type"] == "http.response.body" and not message.get("more_body"):
+                metrics.segment_seconds.observe(time.perf_counter() - started)
 
         await self.app(scope, receive, counting_send)

@@ -27,7 +27,7 @@ import anyio
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from portal.accounts import get_user_by_email
+from portal.accounts import get_user_by_email, sweep_expired_logins
 from portal.db import new_id, videos
 from portal.errors import NotFound
 from portal.jobs import Job, JobQueue, LeaseLost
@@ -164,10 +164,12 @@ async def run_workers(services: Services, count: int) -> None:
 
 
 async def sweep(services: Services, stop: anyio.Event, every: float = SWEEP_SECONDS) -> None:
-    """Expired uploads and streams nobody renews any more, every `every` seconds."""
+    """Expired uploads, sessions and API tokens, and streams nobody renews any more, every
+    `every` seconds."""
     while not stop.is_set():
         try:
             await services.uploads.sweep_expired()
+            await sweep_expired_logins(services.engine)
             await close_idle_streams(services.engine, services.settings.stream_idle_seconds)
         except Exception:
             log.exception("the sweep failed; trying again later")

@@ -7,13 +7,14 @@ test module imports another test module or a conftest.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
 import re
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,30 @@ FAST_HASHING = {"argon2_time_cost": 1, "argon2_memory_kib": 1024}
 #: Bytes that only plaintext media holds: none may be left on disk after processing.
 PLAINTEXT_MARKERS = (b"ftyp", b"moov", b"mdat", b"moof", b"Lavf", b"x264")
 X264 = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for synchronous code (TestClient, live servers, module
+    fixtures): its async SQLAlchemy URL; dropped afterwards."""
+    import secrets
+
+    import asyncpg
+
+    name = "mm_test_" + secrets.token_hex(6)
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    anyio.run(admin, f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        anyio.run(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # -- settings ------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 def test_healthz_answers_ok_when_the_database_is_up(client, settings):
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    assert response.json() == {"status": "ok", "database": "up", "storage": "up"}
     assert (settings.data_dir.stat().st_mode & 0o777) == 0o700
 
 

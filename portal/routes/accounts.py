@@ -26,8 +26,8 @@ from portal.auth import (
     verify_csrf_form,
 )
 from portal.errors import InvalidCredentials, PortalError, ValidationFailed
-from portal.parsing import json_object, read_json, text_field
-from portal.web import check_rate_limit, render, services_of
+from portal.parsing import exact_shape, text_field
+from portal.web import check_rate_limit, read_json, render, services_of
 
 #: Bytes of `POST /api/tokens`: an email and a password, with room to spare.
 TOKEN_BODY_LIMIT = 4096
@@ -68,6 +68,7 @@ async def login(request: Request) -> Response:
             services_of(request).settings,
             email,
             _form_text(form, "password"),
+            hashing=services_of(request).hashing,
         )
     except InvalidCredentials as exc:
         context = {"next": next_url, "email": email, "error": exc.message}
@@ -96,6 +97,7 @@ async def signup(request: Request) -> Response:
             password=_form_text(form, "password"),
             role=values["role"],
             display_name=values["display_name"] or None,
+            hashing=services_of(request).hashing,
         )
     except PortalError as exc:
         context = {"values": values, "error": exc.message, "roles": SIGNUP_ROLES}
@@ -116,15 +118,16 @@ async def logout(request: Request) -> Response:
 async def create_token(request: Request) -> Response:
     """`{"email", "password"}` -> `{"token", "expires_at"}` for `Authorization: Bearer`."""
     await check_rate_limit(request, "token")
-    body = json_object(
+    body = exact_shape(
         await read_json(request, TOKEN_BODY_LIMIT),
         {"email": str, "password": str},
         '{"email": "...", "password": "..."}',
     )
     email = text_field(body["email"], "email", max_length=MAX_EMAIL_LENGTH)
     password = text_field(body["password"], "password", max_length=MAX_PASSWORD_LENGTH)
+    services = services_of(request)
     user = await authenticate(
-        services_of(request).engine, services_of(request).settings, email, password
+        services.engine, services.settings, email, password, hashing=services.hashing
     )
     token, expires_at = await issue_api_token(
         services_of(request).engine, services_of(request).settings, user

@@ -10,8 +10,8 @@ from starlette.routing import Route
 from portal.auth import require_role
 from portal.creator_stats import DEFAULT_DAYS, daily_series, film_stats
 from portal.db import videos
-from portal.errors import BadRequest
 from portal.money import parse_currency
+from portal.parsing import query_number
 from portal.web import services_of
 
 MAX_DAYS = 366
@@ -21,12 +21,9 @@ async def creator_stats(request: Request) -> Response:
     """`GET /api/creator/stats?days=30&currency=EUR`: per film totals and a daily series."""
     user = require_role(request, "creator", "admin")
     services = services_of(request)
-    try:
-        days = int(request.query_params.get("days", DEFAULT_DAYS))
-    except ValueError:
-        raise BadRequest("days must be a whole number of days.", "days") from None
-    if not 1 <= days <= MAX_DAYS:
-        raise BadRequest(f"days must be between 1 and {MAX_DAYS}.", "days")
+    days = query_number(
+        request.query_params, "days", default=DEFAULT_DAYS, minimum=1, maximum=MAX_DAYS
+    )
     currency = parse_currency(
         request.query_params.get("currency", services.settings.pass_currency), "currency"
     )

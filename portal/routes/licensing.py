@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from portal.auth import require_role, require_user
+from portal.db import is_id
 from portal.licensing.offers import (
     channel_plan,
     parse_channel_price,
@@ -49,7 +50,9 @@ async def put_channel_offers(request: Request) -> Response:
 
 async def get_channel_offers(request: Request) -> Response:
     creator_id = request.path_params["creator_id"]
-    price = await channel_plan(services_of(request).engine, creator_id)
+    # An id from a URL: one that cannot exist has no plan (and NUL would fail the query).
+    engine = services_of(request).engine
+    price = await channel_plan(engine, creator_id) if is_id(creator_id) else None
     body: dict[str, Any] = {"creator_id": creator_id, "period": "month", "price": None}
     if price is not None:
         body["price"] = price.as_json()

@@ -10,23 +10,46 @@ from __future__ import annotations
 import hmac
 import ipaddress
 
+import anyio
 from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from portal.errors import BearerTokenRequired, PermissionDenied
+from portal.metrics import CONTENT_TYPE
 from portal.web import services_of, settings_of
 
 
 async def healthz(request: Request) -> JSONResponse:
-    """Healthy when the database answers; a load balancer takes the node out otherwise."""
-    try:
-        async with services_of(request).engine.connect() as conn:
+    """Each part the portal needs, `up` or `down`; 503 when any is down, so a load balancer
+    takes the node out. Every check is bounded by its part's timeout: a part that hangs is
+    reported down, it does not hang the health check."""
+    services = services_of(request)
+    settings = services.settings
+
+    async def database() -> None:
+        async with services.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
-    except Exception:  # any database failure means "not healthy", whatever its type
-        return JSONResponse({"status": "unhealthy", "database": "down"}, status_code=503)
-    return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+    parts = {
+        "database": (database, settings.db_timeout_seconds),
+        "storage": (services.vault.storage.ping, settings.s3_timeout_seconds),
+    }
+    report: dict[str, str] = {}
+    for name, (check, timeout) in parts.items():
+        try:
+            with anyio.fail_after(timeout):
+                await check()
+            report[name] = "up"
+        except Exception:  # whatever the failure, the part is not usable now
+            report[name] = "down"
+    healthy = all(state == "up" for state in report.values())
+    return JSONResponse(
+        {"status": "ok" if healthy else "unhealthy", **report},
+        status_code=200 if healthy else 503,
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 def on_loopback(host: str | None) -> bool:
@@ -61,15 +84,14 @@ def authorise_scrape(request: Request) -> None:
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus text format; counters are this process's, job counts the database's."""
+    """Prometheus text format: every process of this machine (portal.metrics), and the
+    database's job figures."""
     authorise_scrape(request)
-    job_counts = await services_of(request).jobs.counts()
-    text = services_of(request).metrics.render(job_counts)
-    return Response(
-        text,
-        media_type="text/plain; version=0.0.4; charset=utf-8",
-        headers={"Cache-Control": "no-store"},
-    )
+    services = services_of(request)
+    job_counts = await services.jobs.counts()
+    depth, age = await services.jobs.backlog()
+    body = services.metrics.render(job_counts, depth, age)
+    return Response(body, media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
 
 
 routes = [

@@ -30,11 +30,11 @@ from portal.errors import PortalError, ValidationFailed
 from portal.layout import INIT_INDEX, INIT_SEGMENT, segment_name
 from portal.licensing.grants import Grant, grant_playback
 from portal.licensing.offers import channel_plan, load_offers
-from portal.parsing import digits, json_object, read_json
+from portal.parsing import digits, exact_shape
 from portal.payouts import creator_statements
 from portal.routes.playback import grant_body, stream_base
 from portal.videos import Video, visible_video
-from portal.web import render, services_of, viewer_of
+from portal.web import read_json, render, services_of, viewer_of
 
 #: Bytes of `PUT /api/videos/{id}/position`: `{"position": 93.5}` and some room.
 POSITION_BODY_LIMIT = 1024
@@ -235,7 +235,7 @@ async def save_position(request: Request) -> Response:
     """`PUT {"position": seconds}`: where this viewer stopped, to resume from next time."""
     user = require_user(request)
     video_id = request.path_params["video_id"]
-    body = json_object(
+    body = exact_shape(
         await read_json(request, POSITION_BODY_LIMIT),
         {"position": (int, float)},
         '{"position": seconds}',

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from portal.auth import require_user
-from portal.errors import NotFound, PortalError
+from portal.errors import NotFound
 from portal.ledger import balance, get_transaction, wallet
 from portal.money import Money
 from portal.payments import (
@@ -36,18 +36,13 @@ from portal.top_ups import (
     refresh_top_up,
     settle,
 )
-from portal.web import services_of
+from portal.web import read_body, services_of
 
 log = logging.getLogger("megamovie.payments")
 
 NO_STORE = {"Cache-Control": "no-store"}
 #: Stripe's events are a few kilobytes; anything much larger is not one.
 MAX_WEBHOOK_BYTES = 512 * 1024
-
-
-class PayloadTooLarge(PortalError):
-    status_code = 413
-    code = "payload_too_large"
 
 
 async def deferred_provider(
@@ -157,24 +152,14 @@ async def _instant_top_up(services: Services, user_id: str, top_up_id: str) -> d
     }
 
 
-async def _body_at_most(request: Request, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"A webhook body is at most {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def stripe_webhook(request: Request) -> Response:
     """Stripe's events, verified by `Stripe-Signature`; PaymentIntent events settle top-ups."""
     services = services_of(request)
     provider = stripe_provider(services)
     if provider is None:
         raise NotFound("Stripe payments are not configured on this portal.")
-    payload = await _body_at_most(request, MAX_WEBHOOK_BYTES)
+    # 413 from Content-Length before reading, or once a chunked body passes the cap.
+    payload = await read_body(request, MAX_WEBHOOK_BYTES)
     event = provider.verify_event(payload, request.headers.get("stripe-signature"))
     from portal.stripe_payments import PAYMENT_INTENT_EVENTS
 

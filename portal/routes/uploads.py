@@ -18,6 +18,7 @@ import anyio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from portal.accounts import User
 from portal.auth import require_role, require_user
@@ -36,6 +37,7 @@ from portal.parsing import (
     upload_checksum,
     upload_metadata,
 )
+from portal.security import ResponseHeadersMiddleware
 from portal.uploads import CHECKSUM_ALGORITHMS, PARTIAL, Upload, Uploads
 from portal.web import public_url, services_of
 
@@ -50,8 +52,18 @@ _UPLOAD_PATH = re.compile(r"/api/uploads/([A-Za-z0-9]{1,32})")
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+class TusResumableMiddleware(ResponseHeadersMiddleware):
+    """tus clients check `Tus-Resumable` on every response, refusals and crashes included:
+    it goes on everything under /api/uploads, whoever made it (an endpoint, an error handler,
+    the CSRF refusal, the router's redirect or 405, the 500)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        super().__init__(app, {"Tus-Resumable": TUS_VERSION}, prefix="/api/uploads")
+
+
 def tus_endpoint(endpoint: Endpoint) -> Endpoint:
-    """Check the protocol version, and put `Tus-Resumable` on every answer, errors too."""
+    """Check the protocol version; a refusal names the version we speak. (`Tus-Resumable`
+    goes on every answer under /api/uploads: `TusResumableMiddleware`.)"""
 
     @functools.wraps(endpoint)
     async def wrapper(request: Request) -> Response:
@@ -68,7 +80,6 @@ def tus_endpoint(endpoint: Endpoint) -> Endpoint:
             response = await portal_error(request, exc)
             if isinstance(exc, UnsupportedProtocol):
                 response.headers["Tus-Version"] = TUS_VERSION
-        response.headers["Tus-Resumable"] = TUS_VERSION
         return response
 
     return wrapper

@@ -53,6 +53,10 @@ class Storage(Protocol):
         """Names starting with `prefix`, sorted."""
         ...
 
+    async def ping(self) -> None:
+        """Raise StorageError unless the store answers now (for /healthz)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

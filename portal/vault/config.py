@@ -19,6 +19,8 @@ class StorageConfig:
     s3_region: str = "us-east-1"
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = field(default=None, repr=False)
+    #: Connect and read timeout of each S3 call: an unreachable store fails in seconds.
+    s3_timeout_seconds: float = 5.0
 
 
 @dataclass(frozen=True)

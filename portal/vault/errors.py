@@ -42,3 +42,7 @@ class ObjectNameInvalid(VaultError):
 
 class StorageError(VaultError):
     """The storage backend failed (disk full, S3 unreachable, ...)."""
+
+
+class StorageFull(StorageError):
+    """The disk (or quota) under the object store is full: nothing of the write was kept."""

@@ -46,8 +46,7 @@ class S3Storage:
         bucket = parts.netloc
         if not bucket:
             raise StorageError(
-                f"MEGAMOVIE_STORAGE_URL {config.url!r} names no bucket: "
-                "use s3://bucket/prefix"
+                f"MEGAMOVIE_STORAGE_URL {config.url!r} names no bucket: use s3://bucket/prefix"
             )
         prefix = parts.path.strip("/")
         prefix = f"{prefix}/" if prefix else ""
@@ -57,7 +56,10 @@ class S3Storage:
             s3={"addressing_style": "path"},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            retries={"max_attempts": 3, "mode": "standard"},
+            # Bounded: an unreachable store fails a request in seconds (503), never hangs it.
+            connect_timeout=config.s3_timeout_seconds,
+            read_timeout=config.s3_timeout_seconds,
+            retries={"max_attempts": 2, "mode": "standard"},
             max_pool_connections=32,
         )
         stack = AsyncExitStack()
@@ -163,6 +165,12 @@ class S3Storage:
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(f"cannot list {prefix} on S3: {exc}") from None
         return sorted(names)
+
+    async def ping(self) -> None:
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"cannot reach the S3 bucket {self.bucket!r}: {exc}") from None
 
     async def aclose(self) -> None:
         await self._stack.aclose()

@@ -24,7 +24,7 @@ import anyio
 
 from portal.vault.backend import Storage, Upload, put_stream
 from portal.vault.config import StorageConfig
-from portal.vault.errors import ObjectNotFound, StorageError
+from portal.vault.errors import ObjectNotFound, StorageError, StorageFull
 from portal.vault.names import validate_name, validate_prefix
 
 __all__ = ["LocalStorage", "LocalUpload", "Storage", "Upload", "open_storage", "put_stream"]
@@ -36,8 +36,11 @@ _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
 
 def _storage_error(action: str, name: str, exc: OSError) -> StorageError:
-    if exc.errno == errno.ENOSPC:
-        return StorageError(f"cannot {action} {name}: the disk is full")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(
+            f"cannot {action} {name}: the disk is full; nothing of it was kept. Try again "
+            "once space is freed."
+        )
     return StorageError(f"cannot {action} {name}: {exc.strerror or exc}")
 
 
@@ -225,6 +228,14 @@ class LocalStorage:
             with contextlib.suppress(FileExistsError):
                 await aiofiles.os.mkdir(each, mode=0o700)
 
+    async def ping(self) -> None:
+        try:
+            usable = await aiofiles.os.access(self.root, os.R_OK | os.W_OK | os.X_OK)
+        except OSError as exc:
+            raise _storage_error("reach", str(self.root), exc) from None
+        if not usable:
+            raise StorageError(f"cannot reach {self.root}: not readable and writable")
+
     async def aclose(self) -> None:
         return None
 
@@ -261,9 +272,9 @@ class LocalUpload:
             self._file = await aiofiles.open(self._tmp, "xb", opener=_private)
         return self._file
 
-    async def _write(self, data: bytes | bytearray | memoryview) -> None:
+    async def _write(self, handle: Any, data: bytes | bytearray | memoryview) -> None:
         with _uncancelled():
-            await (await self._open()).write(data)
+            await handle.write(data)
 
     async def _settle(self) -> None:
         """Wait for the write in flight; its error is raised here."""
@@ -275,10 +286,12 @@ class LocalUpload:
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         try:
             await self._settle()
+            with _uncancelled():
+                handle = await self._open()  # the temp file exists once a write returns
         except OSError as exc:
             await self.abort()
             raise _storage_error("write", self._name, exc) from None
-        self._writing = asyncio.ensure_future(self._write(data))
+        self._writing = asyncio.ensure_future(self._write(handle, data))
         self._size += len(data)
 
     async def commit(self) -> int:

@@ -8,11 +8,9 @@ every test that needs media runs the same code paths as production on a real fil
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import anyio
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.testclient import TestClient
@@ -21,7 +19,7 @@ from portal.db import create_engine
 from portal.migrations import upgrade
 from portal.services import prepare_data_dir
 from portal.settings import Settings
-from tests.helpers import POSTGRES_ADMIN_DSN, SignedIn, add_user, fast_settings, make_clip
+from tests.helpers import SignedIn, add_user, fast_settings, make_clip, postgres_database
 
 
 @pytest.fixture
@@ -70,17 +68,5 @@ async def engine(settings: Settings, database_url: str) -> AsyncIterator[AsyncEn
 def sync_postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for synchronous tests (TestClient, live_server), which
     cannot ask for the async `postgres_url` fixture."""
-    import asyncpg
-
-    name = "mm_test_" + secrets.token_hex(6)
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(POSTGRES_ADMIN_DSN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    anyio.run(admin, f'CREATE DATABASE "{name}"')
-    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    anyio.run(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with postgres_database() as url:
+        yield url

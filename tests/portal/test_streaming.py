@@ -19,9 +19,10 @@ from starlette.testclient import TestClient
 
 from portal.errors import NotFound
 from portal.http_errors import UnexpectedErrorMiddleware, exception_handlers
-from portal.metrics import Metrics, MetricsMiddleware
+from portal.metrics import Metrics
 from portal.security import SECURITY_HEADERS, SecurityHeadersMiddleware
 from portal.streaming import SegmentFastPath
+from portal.web import MetricsMiddleware
 
 
 class App(Starlette):
@@ -67,7 +68,7 @@ def test_segment_gets_go_to_the_endpoint_behind_the_middleware(app: App) -> None
     ]
     for name, value in SECURITY_HEADERS.items():
         assert response.headers[name] == value
-    assert app.state.services.metrics.requests[("GET", 200)] == 1
+    assert app.state.services.metrics.answered("GET", 200) == 1
 
 
 @pytest.mark.parametrize(
@@ -102,8 +103,8 @@ def test_errors_are_mapped_by_the_apps_handlers(app: App) -> None:
     assert (broken.status_code, broken.json()["error"]) == (500, "internal_error")
     assert "a bug" not in broken.text
     assert broken.headers["x-content-type-options"] == "nosniff"
-    assert app.state.services.metrics.requests[("GET", 404)] == 1
-    assert app.state.services.metrics.requests[("GET", 500)] == 1
+    assert app.state.services.metrics.answered("GET", 404) == 1
+    assert app.state.services.metrics.answered("GET", 500) == 1
 
 
 def test_the_portal_puts_the_fast_path_innermost(tmp_path) -> None:

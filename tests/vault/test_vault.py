@@ -343,11 +343,11 @@ async def test_whole_reads_from_the_page_cache_and_from_a_worker_thread_agree(
     assert await vault.read(owner, "hls/720p/000001.m4s") == data["hls/720p/000001.m4s"]
 
 
+# Page-cache reads are the local backend's: run on that backend only (never skipped).
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
 async def test_local_cached_reads_refuse_what_they_cannot_do_without_waiting(
-    vault: Vault, owner: str, backend: str
+    vault: Vault, owner: str
 ) -> None:
-    if backend != "local":
-        pytest.skip("page-cache reads are the local backend's")
     assert isinstance(vault.storage, LocalStorage)
     await vault.put(owner, "poster.jpg", os.urandom(5000))
     name = f"{owner}/poster.jpg"
