@@ -27,9 +27,10 @@ import re
 import sqlite3
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Dialect,
@@ -55,6 +56,8 @@ MAX_TERMS = 8  # a pasted paragraph should not become a 200-term query
 COUNT_CAP = 1000
 #: A search ranks at most this many of its newest matches.
 SEARCH_CANDIDATES = 500
+#: PostgreSQL looks for them among this many newest films first (see `_search_query`).
+SEARCH_WINDOW = 10_000
 _WORD = re.compile(r"[^\W_]+")
 #: bm25 weights of the FTS5 columns: video_id (not indexed), title, description, tags, creator.
 _FTS_WEIGHTS = "0.0, 10.0, 1.0, 4.0, 4.0"
@@ -77,8 +80,10 @@ def tsquery(terms: list[str]) -> str:
     return " & ".join(f"({term} | {term}:*)" for term in terms)
 
 
-@dataclass(frozen=True)
-class CatalogItem:
+class CatalogItem(NamedTuple):
+    """One film of a page: a tuple (a page makes 24 of them per request), its publication
+    time parsed only when asked for (the catalog page never shows it)."""
+
     id: str
     title: str
     duration: float | None
@@ -86,7 +91,12 @@ class CatalogItem:
     creator_name: str
     has_poster: bool
     views: int
-    ready_at: datetime | None
+    published: Any  # `ready_at` as the driver gave it
+    parse_time: Callable[[Any], datetime | None] | None = None
+
+    @property
+    def ready_at(self) -> datetime | None:
+        return self.parse_time(self.published) if self.parse_time else self.published
 
     @property
     def poster_url(self) -> str | None:
@@ -244,8 +254,15 @@ def _browse_query(dialect: Dialect, sort: str, creator: bool, cursor: bool) -> _
     return query
 
 
-def _search_query(dialect: Dialect, sort: str, creator: bool) -> _Query:
-    key = ("search", dialect.name, dialect.driver, sort, creator)
+def _search_query(dialect: Dialect, sort: str, creator: bool, *, window: bool = False) -> _Query:
+    """A search's page. On PostgreSQL in two shapes: `window` takes the candidates from the
+    newest `SEARCH_WINDOW` public films only (a walk of ix_videos_newest that stops early
+    for a common word and cannot run long for a rare one); the other takes every match
+    from the GIN index, for words too rare for the window to hold a full set of candidates.
+    PostgreSQL's planner cannot choose between these itself: it estimates a prefix at 2% of
+    the rows whatever the word, so LIMIT would send it walking the whole index for a word
+    that matches nothing."""
+    key = ("search", dialect.name, dialect.driver, sort, creator, window)
     if key in _SHAPES:
         return _SHAPES[key]
     filters = [public_filter()]
@@ -269,21 +286,36 @@ def _search_query(dialect: Dialect, sort: str, creator: bool) -> _Query:
         )  # fmt: skip
         best: Any = matches.c.score.asc()
     else:
-        # The newest visible matches by `ready_at` (the planner walks ix_videos_newest for
-        # common words, the GIN index for rare ones), with the columns shown and their
-        # ts_rank (higher is better), taken while the walk has the row at hand.
+        # The newest visible matches, with the columns shown and their ts_rank (higher is
+        # better), taken while the row is at hand.
         tsq = func.to_tsquery(literal_column("'simple'"), bindparam("fts", type_=String))
-        vector: Any = literal_column("videos.search_vector")
-        films = (
-            select(
-                *(c for c in _COLUMNS if c.table is videos),
-                func.ts_rank(vector, tsq).label("score"),
+        shown = [c for c in _COLUMNS if c.table is videos]
+        vector: Any = literal_column("videos.search_vector").label("search_vector")
+        pool = (
+            select(*shown, vector).where(*filters, videos.c.ready_at.is_not(None))
+        )  # fmt: skip
+        if window:
+            # The walk stops at the LIMIT: the word's filter is applied above it.
+            source: Any = (
+                pool.order_by(videos.c.ready_at.desc(), videos.c.id.desc())
+                .limit(bindparam("window"))
+                .subquery("recent")
             )
-            .where(*filters, videos.c.ready_at.is_not(None), vector.op("@@")(tsq))
-            .order_by(videos.c.ready_at.desc(), videos.c.id.desc())
+        else:
+            # Materialised: every match, from the GIN index, whatever LIMIT comes after.
+            matching = pool.where(literal_column("videos.search_vector").op("@@")(tsq))
+            source = matching.cte("found").prefix_with("MATERIALIZED")
+        chosen = (
+            select(
+                *(source.c[c.name] for c in shown),
+                func.ts_rank(source.c.search_vector, tsq).label("score"),
+            )
+            .order_by(source.c.ready_at.desc(), source.c.id.desc())
             .limit(bindparam("candidates"))
-            .cte("matches")
         )
+        if window:
+            chosen = chosen.where(source.c.search_vector.op("@@")(tsq))
+        films = chosen.cte("matches")
         columns = [
             users.c.display_name.label("creator_name")
             if c.name == "creator_name"
@@ -381,17 +413,7 @@ def _reader(engine: AsyncEngine) -> _Reader:
 def _items(reader: _Reader, rows: list[Any]) -> list[CatalogItem]:
     parse = reader.parse_time
     return [
-        CatalogItem(
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            r[4],
-            bool(r[5]),
-            int(r[6]),
-            parse(r[7]) if parse is not None else r[7],
-        )
-        for r in rows
+        CatalogItem(r[0], r[1], r[2], r[3], r[4], bool(r[5]), int(r[6]), r[7], parse) for r in rows
     ]
 
 
@@ -443,25 +465,59 @@ async def _search(
 ) -> CatalogPage:
     reader = _reader(engine)
     sqlite = engine.dialect.name == "sqlite"
-    query = _search_query(engine.dialect, sort, creator_id is not None)
     page = min(max(1, page), math.ceil(SEARCH_CANDIDATES / page_size))
     values: dict[str, Any] = {
         "fts": fts5_query(terms) if sqlite else tsquery(terms),
         "candidates": SEARCH_CANDIDATES,
+        "window": SEARCH_WINDOW,
         "creator_id": creator_id,
         "limit": page_size,
         "offset": (page - 1) * page_size,
     }
+    creator = creator_id is not None
+    if not sqlite:
+        # The newest films first; all of them only when those hold too few matches.
+        window = _search_query(engine.dialect, sort, creator, window=True)
+        attempt = dict(values)
+        rows, total = await _search_page(reader, window, attempt)
+        if total >= SEARCH_CANDIDATES:
+            return _search_result(reader, rows, attempt, total, query_text, sort, page_size)
+    query = _search_query(engine.dialect, sort, creator)
+    rows, total = await _search_page(reader, query, values)
+    return _search_result(reader, rows, values, total, query_text, sort, page_size)
+
+
+async def _search_page(
+    reader: _Reader, query: _Query, values: dict[str, Any]
+) -> tuple[list[Any], int]:
+    """The rows of the page `values` asks for (the last page, when that is past the end),
+    and how many candidates there are. `values["offset"]` becomes the page's offset."""
     # In the pool's thread, not on the event loop: ranking a common word's candidates
     # takes milliseconds.
     rows = await reader.fetch(query, values, short=False)
-    if not rows and page > 1:  # past the end: the last page
-        first = await reader.fetch(query, {**values, "offset": 0, "limit": 1}, short=False)
-        total = int(first[0][_TOTAL]) if first else 0
-        page = max(1, math.ceil(total / page_size))
-        values["offset"] = (page - 1) * page_size
-        rows = await reader.fetch(query, values, short=False)
-    total = int(rows[0][_TOTAL]) if rows else 0
+    if rows:
+        return rows, int(rows[0][_TOTAL])
+    if not values["offset"]:
+        return rows, 0
+    first = await reader.fetch(query, {**values, "offset": 0, "limit": 1}, short=False)
+    total = int(first[0][_TOTAL]) if first else 0
+    last = max(0, math.ceil(total / values["limit"]) - 1) * values["limit"]
+    if values["offset"] > last:  # past the end: the last page
+        values["offset"] = last
+        rows = await reader.fetch(query, values, short=False) if total else []
+    return rows, total
+
+
+def _search_result(
+    reader: _Reader,
+    rows: list[Any],
+    values: dict[str, Any],
+    total: int,
+    query_text: str,
+    sort: str,
+    page_size: int,
+) -> CatalogPage:
+    page = values["offset"] // page_size + 1
     pages = max(1, math.ceil(total / page_size))
     capped = total >= SEARCH_CANDIDATES
     return CatalogPage(_items(reader, rows), page, pages, total, query_text, sort, capped)

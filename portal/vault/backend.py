@@ -17,9 +17,7 @@ import anyio
 class Upload(Protocol):
     """An object being written: `write` pieces, then `commit` (atomic) or `abort`.
 
-    `write` may go on using the bytes it was given until the next `write`, `commit` or
-    `abort` returns (the local backend writes them in a thread meanwhile), so the caller
-    must not change them before that."""
+    `write` is done with the bytes it was given when it returns: the caller may reuse them."""
 
     async def write(self, data: bytes | bytearray | memoryview) -> None: ...
     async def commit(self) -> int: ...

@@ -6,7 +6,6 @@ The local backend's file work goes through aiofiles, off the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import os
@@ -253,10 +252,6 @@ def _scratch(size: int) -> bytearray:
 
 
 class LocalUpload:
-    """Writes one behind the caller: `write` waits for the previous write, starts this one
-    (in aiofiles' thread) and returns, so receiving and sealing the next piece on the event
-    loop overlaps with the kernel copying this one into the page cache."""
-
     def __init__(self, storage: LocalStorage, name: str, path: Path) -> None:
         self._storage = storage
         self._name = name
@@ -264,7 +259,6 @@ class LocalUpload:
         self._tmp = path.with_name(f".tmp-{secrets.token_hex(8)}-{path.name}")
         self._file: Any = None  # an aiofiles binary file, from the first write on
         self._size = 0
-        self._writing: asyncio.Task[None] | None = None
 
     async def _open(self) -> Any:
         if self._file is None:
@@ -272,32 +266,18 @@ class LocalUpload:
             self._file = await aiofiles.open(self._tmp, "xb", opener=_private)
         return self._file
 
-    async def _write(self, handle: Any, data: bytes | bytearray | memoryview) -> None:
-        with _uncancelled():
-            await handle.write(data)
-
-    async def _settle(self) -> None:
-        """Wait for the write in flight; its error is raised here."""
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            # Shielded: a cancelled caller must not orphan a write still going on.
-            await asyncio.shield(writing)
-
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         try:
-            await self._settle()
             with _uncancelled():
-                handle = await self._open()  # the temp file exists once a write returns
+                await (await self._open()).write(data)
         except OSError as exc:
             await self.abort()
             raise _storage_error("write", self._name, exc) from None
-        self._writing = asyncio.ensure_future(self._write(handle, data))
         self._size += len(data)
 
     async def commit(self) -> int:
         try:
             with _uncancelled():
-                await self._settle()
                 handle = await self._open()
                 await handle.flush()
                 await _fsync(handle.fileno())
@@ -312,8 +292,6 @@ class LocalUpload:
 
     async def abort(self) -> None:
         with _uncancelled():
-            with contextlib.suppress(OSError):
-                await self._settle()
             if self._file is not None:
                 with contextlib.suppress(OSError):
                     await self._file.close()

@@ -269,3 +269,20 @@ def test_catalog_page_links_the_next_page_by_cursor(client):
     assert 'rel="next" href="/?sort=newest&amp;after=' in first.text
     assert len(api["videos"]) == PAGE_SIZE and len(second["videos"]) == 1
     assert (second["page"], second["next"]) == (2, None)
+
+
+async def test_a_search_finds_rare_words_outside_the_newest_films(engine, monkeypatch):
+    # PostgreSQL looks among the newest films first (SEARCH_WINDOW), then everywhere.
+    monkeypatch.setattr(portal.catalog, "SEARCH_WINDOW", 3)
+    monkeypatch.setattr(portal.catalog, "SEARCH_CANDIDATES", 2)
+    ann = await insert_user(engine)
+    now = utcnow()
+    await add_video(engine, ann, title="Old comet", ready_at=now - timedelta(days=30))
+    for n in reversed(range(5)):  # published in order, "Planet 0" last
+        await add_video(engine, ann, title=f"Planet {n}", ready_at=now - timedelta(hours=n))
+    assert await titles(engine, q="comet") == ["Old comet"]
+    await add_video(engine, ann, title="Comet again", ready_at=now - timedelta(days=20))
+    result = await list_videos(engine, q="comet", sort="newest")
+    assert [i.title for i in result.items] == ["Comet again", "Old comet"]
+    assert result.total_capped  # as many as the candidates: there may be more
+    assert await titles(engine, q="planet", sort="newest") == ["Planet 0", "Planet 1"]

@@ -244,15 +244,15 @@ async def test_s3_refuses_wrong_credentials_and_missing_buckets_at_open(
         await open_storage(replace(good, url="s3://no-such-bucket-here/x"))
 
 
-# The local backend's pipelined writes: run on that backend only (never skipped).
+# The local backend's own writes: run on that backend only (never skipped).
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
-async def test_a_local_upload_aborted_with_writes_in_flight_leaves_nothing(
+async def test_a_local_upload_aborted_after_writes_leaves_nothing(
     vault_settings: Settings,
 ) -> None:
     storage = LocalStorage(vault_settings.data_dir / "objects")
     upload = storage.upload("owner1/source/part-000001")
     for _ in range(8):
-        await upload.write(os.urandom(1024 * 1024))  # returns before the bytes are written
+        await upload.write(os.urandom(1024 * 1024))
     await upload.abort()
     assert files_under(storage.root) == []
     upload = storage.upload("owner1/source/part-000002")
