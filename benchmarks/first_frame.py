@@ -13,8 +13,9 @@ come from the cache as on a second visit).
 The peer, loaded interleaved with ours in the same run: a bare page (served from another port
 by this script) that plays the same stream with Chromium's own HLS (`video.src = master URL`,
 the grant fetched beforehand, outside the timing). `--compare DIR` adds a third contestant: the
-portal from another checkout (e.g. main) on the same data dir, so "before" and "after" are
-measured side by side.
+portal from another checkout (e.g. main), with the same film imported by that checkout into
+its own data dir (checkouts may differ in schema), so "before" and "after" are measured side
+by side.
 
 First frame: the first `requestVideoFrameCallback` (a decoded frame handed to the compositor),
 in `performance.now()` time, whose origin is the navigation start; the first `playing` and
@@ -147,20 +148,30 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def megamovie(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    """Run the CLI of this checkout; its stdout."""
+def megamovie(env: dict[str, str], *args: str, stdin: str | None = None, tree: Path = ROOT) -> str:
+    """Run the CLI of a checkout (this one by default); its stdout."""
+    env = {**env, "PYTHONPATH": str(tree)}
     done = subprocess.run(
         [sys.executable, "-c", "from portal.cli import main; main()", *args],
         input=stdin,
         capture_output=True,
         text=True,
         env=env,
-        cwd=ROOT,
+        cwd=tree,
         timeout=600,
     )
     if done.returncode:
         raise RuntimeError(f"megamovie {' '.join(args)} failed:\n{done.stderr}")
     return done.stdout
+
+
+def import_film(env: dict[str, str], film: Path, tree: Path) -> str:
+    """A creator and the film, imported and transcoded by `tree`'s CLI; the video id."""
+    megamovie(env, "users", "create", CREATOR, "--role", "creator", stdin=PASSWORD + "\n",
+              tree=tree)  # fmt: skip
+    out = megamovie(env, "import", str(film), "--title", "Bench film", "--creator", CREATOR,
+                    "--wait", tree=tree)  # fmt: skip
+    return out.split()[0]
 
 
 def make_film(path: Path, seconds: float, size: str) -> Path:
@@ -270,22 +281,26 @@ def main() -> None:
         else:
             print(f"making a {args.seconds:g} s {args.size} film and importing it ...", flush=True)
             film = make_film(tmp / "film.mp4", args.seconds, args.size)
-            megamovie(env, "users", "create", CREATOR, "--role", "creator", stdin=PASSWORD + "\n")
-            out = megamovie(env, "import", str(film), "--title", "Bench film",
-                            "--creator", CREATOR, "--wait")  # fmt: skip
-            video_id = out.split()[0]
+            video_id = import_film(env, film, ROOT)
             port = free_port()
             procs.append(start_portal(env, ROOT, port, tmp / "portal.log"))
             ours = f"http://127.0.0.1:{port}"
         contestants: list[tuple[str, str]] = []  # (name, base URL)
+        paths: dict[str, str] = {}  # name -> watch page path, when not our film's
         contestants.append(("ours", ours))
         if args.compare and args.compare.startswith("http"):
             contestants.append((f"compare ({args.compare})", args.compare.rstrip("/")))
         elif args.compare:
-            other = free_port()
+            # Its own data dir and import of the same file: checkouts may differ in schema.
             tree = Path(args.compare).resolve()
-            procs.append(start_portal(env, tree, other, tmp / "compare.log"))
+            other_env = {**env, "MEGAMOVIE_DATA_DIR": str(tmp / "compare-data")}
+            if args.portal:
+                raise SystemExit("--compare DIR needs the film made here: leave out --portal")
+            compare_id = import_film(other_env, film, tree)
+            other = free_port()
+            procs.append(start_portal(other_env, tree, other, tmp / "compare.log"))
             contestants.append((f"compare ({tree.name})", f"http://127.0.0.1:{other}"))
+            paths[contestants[-1][0]] = f"/watch/{compare_id}"
         if not args.no_reference:
             ref_port = free_port()
             reference = http.server.ThreadingHTTPServer(("127.0.0.1", ref_port), ReferencePage)
@@ -294,7 +309,7 @@ def main() -> None:
 
         def target(name: str, base: str) -> str:
             if not name.startswith("native"):
-                return f"{base}/watch/{video_id}"
+                return base + paths.get(name, f"/watch/{video_id}")
             # The peer gets its grant beforehand, outside the timing.
             grant = httpx.get(f"{ours}/api/videos/{video_id}/playback", timeout=30)
             grant.raise_for_status()
