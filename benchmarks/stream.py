@@ -33,8 +33,6 @@ import os
 import re
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +45,10 @@ HERE = Path(__file__).resolve().parent
 # The checkout whose portal runs: this one, or MM_BENCH_ROOT (how --baseline runs another).
 ROOT = Path(os.environ.get("MM_BENCH_ROOT") or HERE.parent).resolve()
 sys.path.insert(0, str(ROOT))
+# Process helpers shared by every benchmark (stack.py imports nothing of the portal).
+sys.path.insert(1, str(HERE))
+
+from stack import free_port, stop, wait_for_port  # noqa: E402
 
 from portal.db import create_engine, new_id, segments, users, utcnow, videos  # noqa: E402
 from portal.migrations import upgrade  # noqa: E402
@@ -96,35 +98,6 @@ def app_from_env():  # type: ignore[no-untyped-def]
     from portal.app import create_app
 
     return create_app(Settings.from_env())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def session_cpu(session: int) -> float:
