@@ -21,11 +21,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, delete, or_, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import ColumnElement
 
 from portal.accounts import User
-from portal.db import is_id, renditions, users, videos
+from portal.db import is_id, renditions, segments, users, videos
 from portal.errors import Conflict, NotFound, PermissionDenied
 from portal.layout import POSTER
 from portal.vault import Vault
@@ -227,3 +227,17 @@ async def describe(engine: AsyncEngine, video: Video) -> dict[str, Any]:
         "views": video.views,
         "created_at": video.created_at.isoformat(),
     }
+
+
+async def segment_timeline(
+    conn: AsyncConnection, video_id: str, rendition: str, *, with_init: bool = False
+) -> list[tuple[int, float]]:
+    """(index, duration) of a rendition's stored segments in order: media segments only, or
+    the init segment (index -1) first as well. Every rendition has the same boundaries."""
+    query = select(segments.c.idx, segments.c.duration).where(
+        segments.c.video_id == video_id, segments.c.rendition == rendition
+    )
+    if not with_init:
+        query = query.where(segments.c.idx >= 0)
+    rows = (await conn.execute(query.order_by(segments.c.idx))).all()
+    return [(int(idx), float(duration)) for idx, duration in rows]

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from portal.db import purchases, renditions, segments
+from portal.db import purchases, renditions
 from portal.licensing.licences import Licence
 from portal.licensing.offers import VideoOffers
 from portal.licensing.policies import RENTAL_PERIOD
 from portal.licensing.streams import open_stream
-from portal.videos import Video, Viewer, playable_video
+from portal.videos import Video, Viewer, playable_video, segment_timeline
 from portal.views import count_view
 
 if TYPE_CHECKING:
@@ -124,17 +124,7 @@ async def preview_last_index(
             .order_by(renditions.c.position)
             .limit(1)
         )
-        rows = (
-            await conn.execute(
-                select(segments.c.idx, segments.c.duration)
-                .where(
-                    segments.c.video_id == video_id,
-                    segments.c.rendition == first,
-                    segments.c.idx >= 0,
-                )
-                .order_by(segments.c.idx)
-            )
-        ).all()
+        rows = await segment_timeline(conn, video_id, first) if first else []
     start, last = 0.0, -1
     for index, duration in rows:
         if start >= preview_seconds:

@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from portal.auth import current_user, require_role, require_user
 from portal.creator_stats import film_stats
-from portal.db import renditions, segments, utcnow, videos, watch_progress
+from portal.db import renditions, utcnow, videos, watch_progress
 from portal.errors import PortalError, ValidationFailed
 from portal.layout import INIT_INDEX, INIT_SEGMENT, segment_name
 from portal.licensing.grants import Grant, grant_playback
@@ -33,7 +33,7 @@ from portal.licensing.offers import channel_plan, load_offers
 from portal.parsing import digits, exact_shape
 from portal.payouts import creator_statements
 from portal.routes.playback import grant_body, stream_base
-from portal.videos import Video, visible_video
+from portal.videos import Video, segment_timeline, visible_video
 from portal.web import read_json, render, services_of, viewer_of
 
 #: Bytes of `PUT /api/videos/{id}/position`: `{"position": 93.5}` and some room.
@@ -115,14 +115,7 @@ async def start_plan(request: Request, video: Video, resume: float) -> StartPlan
         seconds = services.settings.segment_seconds
         fits = [r.name for r in ladder if r.bandwidth * seconds <= bandwidth * START_FILL_SECONDS]
         plan.rendition = fits[-1] if fits else ladder[0].name
-        rows = (
-            await conn.execute(
-                select(segments.c.idx, segments.c.duration)
-                .where(segments.c.video_id == video.id, segments.c.rendition == plan.rendition)
-                .order_by(segments.c.idx)
-            )
-        ).all()
-    timeline = [(int(idx), float(duration)) for idx, duration in rows]
+        timeline = await segment_timeline(conn, video.id, plan.rendition, with_init=True)
     fetches = _first_fetches(granted, plan.rendition, timeline, resume)
     if not fetches:
         # Not transcoded that far yet: hls.js starts where it would anyway.

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from portal.db import renditions, segments
+from portal.db import renditions
 from portal.errors import LicenseRequired, NotFound, ObjectNotFound
 from portal.layout import (
     INIT_INDEX,
@@ -34,7 +34,7 @@ from portal.layout import (
 from portal.licensing.grants import Grant, grant_playback
 from portal.parsing import digits
 from portal.tokens import PlaybackClaims
-from portal.videos import POSTER_ROUTE, Video, fetch_video, visible_video
+from portal.videos import POSTER_ROUTE, Video, fetch_video, segment_timeline, visible_video
 from portal.web import services_of, viewer_of
 from transcoder.ladder import Rendition
 from transcoder.playlists import master_playlist, media_playlist
@@ -126,17 +126,7 @@ async def media(request: Request) -> Response:
         raise NotFound("There is no such rendition.")
     video = await _streaming_video(request, video_id)
     async with services_of(request).engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                select(segments.c.idx, segments.c.duration)
-                .where(
-                    segments.c.video_id == video_id,
-                    segments.c.rendition == rendition,
-                    segments.c.idx >= 0,
-                )
-                .order_by(segments.c.idx)
-            )
-        ).all()
+        rows = await segment_timeline(conn, video_id, rendition)
     if not rows:
         raise NotFound("There is no such rendition, or none of it is ready yet.")
     settings = services_of(request).settings
