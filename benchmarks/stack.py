@@ -72,12 +72,15 @@ def megamovie(*args: str) -> list[str]:
     return [sys.executable, "-c", "from portal.cli import main; main()", *args]
 
 
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    args: list[str], env: dict[str, str], log: Path, root: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    """`args` in a session of its own, with checkout `root`'s code first on the path."""
     with log.open("ab") as out:
         return subprocess.Popen(
             args,
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-            cwd=ROOT,
+            env={**os.environ, **env, "PYTHONPATH": str(root)},
+            cwd=root,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -85,9 +88,13 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 
 
 class Portal:
-    """`megamovie serve` on a loopback port, with `env` on top of this process's."""
+    """`megamovie serve` of checkout `root` on a loopback port, with `env` on top of this
+    process's."""
 
-    def __init__(self, env: dict[str, str], log: Path, port: int | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], log: Path, port: int | None = None, root: Path = ROOT
+    ) -> None:
+        self.root = root
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**env, "MEGAMOVIE_HOST": "127.0.0.1", "MEGAMOVIE_PORT": str(self.port)}
@@ -95,7 +102,7 @@ class Portal:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Portal:
-        self.proc = _spawn(megamovie("serve"), self.env, self.log)
+        self.proc = _spawn(megamovie("serve"), self.env, self.log, self.root)
         wait_for_port(self.port, self.proc)
         return self
 

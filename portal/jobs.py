@@ -9,6 +9,11 @@ other), an immediate (write-locking) transaction on SQLite (one process at a tim
 Every claim counts as an attempt. A failure that may pass (ffmpeg crashed, disk full) is
 retried after an exponential backoff; after `max_attempts` the job and its video are failed
 with the last reason, which the creator sees.
+
+Idle workers poll. Within one process they need not wait for the next poll: whoever commits
+a new job calls `notify`, and the workers waiting in `wait_for_work` of the same queue claim
+it at once (a finished upload starts transcoding within milliseconds, not up to a poll
+interval later). Workers in other processes find it at their next poll.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import anyio
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import ColumnElement
@@ -60,11 +66,37 @@ class JobQueue:
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         self._postgres = engine.dialect.name == "postgresql"
+        self._waiting: set[anyio.Event] = set()
+
+    def notify(self) -> None:
+        """A job was just committed: wake this process's workers waiting for work."""
+        for event in self._waiting:
+            event.set()
+
+    async def wait_for_work(self, seconds: float, stop: anyio.Event | None = None) -> None:
+        """Until `notify` is called, `stop` is set or `seconds` have passed."""
+        wake = anyio.Event()
+        self._waiting.add(wake)
+        try:
+            with anyio.move_on_after(seconds):
+                async with anyio.create_task_group() as tg:
+
+                    async def until(event: anyio.Event) -> None:
+                        await event.wait()
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(until, wake)
+                    if stop is not None:
+                        tg.start_soon(until, stop)
+        finally:
+            self._waiting.discard(wake)
 
     async def enqueue(
         self, video_id: str, kind: str = TRANSCODE, *, conn: AsyncConnection | None = None
     ) -> str:
-        """Queue a job; pass `conn` to make it part of the caller's transaction."""
+        """Queue a job; pass `conn` to make it part of the caller's transaction (and call
+        `notify` once it is committed). Without `conn`, the job is committed here and this
+        process's idle workers are woken."""
         now = utcnow()
         job_id = new_id()
         stmt = jobs.insert().values(
@@ -83,6 +115,7 @@ class JobQueue:
         else:
             async with self.engine.begin() as own:
                 await own.execute(stmt)
+            self.notify()
         return job_id
 
     async def claim(self, worker: str, kinds: tuple[str, ...] = (TRANSCODE,)) -> Job | None:

@@ -3,7 +3,9 @@
 The source exists only as encrypted vault parts; it is decrypted into a private temp dir
 (0700) under `settings.scratch_dir`, probed defensively, and handed to the transcoder. Every
 segment is encrypted into the vault the moment ffmpeg finishes it and its plaintext deleted,
-and a `segments` row is written, so the film is playable after its first segments. The temp
+and a `segments` row is written, so the film is playable after its first segments. The
+poster and storyboard are made once it is playable, beside the rest of the encode: a viewer
+waits for the first segments of every rung, never for pictures. The temp
 dir goes on every exit path. If this process is killed (`kill -9`, OOM), a `Guard` janitor
 kills the job's ffmpeg and removes the temp dir at once; dirs that survive even that (the
 janitor killed too) are removed at start-up.
@@ -142,9 +144,32 @@ class Processor:
         )  # fmt: skip
         await self._save_renditions(video_id, ladder)
         stored = source_size
-        if info.has_video:
-            stored += await self._store_images(video_id, info, source, workdir, guard)
-        stored += await self._transcode(video_id, info, ladder, source, workdir, guard)
+        playable = anyio.Event()
+        failure: list[Exception] = []
+        # Errors are caught inside, so the worker gets the MediaError itself, not a group.
+        async with anyio.create_task_group() as tg:
+
+            async def pictures() -> None:
+                nonlocal stored
+                await playable.wait()
+                try:
+                    stored += await self._store_images(video_id, info, source, workdir, guard)
+                except Exception as exc:
+                    failure.append(exc)
+                    tg.cancel_scope.cancel()
+
+            if info.has_video:
+                tg.start_soon(pictures)
+            try:
+                stored += await self._transcode(
+                    video_id, info, ladder, source, workdir, guard, on_playable=playable.set
+                )
+            except Exception as exc:
+                failure.append(exc)
+                tg.cancel_scope.cancel()
+            playable.set()  # a film that never was (say, audio only): no one waits forever
+        if failure:
+            raise failure[0]
         await self._measure_bandwidth(video_id)
         await self._set(
             video_id, status="ready", progress=1.0, playable=True, stored_bytes=stored,
@@ -240,7 +265,7 @@ class Processor:
 
     async def _transcode(
         self, video_id: str, info: MediaInfo, ladder: list[Rendition], source: Path,
-        workdir: Path, guard: Guard,
+        workdir: Path, guard: Guard, *, on_playable: Callable[[], None],
     ) -> int:  # fmt: skip
         names = {r.name for r in ladder}
         started: set[str] = set()
@@ -275,6 +300,7 @@ class Processor:
                 if started == names:
                     # Public from now on (portal.videos): `ready_at` is when it was published.
                     await self._set(video_id, playable=True, ready_at=utcnow())
+                    on_playable()
 
         async def on_progress(progress: Progress) -> None:
             now = time.monotonic()

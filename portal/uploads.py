@@ -402,6 +402,8 @@ class Uploads:
             )
             if upload.video_id is not None:
                 await self._queue(conn, upload.video_id, upload.length, now)
+        if upload.video_id is not None:
+            self.queue.notify()  # committed: this process's idle workers take it now
         return dataclasses.replace(upload, completed_at=now)
 
     async def _queue(
@@ -455,6 +457,7 @@ class Uploads:
                     .values(offset=length, parts=parts, completed_at=now)
                 )
                 await self._queue(conn, final.video_id, length, now)
+            self.queue.notify()
         for partial in partials:
             await self.vault.destroy(partial.id)
         return dataclasses.replace(final, offset=length, parts=parts, completed_at=now)

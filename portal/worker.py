@@ -81,11 +81,7 @@ class Worker:
                 log.exception("worker %s could not claim a job", self.name)
                 worked = False
             if not worked:
-                with anyio.move_on_after(self.poll_seconds):
-                    if stop is not None:
-                        await stop.wait()
-                    else:
-                        await anyio.sleep(self.poll_seconds)
+                await self.queue.wait_for_work(self.poll_seconds, stop)
 
     async def run_once(self) -> bool:
         """Claim and run one job; False when there was none."""

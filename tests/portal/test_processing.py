@@ -1,21 +1,22 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from pathlib import Path
 
 import anyio
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from portal.db import jobs, segments, videos
 from portal.jobs import JobQueue
 from portal.layout import segment_path
 from portal.processing import clean_scratch
-from portal.services import vault_config
+from portal.services import open_services, vault_config
 from portal.vault import open_vault
-from portal.worker import Worker
+from portal.worker import Worker, worker_for
 from tests.helpers import (
     PLAINTEXT_MARKERS,
     eventually,
@@ -236,3 +237,50 @@ async def test_a_worker_killed_mid_transcode_leaves_no_ffmpeg_and_no_plaintext(
         with contextlib.suppress(ProcessLookupError):
             worker.kill()
         await worker.wait()
+
+
+async def test_a_film_is_published_before_its_poster_and_storyboard_are_made(
+    settings, engine, vault, clip
+):
+    """A viewer waits for the first segments of every rung, never for pictures: the video
+    row turns playable before the poster and storyboard are stored."""
+    video_id = await uploaded_video(engine, vault, clip.read_bytes())
+    order: list[str] = []
+
+    def record(_conn, _cursor, statement, _params, _context, _many):
+        if statement.startswith("UPDATE videos SET"):
+            for column in ("playable", "has_poster"):
+                if f" {column}=" in statement and column not in order:
+                    order.append(column)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        queue = JobQueue(engine, lease_seconds=30, max_attempts=1)
+        await queue.enqueue(video_id)
+        assert await Worker(settings, engine, vault, queue).run_once() is True
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    video = await video_row(engine, video_id)
+    assert video["status"] == "ready", video["error"]
+    assert video["has_poster"] and video["has_storyboard"]
+    # The first update naming `playable` is the one that publishes it (`_reset` sets it False
+    # with the rest of its columns before anything, so it is skipped by looking for "SET").
+    assert order == ["playable", "has_poster"]
+
+
+async def test_an_idle_worker_takes_an_upload_finished_in_its_process_at_once(settings, clip):
+    """No poll interval between the end of an upload and its transcode: the queue wakes
+    this process's idle workers. (The worker here would otherwise sleep for an hour.)"""
+    async with open_services(settings) as services:
+        creator = await insert_user(services.engine, role="creator")
+        worker = worker_for(services, poll_seconds=3600)
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(functools.partial(worker.run, stop=stop))
+            await anyio.sleep(0.2)  # the worker found the queue empty and waits
+            video_id = await services.uploads.import_file(creator, clip, {"title": "Now"})
+            with anyio.fail_after(120):
+                # The worker task writes the row; the test reads the database, as a page would.
+                while (await video_row(services.engine, video_id))["status"] != "ready":  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            stop.set()
