@@ -254,11 +254,13 @@ class Processor:
         folder = workdir / "images"
         folder.mkdir(mode=0o700)
         ffmpeg = self.settings.ffmpeg
-        poster = await images.poster(source, info, folder / POSTER, ffmpeg=ffmpeg, guard=guard)
-        board = await images.storyboard(source, info, folder, ffmpeg=ffmpeg, guard=guard)
-        stored = await self.vault.put_file(video_id, POSTER, poster)
-        stored += await self.vault.put_file(video_id, STORYBOARD_IMAGE, board.sprite)
-        stored += await self.vault.put(video_id, STORYBOARD_VTT, board.vtt.encode())
+        made = await images.pictures(
+            source, info, folder, poster_name=POSTER, sprite_uri=STORYBOARD_IMAGE,
+            ffmpeg=ffmpeg, guard=guard,
+        )  # fmt: skip
+        stored = await self.vault.put_file(video_id, POSTER, made.poster)
+        stored += await self.vault.put_file(video_id, STORYBOARD_IMAGE, made.storyboard.sprite)
+        stored += await self.vault.put(video_id, STORYBOARD_VTT, made.storyboard.vtt.encode())
         await anyio.to_thread.run_sync(shutil.rmtree, folder)
         await self._set(video_id, has_poster=True, has_storyboard=True)
         return stored

@@ -90,6 +90,18 @@ CLIPS: dict[str, list[str]] = {
         "drawbox=c=black:t=fill:enable='lt(t,1)'",
         *X264,
     ],
+    # The same with its one keyframe on the black (no scene-cut keyframe where the picture
+    # starts), as some screen recorders write: every keyframe shows nothing.
+    "dark_opening_one_keyframe.mp4": [
+        *_video(seconds=4),
+        "-vf",
+        "drawbox=c=black:t=fill:enable='lt(t,1)'",
+        *X264,
+        "-g",
+        "1000",
+        "-sc_threshold",
+        "0",
+    ],
     "subtitles_only.mkv": ["-i", "{srt}", "-c:s", "copy"],
     "interlaced.mp4": [*_video(rate=25), *X264, "-flags", "+ilme+ildct", "-top", "1"],
     # Two soundtracks, the second flagged default (a dubbed film with the dub preferred).

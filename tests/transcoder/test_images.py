@@ -9,7 +9,7 @@ import pytest
 
 from tests.helpers import ffprobe_json
 from transcoder.errors import NoDecodableStream
-from transcoder.images import poster, storyboard
+from transcoder.images import pictures, poster, storyboard
 from transcoder.limits import MediaLimits
 from transcoder.probe import probe
 
@@ -107,3 +107,31 @@ async def test_storyboard_default_interval_wraps_rows(
     stream = ffprobe_json(board.sprite, "-show_streams")["streams"][0]
     assert (stream["width"], stream["height"]) == (1600, 180)
     assert (await storyboard(source, info, tmp_path / "..", tile_width=120)).interval == 1.0
+
+
+@pytest.mark.parametrize("name", ["dark_opening.mp4", "dark_opening_one_keyframe.mp4"])
+async def test_pictures_make_the_poster_and_storyboard_in_one_pass(
+    clips: dict[str, Path], tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, name: str
+) -> None:
+    """From keyframes when they serve (x264 put one where the picture starts), from the
+    frame-accurate poster when they cannot (one keyframe, on the black)."""
+    source = clips[name]
+    info = await probe(source, MediaLimits())
+    made = await pictures(source, info, tmp_path)
+    assert made.poster == tmp_path / "poster.jpg"
+    assert made.poster.read_bytes()[:3] == b"\xff\xd8\xff"
+    assert statistics.pvariance(luma(made.poster)) > 500  # not the black opening
+    apart = await storyboard(source, info, tmp_path_factory.mktemp("apart"))
+    assert made.storyboard.vtt == apart.vtt
+    assert (made.storyboard.columns, made.storyboard.rows) == (apart.columns, apart.rows)
+    sheet = ffprobe_json(made.storyboard.sprite, "-show_streams")["streams"][0]
+    assert (sheet["width"], sheet["height"]) == (apart.columns * 160, apart.rows * 90)
+    assert sorted(os.listdir(tmp_path)) == ["poster.jpg", "storyboard.jpg"]
+
+
+async def test_pictures_of_a_sound_only_file_are_refused(
+    clips: dict[str, Path], tmp_path: Path
+) -> None:
+    source = clips["audio_only.mp3"]
+    with pytest.raises(NoDecodableStream):
+        await pictures(source, await probe(source, MediaLimits()), tmp_path)

@@ -10,7 +10,12 @@ import pytest
 from transcoder.errors import HostileInput
 from transcoder.formats import ALLOWED_DEMUXERS
 from transcoder.hls import HlsOptions, build_command
-from transcoder.images import poster_command, storyboard_command
+from transcoder.images import (
+    pictures_command,
+    poster_command,
+    storyboard_command,
+    storyboard_layout,
+)
 from transcoder.ladder import build_ladder
 from transcoder.limits import MediaLimits
 from transcoder.probe import MediaInfo, probe
@@ -51,6 +56,10 @@ async def test_transcode_poster_and_storyboard_commands_are_hardened(
         assert command[command.index("-t") + 1] == f"{info.duration + 1:.3f}"
         if info.has_video:
             assert_hardened(poster_command(source, info, tmp_path, ".jpg"))
+            board = storyboard_layout(info, None, 160)
+            assert_hardened(
+                pictures_command(source, info, tmp_path, tmp_path / "s.jpg", board, ".jpg")
+            )
             for keyframes_only in (True, False):
                 assert_hardened(
                     storyboard_command(
