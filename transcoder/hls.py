@@ -30,7 +30,7 @@ import ffmpeg
 
 from transcoder.errors import TranscodeFailed, TranscodeTimeout
 from transcoder.guard import Guard
-from transcoder.ladder import Rendition
+from transcoder.ladder import Rendition, audio_passthrough
 from transcoder.mp4 import codecs_of
 from transcoder.playlists import parse_playlist
 from transcoder.probe import MediaInfo
@@ -161,6 +161,7 @@ def build_command(
     opts: dict[str, str | int | float] = {}
     stream_map: list[str] = []
     audio_index = 0
+    copy_audio = audio_passthrough(info)
     presets = rung_presets(videos, options) if videos else []
     top = max(videos, key=lambda r: r.width * r.height) if videos else None
     for i, (r, picture, preset) in enumerate(zip(videos, pictures, presets, strict=True)):
@@ -168,7 +169,8 @@ def build_command(
         entry = f"v:{i}"
         if r.audio_bitrate and info.has_audio:
             streams.append(sound)
-            opts[f"b:a:{audio_index}"] = r.audio_bitrate
+            if not copy_audio:
+                opts[f"b:a:{audio_index}"] = r.audio_bitrate
             entry += f",a:{audio_index}"
             audio_index += 1
         opts |= {
@@ -187,7 +189,8 @@ def build_command(
     for r in renditions:
         if not r.has_video:
             streams.append(sound)
-            opts[f"b:a:{audio_index}"] = r.audio_bitrate
+            if not copy_audio:
+                opts[f"b:a:{audio_index}"] = r.audio_bitrate
             stream_map.append(f"a:{audio_index},name:{r.name}")
             audio_index += 1
     if videos:
@@ -201,7 +204,11 @@ def build_command(
             "threads": options.threads,
         }
     if audio_index:
-        opts |= {"c:a": "aac", "ac": 2, "ar": 48000}
+        # A soundtrack players take as it is goes out as it came in (one copy per rendition,
+        # no encoder per rung; MPEG-TS carries it in ADTS frames, which MP4 stores without
+        # their headers); any other is encoded to AAC-LC stereo 48 kHz.
+        copy = {"c:a": "copy", "bsf:a": "aac_adtstoasc"}
+        opts |= copy if copy_audio else {"c:a": "aac", "ac": 2, "ar": 48000}
     out = workdir.resolve()
     opts |= {
         # Never more output than probe() accepted, whatever the timestamps do further on.

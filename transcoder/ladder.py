@@ -79,10 +79,34 @@ class Rendition:
         return int(self.video_bitrate * PEAK_RATIO)
 
 
+#: The most a soundtrack may carry to go out as it came in (see `audio_passthrough`).
+PASSTHROUGH_MAX_AUDIO_BITRATE = 256_000
+
+
+def audio_passthrough(info: MediaInfo) -> bool:
+    """Whether the soundtrack is copied into every rendition instead of encoded once per
+    rendition: AAC-LC, mono or stereo, 44.1 or 48 kHz, at a stated rate of at most 256 kb/s,
+    which is what HLS players take and what phones and editors write. Encoding it again would
+    cost CPU (one AAC encoder per rung, about a tenth of a 1080p ladder's) and lose quality."""
+    return (
+        info.has_audio
+        and info.audio_codec == "aac"
+        and info.audio_profile == "LC"
+        and info.audio_channels in (1, 2)
+        and info.audio_sample_rate in (44_100, 48_000)
+        and info.audio_bitrate is not None
+        and 0 < info.audio_bitrate <= PASSTHROUGH_MAX_AUDIO_BITRATE
+    )
+
+
 def build_ladder(
     info: MediaInfo, *, max_height: int = 2160, audio_bitrate: int = 128_000
 ) -> list[Rendition]:
-    """Renditions for `info`, smallest first."""
+    """Renditions for `info`, smallest first. `audio_bitrate` is what an encoded soundtrack
+    gets; a copied one (`audio_passthrough`) keeps its own."""
+    if audio_passthrough(info):
+        assert info.audio_bitrate is not None
+        audio_bitrate = info.audio_bitrate
     audio = audio_bitrate if info.has_audio else 0
     if not info.has_video:
         return [_audio_only(audio or audio_bitrate)]

@@ -62,6 +62,10 @@ class MediaInfo:
     audio_index: int | None = None
     #: Interlaced fields (DV, broadcast captures): must be deinterlaced before scaling.
     interlaced: bool = False
+    #: The soundtrack's codec profile as ffprobe names it ("LC", "HE-AAC", ...) and its
+    #: sample rate: with the codec and channels, whether it can go out as it came in.
+    audio_profile: str | None = None
+    audio_sample_rate: int | None = None
 
     @property
     def video_map(self) -> str:
@@ -217,6 +221,8 @@ def _media_info(
         video_index=_int(video.get("index")) if video else None,
         audio_index=_int(audio.get("index")) if audio else None,
         interlaced=video is not None and video.get("field_order") in ("tt", "bb", "tb", "bt"),
+        audio_profile=audio.get("profile") if audio else None,
+        audio_sample_rate=_int(audio.get("sample_rate")) or None if audio else None,
     ), main_end
 
 

@@ -14,7 +14,7 @@ from transcoder.errors import (
     TranscodeFailed,
     TranscodeTimeout,
 )
-from transcoder.hls import HlsOptions, HlsResult, Progress, Segment, transcode
+from transcoder.hls import HlsOptions, HlsResult, Progress, Segment, build_command, transcode
 from transcoder.ladder import Rendition, build_ladder
 from transcoder.limits import MediaLimits
 from transcoder.playlists import master_playlist, media_playlist, parse_playlist
@@ -152,6 +152,13 @@ def play(master: Path) -> subprocess.CompletedProcess[bytes]:
 def video_stream(path: Path) -> dict[str, object]:
     streams = ffprobe_json(path, "-show_streams")["streams"]
     return next(s for s in streams if s["codec_type"] == "video")
+
+
+def stream_span(path: Path, selector: str) -> tuple[float, float]:
+    """When a stream's first and last packets start, in seconds."""
+    packets = ffprobe_json(path, "-select_streams", selector, "-show_entries", "packet=pts_time")
+    starts = [float(p["pts_time"]) for p in packets["packets"]]
+    return min(starts), max(starts)
 
 
 def keyframe_times(path: Path) -> list[float]:
@@ -499,4 +506,29 @@ async def test_a_slideshow_below_one_fps_becomes_one_fps_not_thirty(tmp_path: Pa
     )["packets"]
     assert len(packets) == pytest.approx(10, abs=1)
     assert result.duration == pytest.approx(10.0, abs=1.0)
+    assert_nothing_left(workdir)
+
+
+@pytest.mark.parametrize(
+    ("name", "copied"),
+    [("landscape.mp4", True), ("mpegts.ts", True), ("webm.webm", False)],
+)
+async def test_an_aac_lc_soundtrack_is_copied_and_any_other_encoded(
+    clips: dict[str, Path], tmp_path: Path, name: str, copied: bool
+) -> None:
+    """The clips' sound is a 48 kHz mono sine: AAC-LC at 96 kb/s (MP4, and ADTS in MPEG-TS)
+    goes out as it came in, mono, in every rendition; Opus is encoded to AAC-LC stereo."""
+    info = await probe(clips[name], MediaLimits())
+    command = build_command(clips[name], info, build_ladder(info), tmp_path / "cmd", FAST)
+    assert command[command.index("-c:a") + 1] == ("copy" if copied else "aac")
+    result, vault, workdir = await run(clips[name], tmp_path)
+    for r in result.renditions:
+        joined = vault.joined(r.name)
+        sound = ffprobe_json(joined, "-select_streams", "a:0", "-show_streams")["streams"][0]
+        assert (sound["codec_name"], sound["profile"]) == ("aac", "LC")
+        assert (int(sound["channels"]), int(sound["sample_rate"])) == (1 if copied else 2, 48_000)
+        assert r.codecs.endswith(",mp4a.40.2")
+        # The sound lasts as long as the picture: nothing lost or shifted by the copy.
+        assert stream_span(joined, "a:0") == pytest.approx(stream_span(joined, "v:0"), abs=0.1)
+    assert play(vault.write_playlists(result)).returncode == 0
     assert_nothing_left(workdir)

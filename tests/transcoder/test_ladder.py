@@ -4,7 +4,13 @@ import dataclasses
 
 import pytest
 
-from transcoder.ladder import Rendition, build_ladder, output_fps, video_bitrate_for
+from transcoder.ladder import (
+    Rendition,
+    audio_passthrough,
+    build_ladder,
+    output_fps,
+    video_bitrate_for,
+)
 from transcoder.probe import MediaInfo
 
 SOURCE = MediaInfo(
@@ -130,3 +136,41 @@ def test_audio_only_source_gives_one_audio_rendition() -> None:
     assert (audio.name, audio.video_bitrate, audio.audio_bitrate) == ("audio", 0, 96_000)
     assert audio.codecs == "mp4a.40.2"
     assert not audio.has_video
+
+
+AAC_LC: dict[str, object] = {
+    "audio_codec": "aac",
+    "audio_profile": "LC",
+    "audio_channels": 2,
+    "audio_sample_rate": 48_000,
+    "audio_bitrate": 160_000,
+}
+
+
+def test_a_soundtrack_players_take_as_it_is_goes_out_at_its_own_rate() -> None:
+    info = source(**AAC_LC)
+    assert audio_passthrough(info)
+    ladder = build_ladder(info)
+    assert all(r.audio_bitrate == 160_000 for r in ladder)
+    # BANDWIDTH carries the copied rate, not the encoder's 128 kb/s.
+    assert ladder[0].average_bandwidth > build_ladder(source())[0].average_bandwidth
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"audio_profile": "HE-AAC"},
+        {"audio_profile": None},
+        {"audio_channels": 6},
+        {"audio_sample_rate": 32_000},
+        {"audio_codec": "opus"},
+        {"audio_bitrate": None},
+        {"audio_bitrate": 320_000},
+        {"has_audio": False},
+    ],
+)
+def test_any_other_soundtrack_is_encoded(change: dict[str, object]) -> None:
+    info = source(**{**AAC_LC, **change})
+    assert not audio_passthrough(info)
+    expected = 128_000 if info.has_audio else 0
+    assert all(r.audio_bitrate == expected for r in build_ladder(info))
