@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
+import anyio
 from sqlalchemy import (
     Dialect,
     Float,
@@ -45,8 +46,11 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import greenlet_spawn
 
 from portal.db import UTCDateTime, users, videos
+from portal.errors import Unavailable
+from portal.outages import DATABASE_DOWN
 from portal.videos import poster_path, public_filter
 
 PAGE_SIZE = 24
@@ -371,11 +375,40 @@ class _Reader:
             rows = self._fetch_here(query.sql, params)
             if rows is not None:
                 return rows
+        if self.dialect.name != "sqlite":
+            return await self._fetch_postgres(query.sql, params)
         async with self.engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
-            if self.dialect.name == "sqlite":
-                return list(await raw.execute_fetchall(query.sql, params))  # type: ignore[union-attr]
-            return list(await raw.fetch(query.sql, *params))  # type: ignore[union-attr]
+            return list(await raw.execute_fetchall(query.sql, params))  # type: ignore[union-attr]
+
+    async def _fetch_postgres(self, sql: str, params: list[Any]) -> list[Any]:
+        """The rows, read once more on a fresh connection if the pooled one turns out to be
+        dead (the engine pings only connections that sat idle: portal.idle_ping). A read
+        can be repeated; one retry at most, so the waits stay bounded by twice the
+        engine's. A statement that timed out is not retried: its connection is alive."""
+        lost: Exception | None = None
+        for _attempt in range(2):
+            # The pooled connection without a SQLAlchemy `Connection` around it: checking it
+            # out and back costs half as much (issue 11: the newest page).
+            pooled = await self.engine.raw_connection()
+            try:
+                raw = pooled.driver_connection
+                try:
+                    return list(await raw.fetch(sql, *params))  # type: ignore[union-attr]
+                except Exception as exc:
+                    if not raw.is_closed():  # type: ignore[union-attr]
+                        raise
+                    # Out of the pool with it; the pool then pings its neighbours.
+                    await greenlet_spawn(pooled.invalidate, exc)
+                    lost = exc
+            finally:
+                # Shielded from anyio's cancellation (a request's), so a cancelled request
+                # still gives its connection back; the close awaits only when the pool shuts
+                # a connection over its size. (SQLAlchemy's `Connection` uses asyncio.shield,
+                # whose task and extra loop turns cost more than this whole checkout.)
+                with anyio.CancelScope(shield=True):
+                    await greenlet_spawn(pooled.close)
+        raise Unavailable(DATABASE_DOWN, part="database") from lost
 
     def _fetch_here(self, sql: str, params: list[Any]) -> list[Any] | None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

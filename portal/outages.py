@@ -5,8 +5,8 @@
 turns them into `Unavailable(part="database")`; `portal.http_errors.UnexpectedErrorMiddleware`
 answers such a failure, from a handler or from the auth middleware's session lookup, with
 that 503 instead of a 500. Object-store failures are already typed by the vault
-(`StorageError`, 503). The engine's pre-ping replaces dead connections, so the next request
-after the database is back simply works.
+(`StorageError`, 503). The engine pings connections that sat idle and replaces dead ones
+(portal.idle_ping), so service resumes by itself once the database is back.
 """
 
 from __future__ import annotations

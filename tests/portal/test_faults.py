@@ -15,21 +15,37 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
+import asyncpg
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from benchmarks.stack import PostgresCluster, SeaweedFS
-from portal.db import jobs, segments, videos
+from portal.catalog import list_videos
+from portal.db import create_engine, jobs, segments, videos
 from portal.jobs import JobQueue
 from portal.layout import segment_path
+from portal.migrations import upgrade
+from portal.outages import outage_of
 from portal.services import open_services
 from portal.settings import Settings
 from portal.worker import Worker
-from tests.helpers import PASSWORD, TUS, LiveServer, bearer, create_account, pipeline_settings
+from tests.helpers import (
+    PASSWORD,
+    TUS,
+    LiveServer,
+    add_video,
+    bearer,
+    create_account,
+    insert_user,
+    pipeline_settings,
+)
 
 # Each check is bounded: a hang fails the test instead of stalling the suite.
 CLIENT_TIMEOUT = 30.0
@@ -93,9 +109,80 @@ def test_postgres_restart_answers_503_then_service_resumes_by_itself(tmp_path):
         cluster.remove()
 
 
+async def _pooled_connections(engine: AsyncEngine, count: int) -> set[int]:
+    """Puts `count` connections in the engine's pool, just used; their server pids."""
+    async with AsyncExitStack() as stack:
+        conns = [await stack.enter_async_context(engine.connect()) for _ in range(count)]
+        return {
+            (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one() for conn in conns
+        }
+
+
+async def _terminate(database_url: str, pids: set[int]) -> None:
+    """Kills those backends server-side and waits until the server has let them go."""
+    admin = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", list(pids)
+        )
+        for _ in range(100):
+            alive = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", list(pids)
+            )
+            if not alive:
+                return
+            await anyio.sleep(0.05)
+        raise AssertionError(f"backends {pids} were not terminated")
+    finally:
+        await admin.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.postgres
+async def test_catalog_reads_survive_connections_killed_while_idle_in_the_pool(postgres_url):
+    engine = create_engine(postgres_url)
+    try:
+        await upgrade(engine)
+        creator = await insert_user(engine)
+        await add_video(engine, creator, title="Still Here")
+        pids = await _pooled_connections(engine, 2)
+        await _terminate(postgres_url, pids)
+
+        # Both pooled connections are dead and were used a moment ago, so they are handed
+        # out unpinged: the read finds its connection dead and reads again on a fresh one.
+        assert [item.title for item in (await list_videos(engine)).items] == ["Still Here"]
+        assert [item.title for item in (await list_videos(engine)).items] == ["Still Here"]
+        # The other dead connection was pinged and replaced, not handed to this statement.
+        assert await _pooled_connections(engine, 2) & pids == set()
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.anyio
+@pytest.mark.postgres
+async def test_a_connection_killed_in_the_pool_fails_at_most_one_statement_with_503(
+    postgres_url,
+):
+    engine = create_engine(postgres_url)
+    try:
+        await upgrade(engine)
+        pids = await _pooled_connections(engine, 1)
+        await _terminate(postgres_url, pids)
+
+        try:  # pinged first when it sat idle; otherwise the statement meets the dead link
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except DBAPIError as exc:
+            assert outage_of(exc) is not None  # a 503 naming the database, not a 500
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+    finally:
+        await engine.dispose()
+
+
 async def _ready_film(settings: Settings, data: bytes) -> str:
     """A creator and a ready film whose one segment is `data`, stored through the vault."""
-    from tests.helpers import insert_user, insert_video
+    from tests.helpers import insert_video
 
     async with open_services(settings) as services:
         creator = await insert_user(services.engine)
@@ -228,7 +315,7 @@ def test_disk_full_during_an_upload_fails_cleanly_and_the_upload_resumes(tmp_pat
 async def test_disk_full_during_a_transcode_fails_the_attempt_and_it_runs_again(
     tmp_path, small_disk, clip
 ):
-    from tests.helpers import insert_user, insert_video
+    from tests.helpers import insert_video
 
     settings = pipeline_settings(tmp_path)
     scratch = small_disk(settings.scratch_dir, 16 * 1024)  # less than the decrypted source
