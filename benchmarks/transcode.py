@@ -16,6 +16,9 @@ Variants (encoder settings), each measured as the bare command and as our pipeli
   no `top_x264_params`.
 - `tuned`: today's defaults (HlsOptions()): `lower_preset` and area scaling below the top
   rung, `top_x264_params` on it.
+- `plain`, `lookahead`, `trellis`, `hex`: today's defaults with other `top_x264_params`
+  (none; `rc-lookahead=20`; `trellis=1`; both, with x264's hexagon motion search), to see
+  what each option costs and gives.
 
 The peer is the very argument list `transcoder.hls.build_command` produces (edited for
 `before`), run by `subprocess.run` with its output thrown away. "ours" adds probing, progress
@@ -203,6 +206,16 @@ def main() -> None:
             "uniform", dataclasses.replace(defaults, lower_preset=None, top_x264_params="")
         ),
         "tuned": Variant("tuned", defaults),
+        # The top rung's x264 options, one at a time, against `tuned`:
+        **{
+            name: Variant(name, dataclasses.replace(defaults, top_x264_params=params))
+            for name, params in [
+                ("plain", ""),
+                ("lookahead", "rc-lookahead=20"),
+                ("trellis", "trellis=1"),
+                ("hex", "rc-lookahead=20:trellis=1"),
+            ]
+        },
     }
     chosen = [variants[name] for name in ns.variants.split(",")]
     rows = []
