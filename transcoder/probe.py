@@ -245,33 +245,29 @@ async def _check_decodes(
     # The last frame starts one frame before the end: seconds before it in a slideshow.
     frame = 1 / info.fps if info.has_video and info.fps > 0 else 0.0
     tail_start = max(main_end - 1.5 - frame, info.start_time)
-    # Two runs: frames (decoding) only at the start; at the end packets alone, which costs
-    # no decoding at all and stays cheap for a 4K film with 10-second GOPs.
-    head, tail = [
-        await _ffprobe_json(
-            [
-                ffprobe,
-                "-v",
-                "error",
-                "-hide_banner",
-                "-select_streams",
-                selector,
-                "-read_intervals",
-                interval,
-                "-show_entries",
-                entries,
-                "-of",
-                "json",
-                *input_args(path, info.format),
-            ],
-            limits,
-            guard,
-        )
-        for interval, entries in (
-            ("%+#2", "frame=best_effort_timestamp_time"),
-            (f"{tail_start:.3f}%", "packet=pts_time"),
-        )
-    ]
+    # Two runs, side by side: frames (decoding) only at the start; at the end packets alone,
+    # which costs no decoding at all and stays cheap for a 4K film with 10-second GOPs.
+    results: dict[str, dict[str, Any]] = {}
+    failures: list[Exception] = []
+
+    async def check(interval: str, entries: str) -> None:
+        args = [
+            ffprobe, "-v", "error", "-hide_banner", "-select_streams", selector,
+            "-read_intervals", interval, "-show_entries", entries, "-of", "json",
+            *input_args(path, info.format),
+        ]  # fmt: skip
+        try:
+            results[interval] = await _ffprobe_json(args, limits, guard)
+        except Exception as exc:  # raised here, not wrapped in the task group's group
+            failures.append(exc)
+
+    head_interval, tail_interval = "%+#2", f"{tail_start:.3f}%"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(check, head_interval, "frame=best_effort_timestamp_time")
+        tg.start_soon(check, tail_interval, "packet=pts_time")
+    if failures:
+        raise failures[0]
+    head, tail = results[head_interval], results[tail_interval]
     frames = head.get("frames") or []
     packet_times = [
         t for t in (_float(p.get("pts_time")) for p in tail.get("packets") or []) if t is not None
