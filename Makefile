@@ -81,6 +81,8 @@ bench: setup test-system-deps
 	bash .ci/services
 	$(BIN)/python benchmarks/vault.py
 	$(BIN)/python benchmarks/transcode.py
+	$(BIN)/python benchmarks/ready.py
+	$(BIN)/python benchmarks/first_frame.py
 	$(BIN)/python benchmarks/stream.py
 	$(BIN)/python benchmarks/catalog.py
 	$(BIN)/python benchmarks/launch.py
