@@ -50,6 +50,7 @@ from transcoder.hls import HlsOptions, Progress, Segment, transcode
 from transcoder.ladder import Rendition, build_ladder
 from transcoder.limits import MediaLimits
 from transcoder.probe import MediaInfo, probe
+from transcoder.process import first_error
 
 log = logging.getLogger("megamovie.processing")
 
@@ -145,31 +146,23 @@ class Processor:
         await self._save_renditions(video_id, ladder)
         stored = source_size
         playable = anyio.Event()
-        failure: list[Exception] = []
-        # Errors are caught inside, so the worker gets the MediaError itself, not a group.
-        async with anyio.create_task_group() as tg:
 
-            async def pictures() -> None:
-                nonlocal stored
-                await playable.wait()
-                try:
-                    stored += await self._store_images(video_id, info, source, workdir, guard)
-                except Exception as exc:
-                    failure.append(exc)
-                    tg.cancel_scope.cancel()
+        async def pictures() -> None:
+            nonlocal stored
+            await playable.wait()
+            stored += await self._store_images(video_id, info, source, workdir, guard)
 
-            if info.has_video:
-                tg.start_soon(pictures)
-            try:
+        # A failure on either side cancels the other; the worker gets it as it was raised.
+        try:
+            async with anyio.create_task_group() as tg:
+                if info.has_video:
+                    tg.start_soon(pictures)
                 stored += await self._transcode(
                     video_id, info, ladder, source, workdir, guard, on_playable=playable.set
                 )
-            except Exception as exc:
-                failure.append(exc)
-                tg.cancel_scope.cancel()
-            playable.set()  # a film that never was (say, audio only): no one waits forever
-        if failure:
-            raise failure[0]
+                playable.set()  # a film that never became playable: no one waits forever
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
         await self._measure_bandwidth(video_id)
         await self._set(
             video_id, status="ready", progress=1.0, playable=True, stored_bytes=stored,

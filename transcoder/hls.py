@@ -34,7 +34,13 @@ from transcoder.ladder import Rendition, audio_passthrough
 from transcoder.mp4 import codecs_of
 from transcoder.playlists import parse_playlist
 from transcoder.probe import MediaInfo
-from transcoder.process import compile_command, describe_failure, hardened_input, spawn
+from transcoder.process import (
+    compile_command,
+    describe_failure,
+    first_error,
+    hardened_input,
+    spawn,
+)
 
 _PLAYLIST = "index.m3u8"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -413,7 +419,7 @@ class _Job:
         except BaseExceptionGroup as group:
             # One failure (a callback's, usually) is the story; the task group's wrapping is
             # not something callers should have to unpack.
-            raise _first(group) from None
+            raise first_error(group) from None
 
     async def _hand_over(self) -> None:
         """Give the caller every segment that ffmpeg has listed and we have not yet given."""
@@ -516,11 +522,6 @@ class _LineSplitter:
         *lines, self._pending = (self._pending + chunk).split(b"\n")
         self._pending = self._pending[-self.MAX_LINE :]
         return [line.decode("utf-8", "replace") for line in lines]
-
-
-def _first(group: BaseExceptionGroup) -> BaseException:
-    first = group.exceptions[0]
-    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _number(value: str | None) -> float:

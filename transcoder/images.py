@@ -21,6 +21,7 @@ POSTER_MAX_WIDTH = 1280
 _SAMPLE = (64, 36)  # tiny grey thumbnails are enough to judge how much a frame shows
 #: A storyboard stays one image of sane size; long films get a coarser interval.
 STORYBOARD_MAX_THUMBS = 100
+STORYBOARD_TILE_WIDTH = 160
 _IMAGE_TIMEOUT = 300.0
 
 
@@ -75,24 +76,26 @@ def poster_command(
 ) -> list[str]:
     """One ffmpeg run writing, for each candidate moment i, `i.gray` (a tiny grey sample to
     score) and `i<suffix>` (the full-size picture) into `folder`."""
-    width = min(info.width, POSTER_MAX_WIDTH)
-    height = max(2, round(width * info.height / info.width / 2) * 2)
     selector = info.video_map[2:]
     outputs = []
     for i, t in enumerate(_poster_times(info)):
         # Input seeking jumps to the keyframe before `t`: cheap even in a 4-hour film.
         picture = hardened_input(source, info.format, ss=f"{t:.3f}")[selector]
-        outputs.append(
-            picture.filter("scale", *_SAMPLE)
-            .filter("format", "gray")
-            .output(str(folder / f"{i}.gray"), f="rawvideo", **{"frames:v": 1})
-        )
-        outputs.append(
-            picture.filter("scale", width, height)
-            .filter("setsar", 1)
-            .output(str(folder / f"{i}{suffix}"), **_image_codec(suffix), **{"frames:v": 1})
-        )
+        outputs += _candidate(picture, picture, info, folder / str(i), suffix)
     return compile_command(ffmpeg, *outputs)
+
+
+def _candidate(to_sample: Any, to_keep: Any, info: MediaInfo, stem: Path, suffix: str) -> list[Any]:
+    """A poster candidate's two outputs: `stem.gray`, the tiny grey sample that scores it,
+    and `stem<suffix>`, the picture at most POSTER_MAX_WIDTH wide."""
+    width = min(info.width, POSTER_MAX_WIDTH)
+    height = max(2, round(width * info.height / info.width / 2) * 2)
+    sample = to_sample.filter("scale", *_SAMPLE).filter("format", "gray")
+    picture = to_keep.filter("scale", width, height).filter("setsar", 1)
+    return [
+        sample.output(f"{stem}.gray", f="rawvideo", **{"frames:v": 1}),
+        picture.output(f"{stem}{suffix}", **_image_codec(suffix), **{"frames:v": 1}),
+    ]
 
 
 async def storyboard(
@@ -101,7 +104,7 @@ async def storyboard(
     outdir: Path,
     *,
     interval: float | None = None,
-    tile_width: int = 160,
+    tile_width: int = STORYBOARD_TILE_WIDTH,
     sprite_uri: str = "storyboard.jpg",
     ffmpeg: str = "ffmpeg",
     guard: Guard | None = None,
@@ -233,7 +236,7 @@ async def pictures(
     if not info.has_video:
         raise NoDecodableStream("There is no picture in this file to make a poster from.")
     times = _poster_times(info)
-    board = storyboard_layout(info, None, 160)
+    board = storyboard_layout(info, None, STORYBOARD_TILE_WIDTH)
     sprite = outdir / Path(sprite_uri).name
     poster_out = outdir / poster_name
     with tempfile.TemporaryDirectory(dir=outdir, prefix=".pictures-") as tmp:
@@ -272,8 +275,6 @@ def pictures_command(
     """One ffmpeg run over the keyframes: the sprite sheet (as `storyboard_command`), and
     for each poster moment i, `i.gray` and `i<suffix>` in `folder` from the first keyframe
     at or after it."""
-    width = min(info.width, POSTER_MAX_WIDTH)
-    height = max(2, round(width * info.height / info.width / 2) * 2)
     picture = hardened_input(source, info.format, skip_frame="nokey")[info.video_map[2:]]
     outputs = [_sheet(picture, info, sprite, board)]
     for i, t in enumerate(_poster_times(info)):
@@ -281,11 +282,7 @@ def pictures_command(
         # branch after its one frame, so no later keyframe is scaled for it.
         moment = f"gte(t,{max(0.0, t - info.start_time):.3f})"
         chosen = picture.filter("select", moment).filter("trim", end_frame=1).split()
-        gray = chosen[0].filter("scale", *_SAMPLE).filter("format", "gray")
-        outputs.append(gray.output(str(folder / f"{i}.gray"), f="rawvideo", **{"frames:v": 1}))
-        full = chosen[1].filter("scale", width, height).filter("setsar", 1)
-        target = folder / f"{i}{suffix}"
-        outputs.append(full.output(str(target), **_image_codec(suffix), **{"frames:v": 1}))
+        outputs += _candidate(chosen[0], chosen[1], info, folder / str(i), suffix)
     return compile_command(ffmpeg, *outputs)
 
 

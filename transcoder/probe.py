@@ -30,7 +30,7 @@ from transcoder.formats import sniff_format
 from transcoder.guard import Guard
 from transcoder.ladder import output_fps
 from transcoder.limits import MediaLimits
-from transcoder.process import input_args, run
+from transcoder.process import first_error, input_args, run
 
 _AUDIO_ONLY_DEMUXERS = frozenset({"mp3", "aac", "wav", "flac"})
 
@@ -248,7 +248,6 @@ async def _check_decodes(
     # Two runs, side by side: frames (decoding) only at the start; at the end packets alone,
     # which costs no decoding at all and stays cheap for a 4K film with 10-second GOPs.
     results: dict[str, dict[str, Any]] = {}
-    failures: list[Exception] = []
 
     async def check(interval: str, entries: str) -> None:
         args = [
@@ -256,17 +255,15 @@ async def _check_decodes(
             "-read_intervals", interval, "-show_entries", entries, "-of", "json",
             *input_args(path, info.format),
         ]  # fmt: skip
-        try:
-            results[interval] = await _ffprobe_json(args, limits, guard)
-        except Exception as exc:  # raised here, not wrapped in the task group's group
-            failures.append(exc)
+        results[interval] = await _ffprobe_json(args, limits, guard)
 
     head_interval, tail_interval = "%+#2", f"{tail_start:.3f}%"
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(check, head_interval, "frame=best_effort_timestamp_time")
-        tg.start_soon(check, tail_interval, "packet=pts_time")
-    if failures:
-        raise failures[0]
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(check, head_interval, "frame=best_effort_timestamp_time")
+            tg.start_soon(check, tail_interval, "packet=pts_time")
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
     head, tail = results[head_interval], results[tail_interval]
     frames = head.get("frames") or []
     packet_times = [

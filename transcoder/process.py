@@ -183,3 +183,10 @@ def describe_failure(what: str, stderr_lines: Iterable[str], hide: Iterable[str]
     """`what`, plus ffmpeg's own last words with paths hidden: a reason for a person."""
     detail = summarise_stderr(stderr_lines, hide)
     return f"{what} (ffmpeg: {detail})." if detail else f"{what}."
+
+
+def first_error(group: BaseExceptionGroup) -> BaseException:
+    """The first failure inside a task group's exception group (groups nest): the one
+    callers should see, typed as it was raised, not wrapped."""
+    first = group.exceptions[0]
+    return first_error(first) if isinstance(first, BaseExceptionGroup) else first
