@@ -47,6 +47,7 @@ from portal.migrations import upgrade  # noqa: E402
 from portal.settings import Settings  # noqa: E402
 
 MIB = 1024 * 1024
+SETTLE_SECONDS = 2.0
 TUS = ["-H", "Tus-Resumable: 1.0.0"]
 
 
@@ -194,7 +195,15 @@ async def make_creator(settings: Settings) -> str:
     return token
 
 
+def settle() -> None:
+    """Before each contestant: the previous one's writes and deletions flushed to disk, and
+    a moment of quiet, so nobody pays for another's writeback."""
+    os.sync()
+    time.sleep(SETTLE_SECONDS)
+
+
 def run_nginx(proc: subprocess.Popen[bytes], port: int, source: Path, store: Path) -> Run:
+    settle()
     size = source.stat().st_size
     target = store / "put" / "film.bin"
     cpu0 = session_cpu(proc.pid)
@@ -219,6 +228,7 @@ def run_nginx(proc: subprocess.Popen[bytes], port: int, source: Path, store: Pat
 def run_portal(
     name: str, proc: subprocess.Popen[bytes], port: int, source: Path, token: str, data: Path
 ) -> Run:
+    settle()
     size = source.stat().st_size
     base = f"http://127.0.0.1:{port}"
     auth = ["-H", f"Authorization: Bearer {token}"]

@@ -10,25 +10,37 @@ Every claim counts as an attempt. A failure that may pass (ffmpeg crashed, disk 
 retried after an exponential backoff; after `max_attempts` the job and its video are failed
 with the last reason, which the creator sees.
 
-Idle workers poll. Within one process they need not wait for the next poll: whoever commits
+Idle workers poll, but need not wait for the next poll. Within one process, whoever commits
 a new job calls `notify`, and the workers waiting in `wait_for_work` of the same queue claim
 it at once (a finished upload starts transcoding within milliseconds, not up to a poll
-interval later). Workers in other processes find it at their next poll.
+interval later). Across processes and machines, on PostgreSQL, the transaction that queues a
+job (or hands one back) also announces it on the `CHANNEL`, delivered when it commits, and
+each worker process `listen`s there on one connection of its own and wakes its workers.
+Polling stays underneath: it finds jobs whose backoff has passed, and jobs announced while a
+listening connection was down.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import anyio
+import anyio.abc
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import ColumnElement
 
 from portal.db import begin_write, jobs, new_id, utcnow, videos
 
+log = logging.getLogger(__name__)
+
 TRANSCODE = "transcode"
+#: The PostgreSQL channel on which new and handed-back jobs are announced (`listen`).
+CHANNEL = "megamovie_jobs"
 #: What a creator sees when every attempt died with its worker (killed, out of memory).
 WORKER_LOST = "Processing stopped unexpectedly several times; please upload the file again."
 
@@ -60,11 +72,17 @@ class JobQueue:
         lease_seconds: float,
         max_attempts: int,
         backoff_seconds: float = 10.0,
+        relisten_seconds: float = 5.0,
+        listen_check_seconds: float = 30.0,
     ) -> None:
         self.engine = engine
         self.lease = timedelta(seconds=lease_seconds)
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
+        #: After the listening connection is lost: the wait before opening another.
+        self.relisten_seconds = relisten_seconds
+        #: How often the listening connection is checked (a silent network loses no FIN).
+        self.listen_check_seconds = listen_check_seconds
         self._postgres = engine.dialect.name == "postgresql"
         self._waiting: set[anyio.Event] = set()
 
@@ -73,23 +91,76 @@ class JobQueue:
         for event in self._waiting:
             event.set()
 
-    async def wait_for_work(self, seconds: float, stop: anyio.Event | None = None) -> None:
-        """Until `notify` is called, `stop` is set or `seconds` have passed."""
+    async def wait_for_work(self, seconds: float, stop: anyio.Event | None = None) -> bool:
+        """Until `notify` is called (True), `stop` is set or `seconds` have passed (False)."""
         wake = anyio.Event()
         self._waiting.add(wake)
         try:
-            with anyio.move_on_after(seconds):
-                async with anyio.create_task_group() as tg:
-
-                    async def until(event: anyio.Event) -> None:
-                        await event.wait()
-                        tg.cancel_scope.cancel()
-
-                    tg.start_soon(until, wake)
-                    if stop is not None:
-                        tg.start_soon(until, stop)
+            await _until_any(seconds, wake, *([stop] if stop is not None else []))
         finally:
             self._waiting.discard(wake)
+        return wake.is_set()
+
+    async def listen(
+        self,
+        stop: anyio.Event,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Until `stop` is set: wake this process's idle workers whenever any process
+        announces a job (PostgreSQL LISTEN, on a connection taken from the pool for good and
+        closed, never handed back, when done). A lost connection is replaced after
+        `relisten_seconds`; meanwhile the workers poll. On SQLite, which one process uses,
+        there is nothing to listen to. `task_status` is told once the first attempt to
+        listen has succeeded or failed."""
+        if not self._postgres:
+            task_status.started()
+            return
+        told = False
+
+        def tell() -> None:
+            nonlocal told
+            if not told:
+                told = True
+                task_status.started()
+
+        while not stop.is_set():
+            try:
+                await self._listen_until_lost(stop, tell)
+            except Exception as exc:  # refused, terminated, timed out: the same remedy
+                log.warning(
+                    "not listening for new jobs (%s: %s); polling until listening again",
+                    type(exc).__name__, exc,
+                )  # fmt: skip
+            tell()
+            with anyio.move_on_after(self.relisten_seconds):
+                await stop.wait()
+
+    async def _listen_until_lost(self, stop: anyio.Event, listening: Callable[[], None]) -> None:
+        async with self.engine.connect() as conn:
+            try:
+                driver: Any = (await conn.get_raw_connection()).driver_connection
+                lost = anyio.Event()
+                driver.add_termination_listener(lambda _conn: lost.set())
+                await driver.add_listener(CHANNEL, lambda *_args: self.notify())
+                # Jobs announced while nobody listened here: look now, not at the next poll.
+                self.notify()
+                listening()
+                while not stop.is_set() and not lost.is_set():
+                    await _until_any(self.listen_check_seconds, stop, lost)
+                    if not stop.is_set() and not lost.is_set():
+                        await driver.fetchval("SELECT 1", timeout=self.listen_check_seconds)
+            finally:
+                # A LISTENing connection must not go back to the pool: another user would
+                # get its notifications' listener along with it.
+                with anyio.CancelScope(shield=True):
+                    await conn.invalidate()
+
+    async def _announce(self, conn: AsyncConnection) -> None:
+        """Tell listening worker processes, when `conn`'s transaction commits, that a job
+        can be claimed (PostgreSQL delivers NOTIFY on commit, and never on rollback)."""
+        if self._postgres:
+            await conn.execute(select(func.pg_notify(CHANNEL, "")))
 
     async def enqueue(
         self, video_id: str, kind: str = TRANSCODE, *, conn: AsyncConnection | None = None
@@ -112,9 +183,11 @@ class JobQueue:
         )
         if conn is not None:
             await conn.execute(stmt)
+            await self._announce(conn)
         else:
             async with self.engine.begin() as own:
                 await own.execute(stmt)
+                await self._announce(own)
             self.notify()
         return job_id
 
@@ -206,6 +279,7 @@ class JobQueue:
                     updated_at=utcnow(),
                 )
             )
+            await self._announce(conn)
 
     async def fail(self, job: Job, reason: str, *, retry: bool = True) -> bool:
         """Record a failed attempt. Returns True when the job will run again; otherwise the
@@ -281,3 +355,16 @@ class JobQueue:
         return and_(
             jobs.c.id == job.id, jobs.c.state == "running", jobs.c.lease_owner == job.lease_owner
         )
+
+
+async def _until_any(seconds: float, *events: anyio.Event) -> None:
+    """Until one of `events` is set or `seconds` have passed."""
+    with anyio.move_on_after(seconds):
+        async with anyio.create_task_group() as tg:
+
+            async def until(event: anyio.Event) -> None:
+                await event.wait()
+                tg.cancel_scope.cancel()
+
+            for event in events:
+                tg.start_soon(until, event)

@@ -149,6 +149,7 @@ async def run_workers(services: Services, count: int) -> None:
         log.info("removed %d temp dirs left by an earlier run", removed)
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
+        tg.start_soon(services.jobs.listen, stop)  # jobs queued by other processes
         for _ in range(count):
             tg.start_soon(functools.partial(worker_for(services).run, stop=stop))
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -194,6 +195,8 @@ async def media_pipeline(services: Services) -> AsyncIterator[None]:
         log.info("removed %d temp dirs left by an earlier run", removed)
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
+        if settings.workers:
+            tg.start_soon(services.jobs.listen, stop)  # jobs queued by other processes
         for _ in range(settings.workers):
             tg.start_soon(functools.partial(worker_for(services).run, stop=stop))
         tg.start_soon(sweep, services, stop)

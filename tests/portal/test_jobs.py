@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import anyio
+import asyncpg
 import pytest
 from sqlalchemy import select
 
-from portal.db import jobs, videos
+from portal.db import create_engine, jobs, videos
 from portal.jobs import WORKER_LOST, JobQueue, LeaseLost
+from portal.migrations import upgrade
 from tests.helpers import insert_user, insert_video
 
 pytestmark = pytest.mark.anyio
@@ -118,3 +120,106 @@ async def test_a_job_whose_last_attempt_died_is_failed_not_looped(engine):
     assert await queue.claim("next") is None
     video = await video_row(engine, video_id)
     assert (video["status"], video["error"]) == ("failed", WORKER_LOST)
+
+
+async def _listening_pids(postgres_url: str) -> set[int]:
+    admin = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        rows = await admin.fetch(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+        )
+        return {row["pid"] for row in rows}
+    finally:
+        await admin.close()
+
+
+async def _woken_by_a_job(listener: JobQueue, queuer: JobQueue, video_id: str) -> bool:
+    """Whether `listener`'s idle worker wakes when `queuer`, on another engine (as in
+    another process), queues a job; waits up to a minute, never the poll's hour."""
+    woken: list[bool] = []
+    async with anyio.create_task_group() as tg:
+
+        async def idle_worker() -> None:
+            woken.append(await listener.wait_for_work(3600))
+
+        tg.start_soon(idle_worker)
+        await anyio.wait_all_tasks_blocked()
+        await queuer.enqueue(video_id)
+        with anyio.move_on_after(60):
+            while not woken:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    return woken == [True]
+
+
+@pytest.mark.postgres
+async def test_workers_elsewhere_hear_of_new_jobs_and_listen_again_when_cut_off(postgres_url):
+    here, elsewhere = create_engine(postgres_url), create_engine(postgres_url)
+    try:
+        await upgrade(here)
+        queuer = JobQueue(here, lease_seconds=30, max_attempts=1)
+        listener = JobQueue(elsewhere, lease_seconds=30, max_attempts=1, relisten_seconds=0.05)
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            await tg.start(listener.listen, stop)
+            assert await _woken_by_a_job(listener, queuer, await queued_video(here))
+
+            # The listening connection dies (database restarted, network cut): the queue
+            # opens another and hears again; meanwhile its workers would have polled.
+            (old,) = await _listening_pids(postgres_url)
+            admin = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg", "postgresql"))
+            await admin.execute("SELECT pg_terminate_backend($1)", old)
+            await admin.close()
+            with anyio.fail_after(60):
+                while (await _listening_pids(postgres_url)) in (set(), {old}):  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            await listener.wait_for_work(0.5)  # the wake-up a new listener gives itself
+            assert await _woken_by_a_job(listener, queuer, await queued_video(here))
+            stop.set()
+    finally:
+        await here.dispose()
+        await elsewhere.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_job_rolled_back_is_never_announced(postgres_url):
+    here, elsewhere = create_engine(postgres_url), create_engine(postgres_url)
+    try:
+        await upgrade(here)
+        queuer = JobQueue(here, lease_seconds=30, max_attempts=1)
+        listener = JobQueue(elsewhere, lease_seconds=30, max_attempts=1)
+        video_id = await queued_video(here)
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            await tg.start(listener.listen, stop)
+            woken: list[bool] = []
+
+            async def idle_worker() -> None:
+                woken.append(await listener.wait_for_work(2))
+
+            tg.start_soon(idle_worker)
+            await anyio.wait_all_tasks_blocked()
+            async with here.connect() as conn:
+                transaction = await conn.begin()
+                await queuer.enqueue(video_id, conn=conn)
+                await transaction.rollback()
+            with anyio.fail_after(60):
+                while not woken:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            assert woken == [False]  # the wait ran out: nothing was announced
+            assert await queuer.claim("w") is None
+            stop.set()
+    finally:
+        await here.dispose()
+        await elsewhere.dispose()
+
+
+async def test_on_sqlite_there_is_nothing_to_listen_to(tmp_path):
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}")
+    try:
+        queue = JobQueue(engine, lease_seconds=30, max_attempts=1)
+        with anyio.fail_after(5):
+            await queue.listen(anyio.Event())  # returns at once, though never told to stop
+    finally:
+        await engine.dispose()

@@ -284,3 +284,27 @@ async def test_an_idle_worker_takes_an_upload_finished_in_its_process_at_once(se
                 while (await video_row(services.engine, video_id))["status"] != "ready":  # noqa: ASYNC110
                     await anyio.sleep(0.05)
             stop.set()
+
+
+@pytest.mark.postgres
+async def test_an_idle_worker_in_another_process_takes_an_upload_at_once(
+    settings, clip, postgres_url
+):
+    """On PostgreSQL the queue wakes idle workers of other processes (other machines) too:
+    the upload ends in one `Services`, with its own engine and queue, and a worker of
+    another one, which would otherwise sleep for an hour, hears of it and transcodes it."""
+    settings = settings.replace(database_url=postgres_url)
+    async with open_services(settings) as uploading, open_services(settings) as working:
+        assert uploading.jobs is not working.jobs and uploading.engine is not working.engine
+        creator = await insert_user(uploading.engine, role="creator")
+        worker = worker_for(working, poll_seconds=3600)
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            await tg.start(working.jobs.listen, stop)
+            tg.start_soon(functools.partial(worker.run, stop=stop))
+            await anyio.sleep(0.2)  # the worker found the queue empty and waits
+            video_id = await uploading.uploads.import_file(creator, clip, {"title": "Elsewhere"})
+            with anyio.fail_after(120):
+                while (await video_row(uploading.engine, video_id))["status"] != "ready":  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            stop.set()
