@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+from urllib.parse import quote
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 from starlette.datastructures import Headers
@@ -321,3 +323,46 @@ def test_an_unexpected_error_keeps_the_security_headers(app, path):
     assert crashed.headers["x-frame-options"] == "DENY"
     assert crashed.headers["cache-control"] == "no-store"
     assert 'megamovie_http_requests_total{method="GET",status="500"} 1' in metrics
+
+
+CONTROL_CHARACTERS = [f"%{c:02X}" for c in (*range(0x20), 0x7F)]
+
+
+def test_a_control_character_in_any_path_parameter_is_a_400(client):
+    """Every route of the app, every method, every path parameter holding %00 (or another
+    control character): a 400 naming the address, before any handler or database sees it."""
+    from starlette.routing import Route
+
+    from portal.app import build_routes
+
+    templated = [r for r in build_routes() if isinstance(r, Route) and r.param_convertors]
+    assert len(templated) > 10, "the route table was not read"
+    for route in templated:
+        for n, method in enumerate(sorted(route.methods or {"GET"})):
+            char = CONTROL_CHARACTERS[n % len(CONTROL_CHARACTERS)]
+            path = re.sub(r"\{[^}]+\}", f"Ab{char}cD", route.path)
+            answer = client.request(method, path)
+            assert answer.status_code == 400, (method, path, answer.status_code)
+            if method != "HEAD":
+                assert said_bad_path(answer), (method, path)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    before=st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=20),
+    control=st.sampled_from(CONTROL_CHARACTERS),
+    after=st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=20),
+)
+def test_no_path_with_a_control_character_reaches_the_app(client, before, control, after):
+    # Not "//...": a client reads that as a host name, not a path.
+    path = "/" + quote(before, safe="/").lstrip("/") + control + quote(after, safe="/")
+    answer = client.get(path)
+    assert answer.status_code == 400, path
+    assert said_bad_path(answer), path
+
+
+def said_bad_path(answer) -> bool:
+    """The refusal, as JSON under /api/ and as a page elsewhere."""
+    if answer.headers["content-type"].startswith("application/json"):
+        return answer.json()["error"] == "bad_path"
+    return "control character" in answer.text
