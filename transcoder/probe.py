@@ -234,14 +234,18 @@ async def _check_decodes(
     ffprobe: str,
     guard: Guard | None,
 ) -> None:
-    """Decode the first frames, and read the packets of the last seconds, of the main stream.
+    """Decode the first frames, and read the packets of the last seconds, of the main stream;
+    decode the first frames of the soundtrack beside a picture too.
 
     Headers can promise a full film while the data stops half-way (an MP4 with its index at
     the front, cut short); only reading the end proves the data is there. The end is checked
     with packets, not frames: after a seek into an unindexed stream (MPEG-TS) the decoder has
-    no keyframe to start from, yet the packets are there.
+    no keyframe to start from, yet the packets are there. A soundtrack whose header says
+    AAC-LC while its packets are noise would otherwise be copied into every rendition as it
+    came (`ladder.audio_passthrough`), and a player's decoder stops on it.
     """
     selector = "v:0" if info.has_video else "a:0"
+    sound = str(info.audio_index) if info.audio_index is not None else "a:0"
     # The last frame starts one frame before the end: seconds before it in a slideshow.
     frame = 1 / info.fps if info.has_video and info.fps > 0 else 0.0
     tail_start = max(main_end - 1.5 - frame, info.start_time)
@@ -249,22 +253,29 @@ async def _check_decodes(
     # which costs no decoding at all and stays cheap for a 4K film with 10-second GOPs.
     results: dict[str, dict[str, Any]] = {}
 
-    async def check(interval: str, entries: str) -> None:
+    async def check(name: str, stream: str, interval: str, entries: str) -> None:
         args = [
-            ffprobe, "-v", "error", "-hide_banner", "-select_streams", selector,
+            ffprobe, "-v", "error", "-hide_banner", "-select_streams", stream,
             "-read_intervals", interval, "-show_entries", entries, "-of", "json",
             *input_args(path, info.format),
         ]  # fmt: skip
-        results[interval] = await _ffprobe_json(args, limits, guard)
+        results[name] = await _ffprobe_json(args, limits, guard)
 
-    head_interval, tail_interval = "%+#2", f"{tail_start:.3f}%"
+    frames_entry = "frame=best_effort_timestamp_time"
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(check, head_interval, "frame=best_effort_timestamp_time")
-            tg.start_soon(check, tail_interval, "packet=pts_time")
+            tg.start_soon(check, "head", selector, "%+#2", frames_entry)
+            tg.start_soon(check, "tail", selector, f"{tail_start:.3f}%", "packet=pts_time")
+            if info.has_video and info.has_audio:
+                tg.start_soon(check, "sound", sound, "%+#4", frames_entry)
     except BaseExceptionGroup as group:
         raise first_error(group) from None
-    head, tail = results[head_interval], results[tail_interval]
+    head, tail = results["head"], results["tail"]
+    if "sound" in results and not results["sound"].get("frames"):
+        raise NoDecodableStream(
+            "The sound in this file cannot be decoded: it may be damaged. Export the film "
+            "again, or without its sound track."
+        )
     frames = head.get("frames") or []
     packet_times = [
         t for t in (_float(p.get("pts_time")) for p in tail.get("packets") or []) if t is not None

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import subprocess
 import tempfile
 import threading
@@ -116,6 +117,28 @@ async def test_truncated_upload_is_corrupt(clip: Callable[[str], Path], name: st
     with pytest.raises(CorruptMedia) as caught:
         await probe(upload, LIMITS)
     assert str(upload.parent) not in caught.value.reason
+
+
+async def test_a_soundtrack_of_noise_under_an_aac_header_is_refused(
+    clip: Callable[[str], Path],
+) -> None:
+    """The container still says AAC-LC, the kind of sound that is copied into every rendition
+    as it came, but every audio packet is noise: a player's decoder stops on it. The probe
+    decodes the first sound too, and refuses the file naming the sound."""
+    upload = clip("landscape.mp4")
+    packets = ffprobe_json(upload, "-select_streams", "a:0", "-show_entries", "packet=pos,size")
+    data = bytearray(upload.read_bytes())
+    noise = random.Random(1)
+    for packet in packets["packets"]:
+        start, size = int(packet["pos"]), int(packet["size"])
+        data[start : start + size] = noise.randbytes(size)
+    upload.write_bytes(data)
+    (claim,) = ffprobe_json(upload, "-select_streams", "a:0", "-show_entries", "stream")["streams"]
+    assert (claim["codec_name"], claim["profile"]) == ("aac", "LC")
+
+    with pytest.raises(NoDecodableStream) as caught:
+        await probe(upload, LIMITS)
+    assert "sound" in caught.value.reason
 
 
 async def test_container_header_followed_by_garbage_is_corrupt(tmp_path: Path) -> None:
