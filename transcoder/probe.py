@@ -242,7 +242,7 @@ async def _check_decodes(
     with packets, not frames: after a seek into an unindexed stream (MPEG-TS) the decoder has
     no keyframe to start from, yet the packets are there. A soundtrack whose header says
     AAC-LC while its packets are noise would otherwise be copied into every rendition as it
-    came (`ladder.audio_passthrough`), and a player's decoder stops on it.
+    came (`ladder.audio_passthrough`), sent to players as noise.
     """
     selector = "v:0" if info.has_video else "a:0"
     sound = str(info.audio_index) if info.audio_index is not None else "a:0"

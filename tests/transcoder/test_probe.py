@@ -123,7 +123,7 @@ async def test_a_soundtrack_of_noise_under_an_aac_header_is_refused(
     clip: Callable[[str], Path],
 ) -> None:
     """The container still says AAC-LC, the kind of sound that is copied into every rendition
-    as it came, but every audio packet is noise: a player's decoder stops on it. The probe
+    as it came, but every audio packet is noise, which players would be sent. The probe
     decodes the first sound too, and refuses the file naming the sound."""
     upload = clip("landscape.mp4")
     packets = ffprobe_json(upload, "-select_streams", "a:0", "-show_entries", "packet=pos,size")
