@@ -128,10 +128,12 @@ class JobQueue:
             try:
                 await self._listen_until_lost(stop, tell)
             except Exception as exc:  # refused, terminated, timed out: the same remedy
-                log.warning(
-                    "not listening for new jobs (%s: %s); polling until listening again",
-                    type(exc).__name__, exc,
-                )  # fmt: skip
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                reason = "its connection was closed"
+            if not stop.is_set():
+                log.warning("not listening for new jobs (%s); polling until listening again",
+                            reason)  # fmt: skip
             tell()
             with anyio.move_on_after(self.relisten_seconds):
                 await stop.wait()

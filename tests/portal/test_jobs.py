@@ -154,7 +154,9 @@ async def _woken_by_a_job(listener: JobQueue, queuer: JobQueue, video_id: str) -
 
 
 @pytest.mark.postgres
-async def test_workers_elsewhere_hear_of_new_jobs_and_listen_again_when_cut_off(postgres_url):
+async def test_workers_elsewhere_hear_of_new_jobs_and_listen_again_when_cut_off(
+    postgres_url, caplog
+):
     here, elsewhere = create_engine(postgres_url), create_engine(postgres_url)
     try:
         await upgrade(here)
@@ -176,6 +178,7 @@ async def test_workers_elsewhere_hear_of_new_jobs_and_listen_again_when_cut_off(
                     await anyio.sleep(0.05)
             await listener.wait_for_work(0.5)  # the wake-up a new listener gives itself
             assert await _woken_by_a_job(listener, queuer, await queued_video(here))
+            assert "not listening for new jobs (its connection was closed)" in caplog.text
             stop.set()
     finally:
         await here.dispose()
