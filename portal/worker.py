@@ -119,7 +119,10 @@ class Worker:
             while True:
                 await anyio.sleep(self.heartbeat_seconds)
                 try:
-                    await self.queue.heartbeat(job)
+                    # Shielded: the job ending cancels this task, and a query cancelled
+                    # midway leaves an aiosqlite connection half-closed (see wait_for_video).
+                    with anyio.CancelScope(shield=True):
+                        await self.queue.heartbeat(job)
                 except LeaseLost:
                     lost = True
                     scope.cancel()  # someone else runs it now: stop wasting work
@@ -229,26 +232,35 @@ async def import_video(
 async def wait_for_video(
     services: Services, video_id: str, on_progress: Callable[[float], None]
 ) -> tuple[str, str | None]:
-    """Run a worker here until `video_id` is ready or failed; returns (status, error)."""
+    """Run a worker here until `video_id` is ready or failed; returns (status, error).
+
+    The worker is asked to stop, not cancelled: cancelled mid-query, SQLAlchemy abandons its
+    aiosqlite connection half-closed, and `asyncio.run` then hangs at exit for good (the
+    CLI's `import --wait` did, whenever the film was done while the worker was claiming)."""
+    stop = anyio.Event()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(worker_for(services, poll_seconds=0.2).run)
-        while True:
-            async with services.engine.connect() as conn:
-                row = (
-                    await conn.execute(
-                        select(videos.c.status, videos.c.progress, videos.c.error).where(
-                            videos.c.id == video_id
+        tg.start_soon(functools.partial(worker_for(services, poll_seconds=0.2).run, stop=stop))
+        try:
+            while True:
+                async with services.engine.connect() as conn:
+                    row = (
+                        await conn.execute(
+                            select(videos.c.status, videos.c.progress, videos.c.error).where(
+                                videos.c.id == video_id
+                            )
                         )
-                    )
-                ).first()
-            if row is None:
-                tg.cancel_scope.cancel()
-                return "deleted", "the video was deleted while it was processed"
-            on_progress(row.progress)
-            if row.status in ("ready", "failed"):
-                tg.cancel_scope.cancel()
-                return row.status, row.error
-            await anyio.sleep(0.2)
+                    ).first()
+                if row is None:
+                    return "deleted", "the video was deleted while it was processed"
+                on_progress(row.progress)
+                if row.status in ("ready", "failed"):
+                    return row.status, row.error
+                await anyio.sleep(0.2)
+        finally:
+            # The worker ends its current query and leaves; one busy with another film's
+            # job is cancelled after the grace period and hands that job back.
+            stop.set()
+            tg.cancel_scope.deadline = anyio.current_time() + SHUTDOWN_GRACE_SECONDS
     raise AssertionError("unreachable")  # the loop only leaves by returning
 
 

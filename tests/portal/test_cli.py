@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import anyio
 import pytest
@@ -12,6 +16,8 @@ from portal.cli import main
 from portal.demo import DEMO_EMAIL, seed_demo
 from portal.services import open_services
 from tests.helpers import create_account, pipeline_settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -94,3 +100,39 @@ def test_the_demo_fills_only_an_empty_catalog(settings):
                  "ON u.id = v.creator_id")  # fmt: skip
     assert rows == [("queued", DEMO_EMAIL), ("queued", DEMO_EMAIL)]
     assert query(settings, "SELECT count(*) FROM jobs WHERE state = 'queued'") == [(2,)]
+
+
+WAIT_ON_A_DONE_FILM = """
+import asyncio, sys
+from pathlib import Path
+from portal.cli import _with_services
+from portal.services import open_services
+from portal.worker import wait_for_video
+from tests.helpers import insert_user, insert_video, pipeline_settings
+
+settings = pipeline_settings(Path(sys.argv[1]))
+
+async def ready_film():
+    async with open_services(settings) as services:
+        return await insert_video(services.engine, await insert_user(services.engine), "ready")
+
+film = asyncio.run(ready_film())
+for _ in range(20):  # each run ends while its worker, just started, is claiming
+    print(*_with_services(settings, wait_for_video, film, lambda progress: None), flush=True)
+"""
+
+
+def test_import_wait_returns_when_the_film_is_done_while_its_worker_queries(tmp_path):
+    """`import --wait` stopped its worker by cancelling it, mid-query as often as not, and
+    `asyncio.run` then hung for good at exit on the half-closed SQLite connection. A fresh
+    interpreter, so a hang is a failed test rather than a stuck suite."""
+    done = subprocess.run(
+        [sys.executable, "-c", WAIT_ON_A_DONE_FILM, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["ready None"] * 20
