@@ -35,11 +35,7 @@ from portal.routes import (
     videos,
     viewer_pages,
 )
-from portal.security import (
-    AllowedHostsMiddleware,
-    CleanPathMiddleware,
-    SecurityHeadersMiddleware,
-)
+from portal.security import RequestGateMiddleware, SecurityHeadersMiddleware
 from portal.services import open_services
 from portal.settings import Settings
 from portal.streaming import SegmentFastPath
@@ -84,8 +80,7 @@ def build_middleware(settings: Settings, admission: Admission | None = None) -> 
         Middleware(SecurityHeadersMiddleware),
         Middleware(uploads.TusResumableMiddleware),
         Middleware(UnexpectedErrorMiddleware),
-        Middleware(CleanPathMiddleware),
-        Middleware(AllowedHostsMiddleware, allowed=settings.host_names),
+        Middleware(RequestGateMiddleware, allowed=settings.host_names),
         Middleware(AdmissionMiddleware, admission=admission),
         Middleware(AuthMiddleware, settings=settings),
         # Innermost: segment GETs go straight to their endpoint, not through the router.

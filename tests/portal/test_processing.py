@@ -270,20 +270,9 @@ async def test_a_film_is_published_before_its_poster_and_storyboard_are_made(
 
 async def test_an_idle_worker_takes_an_upload_finished_in_its_process_at_once(settings, clip):
     """No poll interval between the end of an upload and its transcode: the queue wakes
-    this process's idle workers. (The worker here would otherwise sleep for an hour.)"""
+    this process's idle workers."""
     async with open_services(settings) as services:
-        creator = await insert_user(services.engine, role="creator")
-        worker = worker_for(services, poll_seconds=3600)
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(functools.partial(worker.run, stop=stop))
-            await anyio.sleep(0.2)  # the worker found the queue empty and waits
-            video_id = await services.uploads.import_file(creator, clip, {"title": "Now"})
-            with anyio.fail_after(120):
-                # The worker task writes the row; the test reads the database, as a page would.
-                while (await video_row(services.engine, video_id))["status"] != "ready":  # noqa: ASYNC110
-                    await anyio.sleep(0.05)
-            stop.set()
+        await _transcoded_at_once(services, services, clip)
 
 
 @pytest.mark.postgres
@@ -292,19 +281,26 @@ async def test_an_idle_worker_in_another_process_takes_an_upload_at_once(
 ):
     """On PostgreSQL the queue wakes idle workers of other processes (other machines) too:
     the upload ends in one `Services`, with its own engine and queue, and a worker of
-    another one, which would otherwise sleep for an hour, hears of it and transcodes it."""
+    another one hears of it and transcodes it."""
     settings = settings.replace(database_url=postgres_url)
     async with open_services(settings) as uploading, open_services(settings) as working:
         assert uploading.jobs is not working.jobs and uploading.engine is not working.engine
-        creator = await insert_user(uploading.engine, role="creator")
-        worker = worker_for(working, poll_seconds=3600)
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            await tg.start(working.jobs.listen, stop)
-            tg.start_soon(functools.partial(worker.run, stop=stop))
-            await anyio.sleep(0.2)  # the worker found the queue empty and waits
-            video_id = await uploading.uploads.import_file(creator, clip, {"title": "Elsewhere"})
-            with anyio.fail_after(120):
-                while (await video_row(uploading.engine, video_id))["status"] != "ready":  # noqa: ASYNC110
-                    await anyio.sleep(0.05)
-            stop.set()
+        await _transcoded_at_once(uploading, working, clip)
+
+
+async def _transcoded_at_once(uploading, working, clip) -> None:
+    """An upload finished through `uploading` is transcoded by an idle worker of `working`
+    (the same services, or another process's), which would otherwise sleep for an hour."""
+    creator = await insert_user(uploading.engine, role="creator")
+    worker = worker_for(working, poll_seconds=3600)
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        await tg.start(working.jobs.listen, stop)  # nothing to listen to on SQLite
+        tg.start_soon(functools.partial(worker.run, stop=stop))
+        await anyio.sleep(0.2)  # the worker found the queue empty and waits
+        video_id = await uploading.uploads.import_file(creator, clip, {"title": "Now"})
+        with anyio.fail_after(120):
+            # The worker task writes the row; the test reads the database, as a page would.
+            while (await video_row(uploading.engine, video_id))["status"] != "ready":  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        stop.set()
