@@ -1,11 +1,13 @@
 """Where sealed objects rest: a local directory (here) or S3 (`portal.vault.s3`), chosen by
 the storage URL. The interface both implement is `portal.vault.backend.Storage`.
 
-The local backend's file work goes through aiofiles, off the event loop.
+The local backend's file work runs in worker threads (aiofiles and anyio's), off the event
+loop; segment reads try the page cache on the loop first (`read_cached`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -13,8 +15,8 @@ import re
 import secrets
 import threading
 from collections.abc import AsyncIterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiofiles
@@ -78,6 +80,12 @@ def _fsync_directory_sync(directory: Path) -> None:
 _fsync = aiofiles.os.wrap(os.fsync)
 _fsync_directory = aiofiles.os.wrap(_fsync_directory_sync)
 
+#: Bytes of an object written between two background syncs of its file.
+SYNC_EVERY = 32 * 1024 * 1024
+# Background syncs run on threads of their own, a few at once: a disk does not go faster
+# with more, and a burst of uploads must not take the threads that reads and writes use.
+_SYNCS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vault-sync")
+
 #: (name, file, whether it is an unfinished write), sorted by name.
 _Found = list[tuple[str, Path, bool]]
 
@@ -112,9 +120,10 @@ class LocalStorage:
     fsynced, then renamed over the target, so a reader sees the old object or the new one,
     never half of one, even after a crash. Every directory below the root is 0700."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, sync_every: int = SYNC_EVERY) -> None:
         self.root = Path(root).absolute()
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.sync_every = sync_every
 
     def path_of(self, name: str) -> Path:
         path = self.root / validate_name(name)
@@ -252,37 +261,66 @@ def _scratch(size: int) -> bytearray:
 
 
 class LocalUpload:
+    """One object being written to a temp file beside its final name, renamed into place on
+    commit. Writes go out in a worker thread; every `sync_every` bytes (`SYNC_EVERY`),
+    another thread starts an fdatasync of what is written so far, unless one is still
+    running. The disk then works while the rest arrives, instead of all at once in
+    `commit`'s fsync, which only has the tail left, and an upload's dirty pages stay few
+    (benchmarks/ingest.py: a 1 GiB tus PATCH, 256 -> 403 MB/s on this alone)."""
+
     def __init__(self, storage: LocalStorage, name: str, path: Path) -> None:
         self._storage = storage
         self._name = name
         self._path = path
         self._tmp = path.with_name(f".tmp-{secrets.token_hex(8)}-{path.name}")
-        self._file: Any = None  # an aiofiles binary file, from the first write on
+        self._fd: int | None = None
         self._size = 0
+        self._synced_at = 0  # bytes written when the last background sync started
+        self._syncing: asyncio.Future[None] | None = None
+        self.background_syncs = 0  # started so far
 
-    async def _open(self) -> Any:
-        if self._file is None:
+    async def _open(self) -> int:
+        if self._fd is None:
             await self._storage.make_directories(self._path.parent)
-            self._file = await aiofiles.open(self._tmp, "xb", opener=_private)
-        return self._file
+            self._fd = await anyio.to_thread.run_sync(
+                _private, str(self._tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            )
+        return self._fd
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         try:
             with _uncancelled():
-                await (await self._open()).write(data)
+                fd = await self._open()
+                await anyio.to_thread.run_sync(_write_all, fd, data)
+                self._size += len(data)
+                if self._size - self._synced_at >= self._storage.sync_every:
+                    await self._sync_in_background(fd)
         except OSError as exc:
             await self.abort()
             raise _storage_error("write", self._name, exc) from None
-        self._size += len(data)
+
+    async def _sync_in_background(self, fd: int) -> None:
+        if self._syncing is not None:
+            if not self._syncing.done():
+                return  # the disk is still busy with the last one: the next write asks again
+            await self._settle()  # raises what the last sync met (EIO, ENOSPC)
+        self._synced_at = self._size
+        self._syncing = asyncio.get_running_loop().run_in_executor(_SYNCS, os.fdatasync, fd)
+        self.background_syncs += 1
+
+    async def _settle(self) -> None:
+        syncing, self._syncing = self._syncing, None
+        if syncing is not None:
+            await syncing
 
     async def commit(self) -> int:
         try:
             with _uncancelled():
-                handle = await self._open()
-                await handle.flush()
-                await _fsync(handle.fileno())
-                await handle.close()
-                self._file = None
+                fd = await self._open()
+                await self._settle()
+                await _fsync(fd)
+                self._fd = None
+                await anyio.to_thread.run_sync(os.close, fd)
                 await aiofiles.os.replace(self._tmp, self._path)
                 await _fsync_directory(self._path.parent)
         except OSError as exc:
@@ -292,12 +330,21 @@ class LocalUpload:
 
     async def abort(self) -> None:
         with _uncancelled():
-            if self._file is not None:
+            # The file stays open until its background sync is done with it.
+            with contextlib.suppress(OSError):
+                await self._settle()
+            fd, self._fd = self._fd, None
+            if fd is not None:
                 with contextlib.suppress(OSError):
-                    await self._file.close()
-                self._file = None
+                    await anyio.to_thread.run_sync(os.close, fd)
             with contextlib.suppress(FileNotFoundError):
                 await aiofiles.os.remove(self._tmp)
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 async def open_storage(config: StorageConfig) -> Storage:

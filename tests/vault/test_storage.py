@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -261,3 +262,48 @@ async def test_a_local_upload_aborted_after_writes_leaves_nothing(
         await upload.write(piece)
     assert await upload.commit() == 1_500_000
     assert await storage.read("owner1/source/part-000002") == b"".join(pieces)
+
+
+def _open_under(root: Path) -> list[str]:
+    """The files under `root` this process holds open."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(root)):
+                held.append(target)
+    return held
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_large_local_upload_goes_to_disk_while_it_is_written(
+    vault_settings: Settings,
+) -> None:
+    storage = LocalStorage(vault_settings.data_dir / "objects", sync_every=256 * 1024)
+    small = storage.upload("owner1/hls/720p/000001.m4s")
+    await small.write(os.urandom(200_000))
+    assert small.background_syncs == 0  # a segment is only fsynced by its commit
+    await small.commit()
+
+    upload = storage.upload("owner1/source/part-000001")
+    pieces = [os.urandom(100_000) for _ in range(40)]
+    for piece in pieces:
+        await upload.write(piece)
+    assert upload.background_syncs >= 1
+    assert await upload.commit() == 4_000_000
+    assert await storage.read("owner1/source/part-000001") == b"".join(pieces)
+    assert _open_under(storage.root) == []
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_local_upload_aborted_while_its_background_sync_runs_leaves_nothing(
+    vault_settings: Settings,
+) -> None:
+    storage = LocalStorage(vault_settings.data_dir / "objects", sync_every=64 * 1024)
+    for attempt in range(20):
+        upload = storage.upload(f"owner1/source/part-{attempt + 1:06d}")
+        await upload.write(os.urandom(100_000))
+        assert upload.background_syncs == 1
+        await upload.abort()  # at once: the sync may still be running on the open file
+        assert files_under(storage.root) == []
+        assert _open_under(storage.root) == []
