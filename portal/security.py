@@ -5,7 +5,9 @@ Rate limits on the doors people knock on live in portal.ratelimit (in memory, pe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from urllib.parse import unquote_to_bytes
 
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
@@ -81,16 +83,22 @@ class SecurityHeadersMiddleware(ResponseHeadersMiddleware):
 
 #: C0 controls and DEL: no address of ours holds one, and PostgreSQL refuses NUL in text.
 _CONTROL = frozenset(chr(c) for c in (*range(0x20), 0x7F))
+# In a query: the control characters nobody types, as in `parsing` (tab and line breaks can
+# come from a pasted search, and are harmless there).
+_QUERY_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class RequestGateMiddleware:
     """Refuses, before anything reads the session or the database, a request no route should
-    see (one middleware for both, so a segment GET pays for one hop, not two):
+    see (one middleware for all three, so a segment GET pays for one hop, not three):
 
     - `400 bad_path`: its path, once percent-decoded, holds a control character (`%00`,
       `%0A`...). Every path parameter (ids, names, tokens) is then free of them wherever it
       goes: a NUL reaching PostgreSQL was a 500, found by the fuzzer in one route after
       another until refused here, once, for all of them.
+    - `400 bad_query`: its query string, percent-decoded, holds a control character other
+      than tab and line breaks (`?q=a%00b`). No query parameter of the portal takes one, and
+      a NUL in a search or a cursor would otherwise be echoed back, or reach the database.
     - `400 host_not_allowed`: its `Host` is not one of the portal's names
       (`MEGAMOVIE_ALLOWED_HOSTS`). Anything the portal builds from the request's host (an
       absolute link, a redirect) then points back at the portal, never at a name an
@@ -112,6 +120,12 @@ class RequestGateMiddleware:
         if not _CONTROL.isdisjoint(scope["path"]):
             message = "The address holds a control character (such as %00); check the link."
             return render_error(Request(scope), 400, "bad_path", message)
+        if _query_has_control(scope["query_string"]):
+            message = (
+                "The address's query (after ?) holds a control character (such as %00); "
+                "check the link."
+            )
+            return render_error(Request(scope), 400, "bad_query", message)
         if "*" in self.allowed:
             return None
         request = Request(scope)
@@ -120,6 +134,13 @@ class RequestGateMiddleware:
             return None
         message = "This server does not answer to that host name; use the portal's own address."
         return render_error(request, 400, "host_not_allowed", message)
+
+
+def _query_has_control(query: bytes) -> bool:
+    if not query:
+        return False
+    # The HTTP parser refuses raw control bytes: only escapes can hold one.
+    return b"%" in query and _QUERY_CONTROL.search(unquote_to_bytes(query)) is not None
 
 
 def host_name(header: str) -> str:

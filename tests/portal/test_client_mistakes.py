@@ -361,6 +361,48 @@ def test_no_path_with_a_control_character_reaches_the_app(client, before, contro
     assert said_bad_path(answer), path
 
 
+QUERY_CONTROL_CHARACTERS = [c for c in CONTROL_CHARACTERS if c not in ("%09", "%0A", "%0D")]
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["/api/videos?q=a{}b", "/api/videos?cursor={}", "/api/videos?sort=new{}", "/?q={}",
+     "/?page=1{}", "/login?next=/{}", "/api/videos?{}=1", "/api/me?x={}"],
+)  # fmt: skip
+def test_a_control_character_in_a_query_is_a_400(client, address):
+    for char in QUERY_CONTROL_CHARACTERS:
+        answer = client.get(address.format(char))
+        assert answer.status_code == 400, (address, char, answer.status_code)
+        assert said_bad_query(answer), (address, char)
+
+
+def test_tabs_and_line_breaks_in_a_search_are_fine(client):
+    for char in ("%09", "%0A", "%0D", "+"):
+        answer = client.get(f"/api/videos?q=night{char}train")
+        assert answer.status_code == 200, (char, answer.text)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    before=st.text(st.characters(exclude_categories=["Cs"]), max_size=20),
+    control=st.sampled_from(QUERY_CONTROL_CHARACTERS),
+    after=st.text(st.characters(exclude_categories=["Cs"]), max_size=20),
+    name=st.sampled_from(["q", "sort", "cursor", "page", "after", "stream", "next"]),
+)
+def test_no_query_with_a_control_character_reaches_the_app(client, before, control, after, name):
+    query = f"{name}={quote(before, safe='')}{control}{quote(after, safe='')}"
+    for path in ("/api/videos", "/"):
+        answer = client.get(f"{path}?{query}")
+        assert answer.status_code == 400, query
+        assert said_bad_query(answer), query
+
+
+def said_bad_query(answer) -> bool:
+    if answer.headers["content-type"].startswith("application/json"):
+        return answer.json()["error"] == "bad_query"
+    return "query" in answer.text and "control character" in answer.text
+
+
 def said_bad_path(answer) -> bool:
     """The refusal, as JSON under /api/ and as a page elsewhere."""
     if answer.headers["content-type"].startswith("application/json"):
