@@ -1,6 +1,3 @@
-
-
-
 def test_healthz_answers_ok_when_the_database_is_up(client, settings):
     response = client.get("/healthz")
     assert response.status_code == 200

@@ -217,4 +217,3 @@ def test_upload_metadata_is_capped_by_its_setting(client):
     refused = create("x" * 100)
     assert (refused.status_code, refused.json()["field"]) == (400, "Upload-Metadata")
     assert "limited to 100 bytes" in refused.json()["message"]
-

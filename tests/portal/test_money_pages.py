@@ -91,9 +91,7 @@ def test_the_library_lists_a_purchase_and_a_rental_and_the_wallet_its_balance(cl
     log_in(client, "v@example.org")
     empty = client.get("/library").text
     assert "Nothing bought or rented yet" in empty
-    top_up = api(
-        client, "POST", "/api/wallet/top-ups", {"amount": 1000, "currency": "EUR"}, "t1"
-    )
+    top_up = api(client, "POST", "/api/wallet/top-ups", {"amount": 1000, "currency": "EUR"}, "t1")
     assert top_up.status_code == 201, top_up.text
     for offer in (buy_offer, rent_offer):
         answer = api(client, "POST", "/api/purchases", {"offer_id": offer}, str(uuid.uuid4()))

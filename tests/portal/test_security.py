@@ -86,5 +86,3 @@ def test_rate_limit_counts_each_action_separately(client):
         _token(client)
     assert _token(client).status_code == 429
     assert _login(client).status_code == 303  # log-in has its own budget
-
-

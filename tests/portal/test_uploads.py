@@ -38,14 +38,6 @@ def settings(request, tmp_path):
     return base.replace(database_url=request.getfixturevalue("sync_postgres_url"))
 
 
-
-
-
-
-
-
-
-
 @pytest.fixture
 def creator(settings):
     create_account(settings, "maker@example.org", "creator")
@@ -192,8 +184,6 @@ def test_an_expired_upload_is_gone_then_swept_away(client, creator):
     assert client.head(location, headers={**TUS, **auth}).status_code == 404
     assert not client.portal.call(client.app.state.services.vault.has_key, video_id)
     assert count(client, uploads) == 0
-
-
 
 
 def wait_for_offset(client, location, auth, expected: str) -> None:
