@@ -17,6 +17,11 @@ the first byte sent to the answer), the server's CPU per GiB (utime+stime of eve
 process, /proc/PID/stat), and how far the server's resident memory rose above its idle size
 (sampled every 50 ms). Ratios are ours over nginx's. Everything it starts, it stops; the
 stored copies are deleted after each run.
+
+The CPU columns are not quite like for like: the portal fdatasyncs a large object in the
+background as it arrives (`portal.vault.storage.LocalUpload`), so the kernel's work of
+sending those pages to the disk is charged to the portal's threads, while nginx's pages
+are sent by the kernel's flusher threads (and by this script's fsync), charged to neither.
 """
 
 from __future__ import annotations
