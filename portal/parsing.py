@@ -104,10 +104,16 @@ def query_number(
 # -- text -----------------------------------------------------------------------------------
 
 
+def is_text(value: str) -> bool:
+    """Could a person have typed `value`: no control characters but tab and line breaks, and
+    no lone surrogates?"""
+    return _NOT_TEXT.search(value) is None
+
+
 def clean_text(value: str, field: str, label: str | None = None) -> str:
     """`value` when it is text a person could have typed; BadRequest naming `field` (and
     `label` in the message, when given) otherwise."""
-    if _NOT_TEXT.search(value):
+    if not is_text(value):
         raise BadRequest(
             f"The {label or field} contains characters that are not text (control characters or "
             "broken Unicode); remove them and try again.",

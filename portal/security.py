@@ -5,7 +5,6 @@ Rate limits on the doors people knock on live in portal.ratelimit (in memory, pe
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from urllib.parse import unquote_to_bytes
 
@@ -15,6 +14,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from portal.http_errors import render_error
+from portal.parsing import is_text
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [
@@ -83,9 +83,6 @@ class SecurityHeadersMiddleware(ResponseHeadersMiddleware):
 
 #: C0 controls and DEL: no address of ours holds one, and PostgreSQL refuses NUL in text.
 _CONTROL = frozenset(chr(c) for c in (*range(0x20), 0x7F))
-# In a query: the control characters nobody types, as in `parsing` (tab and line breaks can
-# come from a pasted search, and are harmless there).
-_QUERY_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class RequestGateMiddleware:
@@ -137,10 +134,10 @@ class RequestGateMiddleware:
 
 
 def _query_has_control(query: bytes) -> bool:
-    if not query:
-        return False
-    # The HTTP parser refuses raw control bytes: only escapes can hold one.
-    return b"%" in query and _QUERY_CONTROL.search(unquote_to_bytes(query)) is not None
+    """Does the query hold what `parsing.is_text` refuses in a text field? The HTTP parser
+    refuses raw control bytes, so only an escape can hold one; bytes map one to one onto
+    latin-1 characters, none of them refused but the controls."""
+    return b"%" in query and not is_text(unquote_to_bytes(query).decode("latin-1"))
 
 
 def host_name(header: str) -> str:

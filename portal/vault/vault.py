@@ -115,6 +115,16 @@ class ObjectWriter:
         if pending is not None:
             await pending
 
+    async def _discard(self) -> None:
+        """Store nothing: let the write in flight finish (its failure no longer matters),
+        then drop what storage holds of the object. Shielded, so a cancellation cannot leave
+        a temp file behind."""
+        assert self._upload is not None
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(Exception):
+                await self._settle()
+            await self._upload.abort()
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -123,10 +133,7 @@ class ObjectWriter:
     ) -> None:
         assert self._sealer is not None and self._upload is not None
         if exc_type is not None:
-            with anyio.CancelScope(shield=True):
-                with contextlib.suppress(Exception):
-                    await self._settle()
-                await self._upload.abort()
+            await self._discard()
             return
         try:
             if len(self._buffer) - self._filled < self._sealer.stride:
@@ -136,10 +143,7 @@ class ObjectWriter:
             await self._upload.write(memoryview(self._buffer)[: self._filled])
             await self._upload.commit()
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                with contextlib.suppress(Exception):
-                    await self._settle()
-                await self._upload.abort()
+            await self._discard()
             raise
         finally:
             self._buffer = self._spare = bytearray()
