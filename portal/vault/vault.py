@@ -52,12 +52,12 @@ class ObjectWriter:
     """Streams one object into the vault: `async with vault.writer(o, p) as w: await w.write(b)`.
 
     Chunks are sealed straight into a write buffer of about `WRITE_BUFFER` bytes. When it
-    is full it goes to storage in the background while sealing goes on into a second one;
-    the next full buffer waits for that write first. So the event loop seals (and receives)
-    while a storage thread copies into the page cache, at most one write in flight, and
-    memory stays at about two buffers and a chunk (benchmarks/ingest.py: 1 GiB tus PATCH,
-    +7-16% over one buffer written in turn). On normal exit the last chunk is sealed and
-    the object stored atomically; on an exception nothing is stored."""
+    is full it goes to storage in a task of its own while sealing goes on into a second one;
+    the next full buffer waits for that write first. So S3 sends a part while the loop
+    seals and receives the next, at most one write is in flight, and memory stays at about
+    two buffers and a chunk. (The local store copies a buffer into the page cache from the
+    loop: see `LocalUpload`.) On normal exit the last chunk is sealed and the object stored
+    atomically; on an exception nothing is stored."""
 
     def __init__(self, vault: Vault, owner: str, path: str) -> None:
         self._vault = vault

@@ -7,6 +7,7 @@ import os
 import secrets
 import signal
 import sys
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from portal.services import vault_config
 from portal.settings import Settings
 from portal.vault import LocalStorage, Storage, open_storage
 from portal.vault.s3 import PART_SIZE
+from portal.vault.storage import _SYNCS, INLINE_WRITE_MAX
 
 from .conftest import S3Server
 
@@ -293,6 +295,69 @@ async def test_a_large_local_upload_goes_to_disk_while_it_is_written(
     assert await upload.commit() == 4_000_000
     assert await storage.read("owner1/source/part-000001") == b"".join(pieces)
     assert _open_under(storage.root) == []
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_local_upload_writes_from_the_loop_until_a_write_is_slow(
+    vault_settings: Settings,
+) -> None:
+    root = vault_settings.data_dir / "objects"
+    pieces = [os.urandom(300_000) for _ in range(5)]
+    # A limit no write can stay under: the first write is on the loop, the rest go to a thread.
+    slow = LocalStorage(root, inline_write_limit=0.0).upload("owner1/source/part-000001")
+    # The default: a write the kernel takes into its cache stays on the loop. (One can
+    # still be slow on a loaded machine, so only the first is certain.)
+    usual = LocalStorage(root).upload("owner1/source/part-000002")
+    for piece in pieces:
+        await slow.write(piece)
+        await usual.write(piece)
+    assert (slow.inline_writes, slow.thread_writes) == (1, 4)
+    assert usual.inline_writes >= 1
+    assert usual.inline_writes + usual.thread_writes == 5
+    for upload, name in ((slow, "part-000001"), (usual, "part-000002")):
+        assert await upload.commit() == 1_500_000
+        assert await LocalStorage(root).read(f"owner1/source/{name}") == b"".join(pieces)
+    # Too large to hold the loop for: straight to a thread.
+    big = LocalStorage(root).upload("owner1/source/part-000003")
+    await big.write(os.urandom(INLINE_WRITE_MAX + 1))
+    assert (big.inline_writes, big.thread_writes) == (0, 1)
+    await big.abort()
+    assert _open_under(root) == []
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_a_local_upload_waits_for_a_background_sync_the_disk_has_not_finished(
+    vault_settings: Settings,
+) -> None:
+    """When the next sync is due before the last one is done, the disk is behind: the upload
+    waits for it rather than pile up dirty pages the kernel would throttle on the loop."""
+    storage = LocalStorage(vault_settings.data_dir / "objects", sync_every=64 * 1024)
+    upload = storage.upload("owner1/source/part-000001")
+    release = threading.Event()
+    # Every sync thread busy: the upload's sync is queued behind them, as behind a slow disk.
+    blockers = [_SYNCS.submit(release.wait) for _ in range(_SYNCS._max_workers)]
+    try:
+        first = os.urandom(100_000)
+        await upload.write(first)  # starts a sync, which cannot run yet
+        assert upload.background_syncs == 1
+        second = anyio.Event()
+
+        async def write_more() -> None:
+            await upload.write(os.urandom(100_000))  # the next sync is due: wait for the last
+            second.set()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(write_more)
+            with anyio.move_on_after(0.5):
+                await second.wait()
+            assert not second.is_set()
+            release.set()
+        assert upload.background_syncs == 2
+    finally:
+        release.set()
+        for blocker in blockers:
+            blocker.result()
+    assert await upload.commit() == 200_000
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
