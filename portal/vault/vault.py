@@ -32,6 +32,7 @@ from portal.vault.format import (
     covering_chunks,
     plaintext_size,
     sealed_size,
+    uninitialised,
 )
 from portal.vault.keyring import Keyring, keyring_configured, load_keyring
 from portal.vault.keystore import KeyStatus, KeyStore, RotationReport, known_key_ids
@@ -322,7 +323,10 @@ class Vault:
         # No await from here on: `blob` may be the event loop thread's reused buffer.
         header = Header.unpack(blob)
         final = chunk_count(len(blob), header.chunk_size) - 1
-        out = bytearray(plaintext_size(len(blob), header.chunk_size))
+        # Not zero-filled first: open_chunks writes every byte before it returns, and on a
+        # failure the buffer is dropped unread (memset of a fresh 2.5 MB buffer was 3.6% of
+        # the server's CPU a segment).
+        out = uninitialised(plaintext_size(len(blob), header.chunk_size))
         cipher = self._cipher(data_key, header, owner, path)
         cipher.open_chunks(memoryview(blob)[HEADER_SIZE:], 0, final, out=out)
         return out
