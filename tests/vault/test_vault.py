@@ -145,6 +145,29 @@ async def test_random_ranges_match_the_plaintext(
     assert got == RANGE_DATA[start:end]
 
 
+@hypothesis_settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    size=st.one_of(
+        st.integers(0, 3 * CHUNK + 20), st.sampled_from([CHUNK - 1, CHUNK, 2 * CHUNK + 1])
+    )
+)
+async def test_a_whole_object_read_is_every_byte_of_it_and_nothing_else(
+    vault: Vault, owner: str, size: int
+) -> None:
+    """A whole read decrypts into a buffer that is not zero-filled first, and the memory it
+    gets may have held another object's plaintext: every byte must be overwritten."""
+    other = os.urandom(3 * CHUNK + 20)
+    await vault.put(owner, "hls/1080p/000001.m4s", other)
+    assert await vault.read(owner, "hls/1080p/000001.m4s") == other  # then freed, for reuse
+    data = os.urandom(size)
+    await vault.put(owner, "hls/360p/000002.m4s", data)
+    assert await vault.read(owner, "hls/360p/000002.m4s") == data
+
+
 async def test_missing_objects_and_keys(vault: Vault, owner: str) -> None:
     with pytest.raises(ObjectNotFound):
         await vault.size(owner, "nope")
