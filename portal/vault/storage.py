@@ -3,7 +3,7 @@ the storage URL. The interface both implement is `portal.vault.backend.Storage`.
 
 The local backend's file work runs in worker threads (aiofiles and anyio's), off the event
 loop, with two exceptions that only touch the page cache: segment reads try it on the loop
-first (`read_cached`), and an upload's writes go into it from the loop (`LocalUpload.write`).
+first (`read_cached`), and a lone upload's writes go into it from the loop (`LocalUpload`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import re
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -89,6 +90,9 @@ INLINE_WRITE_MAX = 2 * 1024 * 1024
 #: ...until one of them takes longer than this (seconds); the rest of that upload's writes
 #: then go through a worker thread. A megabyte normally takes a fraction of a millisecond.
 INLINE_WRITE_LIMIT = 0.05
+#: Local uploads with an open file in this process. Writing from the loop pays only while
+#: the loop has time to spare: with two or more at once, each takes a worker thread.
+_WRITING: weakref.WeakSet[LocalUpload] = weakref.WeakSet()
 # Background syncs run on threads of their own, a few at once: a disk does not go faster
 # with more, and a burst of uploads must not take the threads that reads and writes use.
 _SYNCS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vault-sync")
@@ -278,11 +282,15 @@ class LocalUpload:
     """One object being written to a temp file beside its final name, renamed into place on
     commit.
 
-    Writes go into the page cache from the event loop itself: the bytes were sealed on this
-    thread a moment ago and are still in its CPU cache, where a worker thread would fetch
-    them from another core's (benchmarks/ingest.py, 1 GiB tus PATCH, same runs: 469-519 ->
-    563-569 MB/s, 1.87-2.11 -> 1.70-1.81 CPU s/GiB). That is safe only while the kernel
-    takes them without waiting, so two things keep the loop from waiting on the disk:
+    While it is the only upload being written in the process, its writes go into the page
+    cache from the event loop itself: the bytes were sealed on this thread a moment ago and
+    are still in its CPU cache, where a worker thread would fetch them from another core's
+    (benchmarks/ingest.py, 1 GiB tus PATCH, same runs: 469-525 -> 563-672 MB/s, 1.87-2.11
+    -> 1.48-1.81 CPU s/GiB). With two or more at once, the loop is busy receiving and
+    sealing for all of them, and each writes from a worker thread, so the other core
+    copies (8 uploads of 128 MiB at once, all from the loop: 404-425 MB/s against 495-558).
+    Writing from the loop is safe only while the kernel takes the bytes without waiting, so
+    two things keep the loop from waiting on the disk:
 
     - every `sync_every` bytes (`SYNC_EVERY`), an fdatasync of what is written so far starts
       on a thread of its own, and when the next one is due before it has finished, the
@@ -312,13 +320,19 @@ class LocalUpload:
             self._fd = await anyio.to_thread.run_sync(
                 _private, str(self._tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
             )
+            _WRITING.add(self)
         return self._fd
+
+    def _forget_fd(self) -> int | None:
+        fd, self._fd = self._fd, None
+        _WRITING.discard(self)
+        return fd
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         try:
             with _uncancelled():
                 fd = await self._open()
-                if self._inline and len(data) <= INLINE_WRITE_MAX:
+                if self._inline and len(_WRITING) == 1 and len(data) <= INLINE_WRITE_MAX:
                     started = time.perf_counter()
                     _write_all(fd, data)
                     self.inline_writes += 1
@@ -353,7 +367,7 @@ class LocalUpload:
                 fd = await self._open()
                 await self._settle()
                 await _fsync(fd)
-                self._fd = None
+                self._forget_fd()
                 await anyio.to_thread.run_sync(os.close, fd)
                 await aiofiles.os.replace(self._tmp, self._path)
                 await _fsync_directory(self._path.parent)
@@ -367,7 +381,7 @@ class LocalUpload:
             # The file stays open until its background sync is done with it.
             with contextlib.suppress(OSError):
                 await self._settle()
-            fd, self._fd = self._fd, None
+            fd = self._forget_fd()
             if fd is not None:
                 with contextlib.suppress(OSError):
                     await anyio.to_thread.run_sync(os.close, fd)

@@ -303,26 +303,46 @@ async def test_a_local_upload_writes_from_the_loop_until_a_write_is_slow(
 ) -> None:
     root = vault_settings.data_dir / "objects"
     pieces = [os.urandom(300_000) for _ in range(5)]
+
+    async def store(storage: LocalStorage, name: str) -> tuple[int, int]:
+        upload = storage.upload(f"owner1/source/{name}")
+        for piece in pieces:
+            await upload.write(piece)
+        assert await upload.commit() == 1_500_000
+        assert await storage.read(f"owner1/source/{name}") == b"".join(pieces)
+        return upload.inline_writes, upload.thread_writes
+
     # A limit no write can stay under: the first write is on the loop, the rest go to a thread.
-    slow = LocalStorage(root, inline_write_limit=0.0).upload("owner1/source/part-000001")
+    assert await store(LocalStorage(root, inline_write_limit=0.0), "part-000001") == (1, 4)
     # The default: a write the kernel takes into its cache stays on the loop. (One can
     # still be slow on a loaded machine, so only the first is certain.)
-    usual = LocalStorage(root).upload("owner1/source/part-000002")
-    for piece in pieces:
-        await slow.write(piece)
-        await usual.write(piece)
-    assert (slow.inline_writes, slow.thread_writes) == (1, 4)
-    assert usual.inline_writes >= 1
-    assert usual.inline_writes + usual.thread_writes == 5
-    for upload, name in ((slow, "part-000001"), (usual, "part-000002")):
-        assert await upload.commit() == 1_500_000
-        assert await LocalStorage(root).read(f"owner1/source/{name}") == b"".join(pieces)
+    inline, threaded = await store(LocalStorage(root), "part-000002")
+    assert inline >= 1 and inline + threaded == 5
+
     # Too large to hold the loop for: straight to a thread.
     big = LocalStorage(root).upload("owner1/source/part-000003")
     await big.write(os.urandom(INLINE_WRITE_MAX + 1))
     assert (big.inline_writes, big.thread_writes) == (0, 1)
     await big.abort()
     assert _open_under(root) == []
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+async def test_local_uploads_written_at_once_each_take_a_thread(vault_settings: Settings) -> None:
+    """With two or more at once the loop has no time to spare: each writes from a thread."""
+    storage = LocalStorage(vault_settings.data_dir / "objects")
+    first = storage.upload("owner1/source/part-000001")
+    second = storage.upload("owner2/source/part-000001")
+    await first.write(b"a" * 1000)  # alone so far: from the loop
+    await second.write(b"b" * 1000)
+    await first.write(b"c" * 1000)
+    assert (first.inline_writes, first.thread_writes) == (1, 1)
+    assert (second.inline_writes, second.thread_writes) == (0, 1)
+    await first.commit()
+    await second.write(b"d" * 1000)  # alone again
+    assert (second.inline_writes, second.thread_writes) == (1, 1)
+    await second.abort()
+    assert await storage.read("owner1/source/part-000001") == b"a" * 1000 + b"c" * 1000
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
