@@ -349,8 +349,8 @@ class LocalUpload:
             raise _storage_error("write", self._name, exc) from None
 
     async def _sync_in_background(self, fd: int) -> None:
-        # The last sync is still running: the disk is behind, and the upload waits for it
-        # (which also raises what it met: EIO, ENOSPC).
+        # If the last sync is still running, the disk is behind and the upload waits for it;
+        # settling also raises what it met (EIO, ENOSPC).
         await self._settle()
         self._synced_at = self._size
         self._syncing = asyncio.get_running_loop().run_in_executor(_SYNCS, os.fdatasync, fd)
