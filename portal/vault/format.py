@@ -20,6 +20,7 @@ import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import overload
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -143,6 +144,20 @@ class ObjectCipher:
             raise VaultError("the object is too large for the vault format (2**32 chunks)")
         self._aead.encrypt_into(self.nonce(index, last), plaintext, self._ad, out)
 
+    @overload
+    def open_chunks(
+        self, ciphertext: bytes | bytearray | memoryview, first: int, final: int
+    ) -> bytearray: ...
+
+    @overload
+    def open_chunks(
+        self,
+        ciphertext: bytes | bytearray | memoryview,
+        first: int,
+        final: int,
+        out: bytearray | memoryview,
+    ) -> bytearray | memoryview: ...
+
     def open_chunks(
         self,
         ciphertext: bytes | bytearray | memoryview,
@@ -153,8 +168,9 @@ class ObjectCipher:
         """Decrypt consecutive whole chunks; `ciphertext` starts at chunk `first`, and `final` is
         the index of the object's last chunk. Nothing is returned unless every chunk verifies.
 
-        `out`, if given, must hold at least the plaintext; callers that own a reusable buffer
-        pass it to skip an allocation (a fresh multi-megabyte buffer costs page faults)."""
+        Without `out`, the plaintext comes in a new bytearray of exactly its size. `out`, if
+        given, must hold at least the plaintext; callers that own a reusable buffer pass it to
+        skip an allocation (a fresh multi-megabyte buffer costs page faults)."""
         view = memoryview(ciphertext)
         stride = self.chunk_size + TAG_SIZE
         count = -(-len(view) // stride)

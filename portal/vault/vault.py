@@ -32,7 +32,6 @@ from portal.vault.format import (
     covering_chunks,
     plaintext_size,
     sealed_size,
-    uninitialised,
 )
 from portal.vault.keyring import Keyring, keyring_configured, load_keyring
 from portal.vault.keystore import KeyStatus, KeyStore, RotationReport, known_key_ids
@@ -323,13 +322,9 @@ class Vault:
         # No await from here on: `blob` may be the event loop thread's reused buffer.
         header = Header.unpack(blob)
         final = chunk_count(len(blob), header.chunk_size) - 1
-        # Not zero-filled first: open_chunks writes every byte before it returns, and on a
-        # failure the buffer is dropped unread (memset of a fresh 2.5 MB buffer was 3.6% of
-        # the server's CPU a segment).
-        out = uninitialised(plaintext_size(len(blob), header.chunk_size))
         cipher = self._cipher(data_key, header, owner, path)
-        cipher.open_chunks(memoryview(blob)[HEADER_SIZE:], 0, final, out=out)
-        return out
+        # A buffer of exactly the plaintext's size, not zero-filled first (see open_chunks).
+        return cipher.open_chunks(memoryview(blob)[HEADER_SIZE:], 0, final)
 
     async def read_to_file(self, owner: str, path: str, dest: Path) -> int:
         """Decrypt a whole object into `dest` (mode 0600). On any failure `dest` is removed,
